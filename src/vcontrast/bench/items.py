@@ -1,0 +1,98 @@
+"""The one item schema every benchmark loader produces and the toy tasks write as JSONL.
+
+Loaders turn an official file layout (What'sUp JSON, SugarCrepe splits, SeeTRUE CSV, ...) into `Item`s; the toy
+world writes `Item`s directly, so the same runner evaluates both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+Box = tuple[float, float, float, float]
+
+TASKS = ("caption", "vqa", "region_vqa", "choice", "match", "refexp")
+
+
+@dataclass
+class Item:
+    """One evaluation or training example.
+
+    Args:
+        id (`str`): unique within its benchmark split.
+        task (`str`): one of `TASKS`: "caption", "vqa" (open answer), "region_vqa" (open answer about a region),
+            "choice" (pick one of `candidates`), "match" (image-text agreement, `label` 1/0), "refexp" (pick the
+            proposal that the `prompt` refers to).
+        image (`str`): image path, relative to the JSONL file's folder or absolute.
+        prompt (`str`): the question, instruction, caption to match, or referring expression.
+        candidates (`list[str]`, *optional*): answer options for "choice" items (full texts to score).
+        answer (`str | int | None`): gold answer text ("vqa", "region_vqa", "caption") or gold index into
+            `candidates` ("choice") or into `proposals` ("refexp").
+        label (`int | None`): 1 if the text matches the image, 0 if not ("match").
+        regions (`list[Box]`): xyxy pixel boxes of the key regions (what CRG blacks out); empty if unknown.
+        proposals (`list[Box]`): candidate boxes for "refexp".
+        target (`Box | None`): gold box for "refexp" (acc@0.5 IoU is measured against it).
+        meta (`dict`): anything else (split name, group id for pair/set metrics, the bias a toy item carries).
+    """
+
+    id: str
+    task: str
+    image: str
+    prompt: str
+    candidates: list[str] = field(default_factory=list)
+    answer: str | int | None = None
+    label: int | None = None
+    regions: list[Box] = field(default_factory=list)
+    proposals: list[Box] = field(default_factory=list)
+    target: Box | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Item {self.id!r}: `task` (={self.task!r}) must be one of {TASKS}")
+        self.regions = [tuple(float(v) for v in b) for b in self.regions]
+        self.proposals = [tuple(float(v) for v in b) for b in self.proposals]
+        if self.target is not None:
+            self.target = tuple(float(v) for v in self.target)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict) -> Item:
+        """Build an item from a dict, rejecting unknown keys so typos in hand-written files are caught."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Item {data.get('id')!r}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def read_items(path: str | Path) -> Iterator[Item]:
+    """Yield the items of a JSONL file; image paths are resolved against the file's folder."""
+    path = Path(path)
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = Item.from_json(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            if not Path(item.image).is_absolute():
+                item.image = str(path.parent / item.image)
+            yield item
+
+
+def write_items(items: Iterable[Item], path: str | Path) -> int:
+    """Write items as JSONL (one object a line); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w") as f:
+        for item in items:
+            f.write(json.dumps(item.to_json()) + "\n")
+            n += 1
+    return n
