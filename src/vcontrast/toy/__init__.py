@@ -1,0 +1,1 @@
+"""The toy world: procedural scenes, known-truth tasks and a tiny LLaVA-architecture VLM trained on them."""
