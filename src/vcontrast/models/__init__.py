@@ -1,0 +1,47 @@
+"""Model adapters, one per family, chosen by `config.model_type`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vcontrast.models.base import ModelAdapter, unwrap_model
+from vcontrast.models.idefics3 import Idefics3Adapter
+from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter
+from vcontrast.models.paligemma import PaliGemmaAdapter
+from vcontrast.models.qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    model_type: cls
+    for cls in (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Idefics3Adapter, PaliGemmaAdapter)
+    for model_type in cls.model_types
+}
+
+__all__ = ["ADAPTERS", "ModelAdapter", "get_adapter", "supported_model_types", "unwrap_model"]
+
+
+def supported_model_types() -> list[str]:
+    """The `config.model_type` values vcontrast supports."""
+    return sorted(ADAPTERS)
+
+
+def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """The adapter for `model`'s family; raises ValueError naming the type and the supported ones otherwise.
+
+    Examples:
+
+    ```python
+    >>> adapter = get_adapter(model)  # a LlavaForConditionalGeneration
+    >>> adapter.image_token_id
+    32000
+    ```
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    inner = unwrap_model(model)
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"model type {model_type!r} ({type(inner).__name__}) is not supported; "
+            f"supported model types: {', '.join(supported_model_types())}"
+        )
+    return ADAPTERS[model_type](inner)

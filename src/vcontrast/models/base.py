@@ -1,0 +1,100 @@
+"""What every model family shares: where the image tokens are, which inputs carry pixels, how positions are built.
+
+An adapter wraps one loaded transformers VLM. The generic machinery in `vcontrast.contrast` asks it only these
+questions, so supporting a new family means answering them in a small subclass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ModelAdapter:
+    """Family-specific knowledge about a transformers VLM, keyed by `config.model_type`.
+
+    Args:
+        model (`PreTrainedModel`): a `*ForConditionalGeneration` VLM (PEFT- or DDP-wrapped models are unwrapped).
+    """
+
+    model_types: tuple[str, ...] = ()
+    # Inputs that carry the image (dropped for the no-image condition, swapped for a contrast image).
+    pixel_keys: tuple[str, ...] = ("pixel_values",)
+    # Inputs aligned with the tokens, shape (B, T): compacted together with `input_ids` when image tokens are dropped.
+    token_keys: tuple[str, ...] = ("input_ids", "attention_mask")
+    # Position id of the first token (PaliGemma counts from 1).
+    first_position: int = 0
+
+    def __init__(self, model: nn.Module):
+        self.model = unwrap_model(model)
+        self.config = self.model.config
+
+    @property
+    def image_token_id(self) -> int:
+        """The placeholder token id whose embeddings the vision features replace."""
+        token_id = getattr(self.config, "image_token_id", None)
+        if token_id is None:
+            token_id = getattr(self.config, "image_token_index", None)
+        if token_id is None:
+            raise ValueError(f"{type(self.model).__name__} config has no `image_token_id`")
+        return int(token_id)
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean (B, T): True where a token is an image placeholder (what "no image" removes)."""
+        return input_ids == self.image_token_id
+
+    def backbone(self) -> nn.Module:
+        """The base VLM model (vision tower + projector + language model) returning `last_hidden_state`."""
+        return self.model.model
+
+    def position_ids(self, inputs: dict) -> torch.Tensor:
+        """Position ids the model uses with the image, (B, T), from the attention mask so that left and right padding
+        give the same positions (what `generate` does, rather than the plain forward's `arange`)."""
+        mask = inputs["attention_mask"].long()
+        pos = mask.cumsum(-1) - 1 + self.first_position
+        return pos.masked_fill(mask == 0, self.first_position)
+
+    @staticmethod
+    def gather_positions(position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Select token positions `index` (B, L) from position ids of shape (B, T) or (k, B, T)."""
+        if position_ids.dim() == 2:
+            return position_ids.gather(1, index)
+        return position_ids.gather(-1, index.unsqueeze(0).expand(position_ids.shape[0], -1, -1))
+
+    def text_only_inputs(self, inputs: dict, order: torch.Tensor, keep: torch.Tensor) -> dict:
+        """Backbone inputs for the kept tokens only (gathered in `order`), no pixels, original positions."""
+        out = {key: inputs[key].gather(1, order) for key in self.token_keys if key in inputs}
+        out["attention_mask"] = keep.gather(1, order).long()
+        out["position_ids"] = self.gather_positions(self.position_ids(inputs), order)
+        return out
+
+    def check_inputs(self, inputs: dict) -> None:
+        """Raise if image tokens and pixel inputs disagree (tokens without pixels would crash deep in the model)."""
+        if "input_ids" not in inputs or "attention_mask" not in inputs:
+            raise ValueError(f"inputs need `input_ids` and `attention_mask`; got keys {sorted(inputs)}")
+        has_tokens = bool(self.image_token_mask(inputs["input_ids"]).any())
+        has_pixels = inputs.get(self.pixel_keys[0]) is not None
+        if has_tokens and not has_pixels:
+            raise ValueError(
+                f"the batch has image tokens (id {self.image_token_id}) but no `{self.pixel_keys[0]}`: "
+                "pass the processor's pixel inputs along with input_ids"
+            )
+        if has_pixels and not has_tokens:
+            raise ValueError(f"the batch has `{self.pixel_keys[0]}` but no image tokens (id {self.image_token_id})")
+
+    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        """(weight (V, H), bias (V,) or None, final logit soft-cap or None) of the language-model head."""
+        head = self.model.get_output_embeddings()
+        softcap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
+        return head.weight, head.bias, softcap
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying transformers model of a DDP-, accelerate- or PEFT-wrapped one."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model

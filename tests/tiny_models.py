@@ -1,0 +1,308 @@
+"""Tiny random-config VLMs of every supported family, with matching offline processors.
+
+Built in-process the way transformers' own model testers do (hidden 32, 2 layers, 16-px images), so every test
+runs the real transformers classes without downloading anything. `build(family)` returns `(model, processor)`.
+Quirks of each family live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import transformers as tf
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3", "paligemma")
+
+WORDS = [
+    "what",
+    "is",
+    "in",
+    "the",
+    "box",
+    "?",
+    "which",
+    "colour",
+    "shape",
+    "a",
+    "an",
+    "of",
+    "to",
+    "left",
+    "right",
+    "above",
+    "below",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "cup",
+    "plate",
+    "cat",
+    "dog",
+    "circle",
+    "square",
+    "triangle",
+    "yes",
+    "no",
+    "does",
+    "this",
+    "image",
+    "match",
+    ":",
+    ".",
+    ",",
+    "is",
+    "there",
+    "one",
+    "two",
+    "three",
+    "four",
+    "user",
+    "assistant",
+    "describe",
+    "answer",
+    "question",
+    "picture",
+    "small",
+    "big",
+    "near",
+    "far",
+    "on",
+    "under",
+    "behind",
+    "front",
+]
+
+# LLaVA-style chat template: one user turn (image, then text), then the assistant's generation prompt.
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}user :{% else %}assistant :{% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %} <image>{% elif item['type'] == 'text' %}"
+    " {{ item['text'] }}{% endif %}{% endfor %} .{% endfor %}{% if add_generation_prompt %} assistant :{% endif %}"
+)
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }} "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+IDEFICS3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{% if message['role'] == 'user' %}user :{% else %}assistant :"
+    "{% endif %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{% elif item['type'] == "
+    "'text' %} {{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance> {% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
+PALIGEMMA_TEMPLATE = (
+    "{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}"
+)
+
+
+def _tokenizer(specials: list[str], bos: str = "<s>", eos: str = "</s>") -> tf.PreTrainedTokenizerFast:
+    # Word-level vocabulary: specials first (ids 0..), then the words; whitespace/punctuation pre-tokenizer.
+    base = ["<pad>", "<unk>", bos, eos]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + specials + WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token=bos, eos_token=eos
+    )
+    fast.add_special_tokens({"additional_special_tokens": specials})
+    return fast
+
+
+def _text_config(cls, vocab_size: int, **kw):
+    return cls(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        **kw,
+    )
+
+
+_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_channels": 3,
+}
+
+
+def _llava():
+    tok = _tokenizer(["<image>"])
+    ip = tf.CLIPImageProcessorPil(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_center_crop=True, do_resize=True
+    )
+    proc = tf.LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    cfg = tf.LlavaConfig(
+        vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
+        text_config=_text_config(tf.LlamaConfig, len(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return tf.LlavaForConditionalGeneration(cfg), proc
+
+
+def _llava_next():
+    tok = _tokenizer(["<image>"])
+    ip = tf.LlavaNextImageProcessorPil(
+        size={"shortest_edge": 16},
+        crop_size={"height": 16, "width": 16},
+        image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]],
+    )
+    proc = tf.LlavaNextProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
+    cfg = tf.LlavaNextConfig(
+        vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
+        text_config=_text_config(tf.LlamaConfig, len(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]],
+    )
+    return tf.LlavaNextForConditionalGeneration(cfg), proc
+
+
+class _Qwen2VLProcessorNoVideo(tf.Qwen2VLProcessor):
+    # transformers 5.23 cannot type-check a `video_processor=None` without torchvision (its lazy video mapping lacks
+    # `_extra_content`); we never pass videos, so skip that one check.
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+def _qwen2_vl():
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(specials)
+    ip = tf.Qwen2VLImageProcessorPil(
+        min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
+    )
+    proc = _Qwen2VLProcessorNoVideo(image_processor=ip, tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    tc = _text_config(tf.Qwen2VLTextConfig, len(tok), rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+    cfg = tf.Qwen2VLConfig(
+        text_config=tc.to_dict(),
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 4,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_chans": 3,
+            "mlp_ratio": 2,
+        },
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    return tf.Qwen2VLForConditionalGeneration(cfg), proc
+
+
+def _idefics3():
+    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
+    specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tok = _tokenizer(specials)
+    ip = tf.Idefics3ImageProcessorPil(
+        size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False
+    )
+    proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
+    cfg = tf.Idefics3Config(
+        vision_config=dict(**_VISION, image_size=16, patch_size=4),
+        text_config=_text_config(tf.LlamaConfig, len(tok)).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    return tf.Idefics3ForConditionalGeneration(cfg), proc
+
+
+def _paligemma():
+    tok = _tokenizer(["<image>"], bos="<bos>", eos="<eos>")
+    ip = tf.SiglipImageProcessorPil(size={"height": 16, "width": 16}, image_seq_length=16)
+    ip.image_seq_length = 16
+    proc = tf.PaliGemmaProcessor(image_processor=ip, tokenizer=tok, chat_template=PALIGEMMA_TEMPLATE)
+    tc = _text_config(tf.GemmaConfig, len(tok), head_dim=8)
+    cfg = tf.PaliGemmaConfig(
+        vision_config=dict(
+            **_VISION, image_size=16, patch_size=4, projection_dim=32, model_type="siglip_vision_model"
+        ),
+        text_config=tc.to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        projection_dim=32,
+    )
+    cfg.text_config.hidden_size = 32
+    return tf.PaliGemmaForConditionalGeneration(cfg), proc
+
+
+_BUILDERS = {
+    "llava": _llava,
+    "llava_next": _llava_next,
+    "qwen2_vl": _qwen2_vl,
+    "idefics3": _idefics3,
+    "paligemma": _paligemma,
+}
+
+
+def spread_weights(model: torch.nn.Module, gain: float = 1.5) -> None:
+    """Re-initialise matrices with std gain / sqrt(fan_in) (embeddings std 1), so that logits spread over several
+    units and a wrong position id or a leaked image token changes them far beyond test tolerances.
+
+    transformers' default std of 0.02 leaves tiny models with near-zero logits that no bug can move measurably."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                fan_in = param[0].numel()
+                std = 1.0 if "embed" in name and "patch" not in name else gain / fan_in**0.5
+                param.normal_(0.0, std)
+
+
+@functools.cache
+def _cached(family: str, seed: int):
+    torch.manual_seed(seed)
+    model, processor = _BUILDERS[family]()
+    spread_weights(model)
+    return model.eval(), processor
+
+
+def build(family: str, seed: int = 0):
+    """A tiny `(model, processor)` of `family` in eval mode, fp32, cached per (family, seed): do not mutate it."""
+    return _cached(family, seed)
+
+
+def image(seed: int = 0, size: tuple[int, int] = (24, 20)) -> Image.Image:
+    """A random RGB image (width, height) that is not square, so coordinate mix-ups show."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+
+
+def chat(processor, prompt: str) -> str:
+    """The processor's chat-template text for one user turn (image, then prompt) plus the generation prompt."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
