@@ -1,0 +1,47 @@
+"""The `vcontrast` command line: one typed function per command; docstrings become `--help`.
+
+Heavy imports (torch, transformers) happen inside each command so that `vcontrast --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="vcontrast",
+    help="Make vision-language models look at the image: CRG at inference, CAL at training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def info() -> None:
+    """Print the version and the supported model families (config.model_type values)."""
+    import vcontrast
+
+    print(f"vcontrast {vcontrast.__version__}")
+    print("supported model types: " + ", ".join(vcontrast.supported_model_types()))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the pictures and the results table.")] = Path("out"),
+    n_scenes: Annotated[int, typer.Option(help="How many toy scenes to show.")] = 4,
+) -> None:
+    """The main job: toy scenes, answers with and without CRG, a CAL weight heatmap and a small results table."""
+    from vcontrast.demo import run_demo
+
+    run_demo(out, n_scenes=n_scenes, echo=print)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `vcontrast` console script (argv for tests)."""
+    app(args=argv, prog_name="vcontrast")
+
+
+if __name__ == "__main__":
+    main()
