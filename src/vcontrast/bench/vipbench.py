@@ -1,0 +1,223 @@
+"""ViP-Bench (Cai et al., CVPR 2024): questions about regions marked by visual prompts, graded by GPT-4.
+
+Format source: the paper "ViP-LLaVA: Making Large Multimodal Models Understand Arbitrary Visual Prompts", its
+Hugging Face dataset `mucai/ViP-Bench` and repository `mu-cai/ViP-LLaVA` (`docs/Evaluation.md`,
+`scripts/eval/vipbench.sh`, `scripts/convert_vipbench_for_eval.py`, `scripts/eval/vip-bench_evaluator.py`).
+Expected layout under `data_dir` (the dataset repository as downloaded):
+
+```
+data_dir/
+  vip-bench-meta-data.json   {"v1_0": {"image": "v1_1_0.png", "image_source": "v1_1.png", "question": "... <obj> ...",
+                                       "answer": "0.75<OR>x=0.75", "capability": ["ocr", "math"]}, ...}
+  bbox/questions.jsonl       {"question_id": 0, "image": "v1_1_0.png", "text": question naming the drawn box, ...}
+  bbox/images/v1_1_0.png     image with the visual prompt (a box) drawn on it
+  human/questions.jsonl      same, with human-drawn prompts (arrows, scribbles, ...)
+  human/images/
+  source_image/v1_1.png      plain image + LabelMe JSON v1_1.json: {"shapes": [{"label": "obj", "points": [...],
+                             "shape_type": "rectangle" | "polygon"}], "imageWidth": ..., "imageHeight": ...}
+```
+
+A question line `question_id` belongs to the meta entry `v1_<question_id>`. Splits: `bbox`, `human`; `split=None`
+loads both (ids are prefixed by the split). `limit` applies per split.
+
+Items: task "region_vqa", `image` = the split's image with the drawn prompt (the official input), `prompt` = the
+`questions.jsonl` text, `answer` = the meta answer (`<AND>` / `<OR>` kept for the grader), `regions` = the xyxy
+bounding boxes of the LabelMe shapes named in the meta question (`<obj>`, `<obj1>`, ...), from `source_image/`
+(boxes are in the source image's pixel frame, which the drawn images share). `regions` is empty when no annotation
+is found. `meta` holds `grader_key` ("v1_<id>"), `capability`, `question_id`, the `<obj>` question and the source
+image path.
+
+Metrics: none here. The official grader is GPT-4 (`vip-bench_evaluator.py`, also the evaluation server
+`huggingface.co/spaces/mucai/ViP-Bench_Evaluator`); `write_vipbench_predictions` writes the file it reads:
+`results/<model>-<split>.json` = `{"v1_<question_id>": "<answer text>", ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from vcontrast.bench.items import Box, Item
+from vcontrast.bench.registry import (
+    Benchmark,
+    check_limit,
+    find_image,
+    read_json,
+    require_dir,
+    require_file,
+    select_splits,
+)
+
+logger = logging.getLogger(__name__)
+
+META_NAME = "vip-bench-meta-data.json"
+SPLITS = ("bbox", "human")
+_LAYOUT = (
+    "  <data_dir>/vip-bench-meta-data.json\n"
+    "  <data_dir>/{bbox,human}/questions.jsonl and {bbox,human}/images/\n"
+    "  <data_dir>/source_image/<image_source> + <stem>.json   (LabelMe boxes; optional)\n"
+    "from huggingface.co/datasets/mucai/ViP-Bench"
+)
+_OBJ = re.compile(r"<(obj\d*)>")
+
+
+def _shape_box(shape: dict) -> Box | None:
+    # LabelMe rectangles are two corner points; polygons take their bounding box.
+    points = shape.get("points") or []
+    if shape.get("shape_type") not in ("rectangle", "polygon") or len(points) < 2:
+        return None
+    xs = [float(p[0]) for p in points]
+    ys = [float(p[1]) for p in points]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def _regions(root: Path, entry: dict) -> list[Box]:
+    source = entry.get("image_source")
+    if not source:
+        return []
+    path = root / "source_image" / f"{Path(source).stem}.json"
+    if not path.is_file():
+        return []
+    shapes = read_json(path, "vipbench", expect=dict, shape="a LabelMe object with `shapes`").get("shapes", [])
+    labels = _OBJ.findall(entry.get("question", "")) or ["obj"]
+    boxes = []
+    for label in dict.fromkeys(labels):
+        for shape in shapes:
+            if shape.get("label") == label and (box := _shape_box(shape)) is not None:
+                boxes.append(box)
+                break
+    return boxes
+
+
+def _read_questions(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"vipbench: {path}:{lineno} is not valid JSON ({e})") from e
+            if not (isinstance(row, dict) and {"question_id", "image", "text"} <= set(row)):
+                raise ValueError(f"vipbench: {path}:{lineno} must have question_id, image and text")
+            rows.append(row)
+    return rows
+
+
+def load(data_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Item]:
+    """Load ViP-Bench (see the module docstring for the layout).
+
+    Args:
+        data_dir (`str` or `Path`): the downloaded `mucai/ViP-Bench` folder.
+        split (`str`, *optional*): "bbox" or "human"; `None` loads both.
+        limit (`int`, *optional*): keep the first `limit` questions of each split.
+
+    Returns:
+        `list[Item]`: "region_vqa" items, ids `"<split>/v1_<question_id>"`.
+
+    Examples:
+
+    ```python
+    >>> items = load("ViP-Bench", split="bbox", limit=2)  # doctest: +SKIP
+    >>> items[0].meta["grader_key"], items[0].regions  # doctest: +SKIP
+    ('v1_0', [(112.0, 40.0, 380.0, 96.0)])
+    ```
+    """
+    check_limit(limit)
+    root = require_dir(data_dir, "vipbench", _LAYOUT)
+    meta_path = require_file(root / META_NAME, "vipbench", _LAYOUT)
+    meta = read_json(meta_path, "vipbench", expect=dict, shape="an object {'v1_<id>': {question, answer, ...}}")
+    items = []
+    for name in select_splits(split, SPLITS, "vipbench"):
+        questions = _read_questions(require_file(root / name / "questions.jsonl", "vipbench", _LAYOUT))
+        for row in questions[:limit]:
+            key = f"v1_{row['question_id']}"
+            if key not in meta:
+                raise ValueError(f"vipbench: {root / name / 'questions.jsonl'} question {key!r} is not in {META_NAME}")
+            entry = meta[key]
+            image = find_image([root / name / "images" / row["image"]], "vipbench", _LAYOUT)
+            items.append(
+                Item(
+                    id=f"{name}/{key}",
+                    task="region_vqa",
+                    image=str(image),
+                    prompt=row["text"],
+                    answer=entry.get("answer"),
+                    regions=_regions(root, entry),
+                    meta={
+                        "split": name,
+                        "grader_key": key,
+                        "question_id": row["question_id"],
+                        "capability": list(entry.get("capability", [])),
+                        "obj_question": entry.get("question"),
+                        "source_image": str(root / "source_image" / entry["image_source"])
+                        if entry.get("image_source")
+                        else None,
+                    },
+                )
+            )
+    return items
+
+
+def write_vipbench_predictions(items: Iterable[Item], predictions: Mapping[str, dict | str], path: str | Path) -> Path:
+    """Write answers in the file format of the official ViP-Bench grader.
+
+    The grader (`scripts/eval/vip-bench_evaluator.py` in `mu-cai/ViP-LLaVA`, and the evaluation server) reads
+    `results/<model>-<split>.json`, a JSON object `{"v1_<question_id>": "<answer text>"}`, and looks up every key of
+    `vip-bench-meta-data.json`, so submit a full split (one file per split).
+
+    Args:
+        items (`Iterable[Item]`): ViP-Bench items of one split.
+        predictions (`Mapping[str, dict | str]`): `Item.id -> {"text": answer}` (or the answer string itself).
+        path (`str` or `Path`): output file, e.g. `results/llava-1.5-7b-crg-bbox.json`.
+
+    Returns:
+        `Path`: the written file.
+
+    Examples:
+
+    ```python
+    >>> answers = {item.id: {"text": "a red cup"} for item in items}  # doctest: +SKIP
+    >>> write_vipbench_predictions(items, answers, "results/llava-crg-bbox.json")  # doctest: +SKIP
+    ```
+    """
+    items = list(items)
+    splits = {item.meta.get("split") for item in items}
+    if len(splits) > 1:
+        raise ValueError(
+            f"write_vipbench_predictions: items span splits {sorted(map(str, splits))}; write one file per split"
+        )
+    results = {}
+    for item in items:
+        if "grader_key" not in item.meta:
+            raise ValueError(
+                f"write_vipbench_predictions: item {item.id!r} is not a ViP-Bench item (no meta grader_key)"
+            )
+        if item.id not in predictions:
+            raise ValueError(f"write_vipbench_predictions: no prediction for item {item.id!r}")
+        pred = predictions[item.id]
+        text = pred.get("text") if isinstance(pred, dict) else pred
+        if not isinstance(text, str):
+            # bad input gets a ValueError throughout vcontrast
+            msg = f"write_vipbench_predictions: prediction for {item.id!r} must be a string or {{'text': str}}"
+            raise ValueError(msg)  # noqa: TRY004
+        results[item.meta["grader_key"]] = text
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    logger.info("wrote %d ViP-Bench answers to %s", len(results), path)
+    return path
+
+
+VIPBENCH = Benchmark(
+    name="vipbench",
+    loader=load,
+    splits=SPLITS,
+    metrics={"region_vqa": ()},
+    reference="Cai et al., CVPR 2024; huggingface.co/datasets/mucai/ViP-Bench; github.com/mu-cai/ViP-LLaVA",
+)
