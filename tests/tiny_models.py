@@ -8,6 +8,7 @@ Quirks of each family live here and nowhere else.
 from __future__ import annotations
 
 import functools
+import types
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import transformers as tf
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "idefics3", "paligemma")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
 
 WORDS = [
     "what",
@@ -188,13 +189,25 @@ def _llava_next():
     return tf.LlavaNextForConditionalGeneration(cfg), proc
 
 
-class _Qwen2VLProcessorNoVideo(tf.Qwen2VLProcessor):
+class _NoVideoCheck:
     # transformers 5.23 cannot type-check a `video_processor=None` without torchvision (its lazy video mapping lacks
     # `_extra_content`); we never pass videos, so skip that one check.
     def check_argument_for_proper_class(self, argument_name, argument):
         if argument_name == "video_processor" and argument is None:
             return None
         return super().check_argument_for_proper_class(argument_name, argument)
+
+
+class _Qwen2VLProcessorNoVideo(_NoVideoCheck, tf.Qwen2VLProcessor):
+    pass
+
+
+class _Qwen2_5_VLProcessorNoVideo(_NoVideoCheck, tf.Qwen2_5_VLProcessor):
+    pass
+
+
+class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
+    pass
 
 
 def _qwen2_vl():
@@ -224,6 +237,60 @@ def _qwen2_vl():
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
     return tf.Qwen2VLForConditionalGeneration(cfg), proc
+
+
+def _qwen2_5_vl():
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(specials)
+    ip = tf.Qwen2VLImageProcessorPil(
+        min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
+    )
+    proc = _Qwen2_5_VLProcessorNoVideo(
+        image_processor=ip, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE
+    )
+    tc = _text_config(tf.Qwen2_5_VLTextConfig, len(tok), rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_heads": 4,
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 32,
+        "window_size": 16,
+        "fullatt_block_indexes": [1],
+    }
+    cfg = tf.Qwen2_5_VLConfig(
+        text_config=tc.to_dict(),
+        vision_config=vision,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    return tf.Qwen2_5_VLForConditionalGeneration(cfg), proc
+
+
+def _smolvlm():
+    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
+    specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tok = _tokenizer(specials)
+    ip = tf.SmolVLMImageProcessorPil(
+        size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False
+    )
+    proc = _SmolVLMProcessorNoVideo(
+        image_processor=ip, tokenizer=tok, video_processor=None, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE
+    )
+    # Its chat template reads `video_processor.num_frames`/`fps` even for image-only conversations.
+    proc.video_processor = types.SimpleNamespace(num_frames=None, fps=None)
+    cfg = tf.SmolVLMConfig(
+        vision_config={**_VISION, "image_size": 16, "patch_size": 4},
+        text_config=_text_config(tf.LlamaConfig, len(tok)).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    return tf.SmolVLMForConditionalGeneration(cfg), proc
 
 
 def _idefics3():
@@ -265,6 +332,8 @@ _BUILDERS = {
     "llava": _llava,
     "llava_next": _llava_next,
     "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+    "smolvlm": _smolvlm,
     "idefics3": _idefics3,
     "paligemma": _paligemma,
 }

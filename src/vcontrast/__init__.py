@@ -16,6 +16,7 @@ from vcontrast.conditions import (
 )
 from vcontrast.contrast import TokenScores, gold_token_logits
 from vcontrast.models import get_adapter, supported_model_types
+from vcontrast.models.loading import load_model
 from vcontrast.regions import (
     blackout,
     blackout_all,
@@ -46,6 +47,7 @@ __all__ = [
     "draw_boxes",
     "get_adapter",
     "gold_token_logits",
+    "load_model",
     "parse_boxes",
     "parse_condition",
     "region_mask",

@@ -21,7 +21,7 @@ def make_batch(family, prompts=PROMPTS, answers=ANSWERS, padding_side="right", s
     model, proc = tm.build(family)
     proc.tokenizer.padding_side = padding_side
     texts = [tm.chat(proc, p) + " " + a for p, a in zip(prompts, answers, strict=True)]
-    images = [tm.image(s) for s in seeds]
+    images = get_adapter(model).batch_images([tm.image(s) for s in seeds])
     batch = dict(proc(images=images, text=texts, return_tensors="pt", padding=True))
     batch.pop("labels", None)  # PaliGemma's processor adds its own
     labels = torch.full_like(batch["input_ids"], -100)

@@ -43,6 +43,10 @@ class ModelAdapter:
         """Boolean (B, T): True where a token is an image placeholder (what "no image" removes)."""
         return input_ids == self.image_token_id
 
+    def batch_images(self, images: list) -> list:
+        """Images in the layout the family's processor expects for a batch with one image per sample."""
+        return list(images)
+
     def backbone(self) -> nn.Module:
         """The base VLM model (vision tower + projector + language model) returning `last_hidden_state`."""
         return self.model.model

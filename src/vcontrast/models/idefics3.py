@@ -9,3 +9,7 @@ class Idefics3Adapter(ModelAdapter):
 
     model_types = ("idefics3", "smolvlm")
     pixel_keys = ("pixel_values", "pixel_attention_mask")
+
+    def batch_images(self, images: list) -> list:
+        # The processor reads a flat list as several images of one sample; one list per sample is unambiguous.
+        return [[image] for image in images]

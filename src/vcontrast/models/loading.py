@@ -1,0 +1,54 @@
+"""Load a supported VLM and its processor from a local folder (or the shipped toy model), the transformers way."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vcontrast.models import get_adapter
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(
+    path: str | Path | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+):
+    """`(model, processor)` from `path` with `AutoModelForImageTextToText` / `AutoProcessor`, in eval mode.
+
+    Args:
+        path (`str | Path | None`): a folder written by `save_pretrained` (or a hub name where the hub is
+            reachable). None loads the toy model shipped with vcontrast.
+        dtype (`torch.dtype | str | None`, *optional*): e.g. `torch.bfloat16`; None keeps the checkpoint's dtype.
+        device (`str | torch.device | None`, *optional*): where to put the model; None leaves it on the CPU.
+
+    Raises:
+        ValueError: if the folder does not exist or the model's family is not supported.
+
+    Examples:
+
+    ```python
+    >>> model, processor = load_model("checkpoints/llava-1.5-7b-hf", dtype="bfloat16", device="cuda")
+    ```
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if path is None:
+        from vcontrast.toy import load
+
+        return load()
+    local = Path(path)
+    if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
+        raise ValueError(f"model path {str(path)!r} does not exist")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    get_adapter(model)  # fail early, naming the supported families
+    processor = AutoProcessor.from_pretrained(str(path))
+    if device is not None:
+        model = model.to(device)
+    logger.info("loaded %s (%s) from %s", type(model).__name__, model.config.model_type, path)
+    return model.eval(), processor
