@@ -140,53 +140,45 @@ _VISION = {
 }
 
 
-def _llava():
+def _llava_like(processor_cls, image_processor, config_cls, model_cls, **config_kwargs):
+    # LLaVA-1.5 and LLaVA-NeXT share tokenizer, CLIP tower and template; they differ in the any-resolution crops.
     tok = _tokenizer(["<image>"])
-    ip = tf.CLIPImageProcessorPil(
-        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, do_center_crop=True, do_resize=True
-    )
-    proc = tf.LlavaProcessor(
-        image_processor=ip,
+    proc = processor_cls(
+        image_processor=image_processor,
         tokenizer=tok,
         patch_size=4,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=LLAVA_TEMPLATE,
     )
-    cfg = tf.LlavaConfig(
+    cfg = config_cls(
         vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
         text_config=_text_config(tf.LlamaConfig, len(tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
+        **config_kwargs,
     )
-    return tf.LlavaForConditionalGeneration(cfg), proc
+    return model_cls(cfg), proc
+
+
+def _llava():
+    ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return _llava_like(tf.LlavaProcessor, ip, tf.LlavaConfig, tf.LlavaForConditionalGeneration)
 
 
 def _llava_next():
-    tok = _tokenizer(["<image>"])
+    pinpoints = [[16, 32], [32, 16], [32, 32]]
     ip = tf.LlavaNextImageProcessorPil(
-        size={"shortest_edge": 16},
-        crop_size={"height": 16, "width": 16},
-        image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]],
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=pinpoints
     )
-    proc = tf.LlavaNextProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=4,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
+    return _llava_like(
+        tf.LlavaNextProcessor,
+        ip,
+        tf.LlavaNextConfig,
+        tf.LlavaNextForConditionalGeneration,
+        image_grid_pinpoints=pinpoints,
     )
-    cfg = tf.LlavaNextConfig(
-        vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
-        text_config=_text_config(tf.LlamaConfig, len(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]],
-    )
-    return tf.LlavaNextForConditionalGeneration(cfg), proc
 
 
 class _NoVideoCheck:
@@ -210,58 +202,17 @@ class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
     pass
 
 
-def _qwen2_vl():
+def _qwen_like(processor_cls, text_config_cls, config_cls, model_cls, vision: dict):
+    # Qwen2-VL and Qwen2.5-VL share tokens, image processor and M-RoPE text model; their vision towers differ.
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(specials)
     ip = tf.Qwen2VLImageProcessorPil(
         min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
     )
-    proc = _Qwen2VLProcessorNoVideo(image_processor=ip, tokenizer=tok, chat_template=QWEN_TEMPLATE)
-    tc = _text_config(tf.Qwen2VLTextConfig, len(tok), rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
-    cfg = tf.Qwen2VLConfig(
-        text_config=tc.to_dict(),
-        vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 32,
-            "num_heads": 4,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_chans": 3,
-            "mlp_ratio": 2,
-        },
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
-    )
-    return tf.Qwen2VLForConditionalGeneration(cfg), proc
-
-
-def _qwen2_5_vl():
-    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(specials)
-    ip = tf.Qwen2VLImageProcessorPil(
-        min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
-    )
-    proc = _Qwen2_5_VLProcessorNoVideo(
-        image_processor=ip, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE
-    )
-    tc = _text_config(tf.Qwen2_5_VLTextConfig, len(tok), rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_heads": 4,
-        "patch_size": 4,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": 32,
-        "window_size": 16,
-        "fullatt_block_indexes": [1],
-    }
-    cfg = tf.Qwen2_5_VLConfig(
+    proc = processor_cls(image_processor=ip, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE)
+    tc = _text_config(text_config_cls, len(tok), rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+    vision = {"depth": 2, "num_heads": 4, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, **vision}
+    cfg = config_cls(
         text_config=tc.to_dict(),
         vision_config=vision,
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
@@ -269,45 +220,68 @@ def _qwen2_5_vl():
         vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
     )
-    return tf.Qwen2_5_VLForConditionalGeneration(cfg), proc
+    return model_cls(cfg), proc
 
 
-def _smolvlm():
+def _qwen2_vl():
+    vision = {"embed_dim": 32, "hidden_size": 32, "in_chans": 3, "mlp_ratio": 2}
+    return _qwen_like(
+        _Qwen2VLProcessorNoVideo, tf.Qwen2VLTextConfig, tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, vision
+    )
+
+
+def _qwen2_5_vl():
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "out_hidden_size": 32,
+        "window_size": 16,
+        "fullatt_block_indexes": [1],
+    }
+    return _qwen_like(
+        _Qwen2_5_VLProcessorNoVideo,
+        tf.Qwen2_5_VLTextConfig,
+        tf.Qwen2_5_VLConfig,
+        tf.Qwen2_5_VLForConditionalGeneration,
+        vision,
+    )
+
+
+def _idefics3_like(processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
+    # Idefics3 and SmolVLM share tokens, template and the pixel-shuffle connector.
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = _tokenizer(specials)
-    ip = tf.SmolVLMImageProcessorPil(
-        size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False
+    ip = image_processor_cls(size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False)
+    proc = processor_cls(
+        image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE, **processor_kwargs
     )
-    proc = _SmolVLMProcessorNoVideo(
-        image_processor=ip, tokenizer=tok, video_processor=None, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE
-    )
-    # Its chat template reads `video_processor.num_frames`/`fps` even for image-only conversations.
-    proc.video_processor = types.SimpleNamespace(num_frames=None, fps=None)
-    cfg = tf.SmolVLMConfig(
+    cfg = config_cls(
         vision_config={**_VISION, "image_size": 16, "patch_size": 4},
         text_config=_text_config(tf.LlamaConfig, len(tok)).to_dict(),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
-    return tf.SmolVLMForConditionalGeneration(cfg), proc
+    return model_cls(cfg), proc
 
 
 def _idefics3():
-    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
-    specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tok = _tokenizer(specials)
-    ip = tf.Idefics3ImageProcessorPil(
-        size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False
+    return _idefics3_like(
+        tf.Idefics3Processor, tf.Idefics3ImageProcessorPil, tf.Idefics3Config, tf.Idefics3ForConditionalGeneration
     )
-    proc = tf.Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
-    cfg = tf.Idefics3Config(
-        vision_config=dict(**_VISION, image_size=16, patch_size=4),
-        text_config=_text_config(tf.LlamaConfig, len(tok)).to_dict(),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        scale_factor=2,
+
+
+def _smolvlm():
+    model, proc = _idefics3_like(
+        _SmolVLMProcessorNoVideo,
+        tf.SmolVLMImageProcessorPil,
+        tf.SmolVLMConfig,
+        tf.SmolVLMForConditionalGeneration,
+        video_processor=None,
     )
-    return tf.Idefics3ForConditionalGeneration(cfg), proc
+    # Its chat template reads `video_processor.num_frames`/`fps` even for image-only conversations.
+    proc.video_processor = types.SimpleNamespace(num_frames=None, fps=None)
+    return model, proc
 
 
 def _paligemma():
