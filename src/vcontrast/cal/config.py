@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcontrast.conditions import NoImage, VisualCondition, parse_condition
+from vcontrast.conditions import VisualCondition, parse_condition
 
 ATTENTION_MASK = "attention_mask"  # the paper's own no-image form (same name as in `vcontrast.contrast`)
 NORMALIZE = ("batch", "sample")
@@ -60,7 +60,7 @@ class CALConfig:
         window (`int`, *optional*, defaults to `3`):
             Width of the average pooling over neighbouring label tokens (stride 1, same length). Odd and `>= 1`;
             `1` turns pooling off.
-        contrast (`VisualCondition` or `str`, *optional*, defaults to `NoImage()`):
+        contrast (`VisualCondition` or `str`, *optional*, defaults to `"none"`, i.e. `NoImage()`):
             The contrast condition: `NoImage()` (image tokens dropped, vision tower skipped: the cheap exact form),
             `"attention_mask"` (the paper's form: image tokens masked out of the attention), or an image-space
             condition (`PatchMask`, `GaussianBlur`, `DiffusionNoise`), whose contrast pixels the batch must carry as
@@ -86,8 +86,9 @@ class CALConfig:
     window: int = field(
         default=3, metadata={"help": "Average-pooling window over neighbouring label tokens (odd, >= 1)."}
     )
-    contrast: str | VisualCondition = field(
-        default_factory=NoImage,
+    # Typed `str` so that `HfArgumentParser` makes it a text flag; `__post_init__` turns it into a condition.
+    contrast: str = field(
+        default="none",
         metadata={
             "help": "Contrast condition: 'none' (no image, default), 'attention_mask' (the paper's form), "
             "'patch:RATIO', 'blur:SIGMA' or 'noise:STEP'."
