@@ -1,6 +1,7 @@
 """CAL: Contrastive ALignment (arXiv 2405.17871): visually weighted token loss for VLM training.
 
-`import vcontrast.cal` does not import trl; `CALSFTTrainer` is resolved on first access and needs it.
+`import vcontrast.cal` imports neither `transformers.Trainer` nor trl: `CALTrainer` and `CALSFTTrainer` (which needs
+trl) are resolved on first access.
 """
 
 from vcontrast.cal.config import CALConfig, parse_contrast
@@ -19,9 +20,18 @@ from vcontrast.cal.loss import (
     weighted_loss,
 )
 
+_LAZY = {
+    "CALTrainer": "vcontrast.cal.trainer",
+    "CALTrainerMixin": "vcontrast.cal.trainer",
+    "CALSFTTrainer": "vcontrast.cal.sft",
+}
+
 __all__ = [
     "CALConfig",
     "CALOutput",
+    "CALSFTTrainer",
+    "CALTrainer",
+    "CALTrainerMixin",
     "ContrastCollator",
     "add_contrast_pixels",
     "cal_deltas",
@@ -35,3 +45,12 @@ __all__ = [
     "token_weights",
     "weighted_loss",
 ]
+
+
+def __getattr__(name: str):
+    # The trainers import transformers.Trainer (accelerate) and trl: only on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

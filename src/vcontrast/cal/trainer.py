@@ -1,0 +1,198 @@
+"""`CALTrainer`: a `transformers.Trainer` whose loss is CAL's, exact under gradient accumulation and data parallelism.
+
+Like TRL's `GKDTrainer`, it overrides `compute_loss` (which sees the model and the inputs; `compute_loss_func` sees
+neither) and calls the pure loss ([`vcontrast.cal.cal_loss`]). The one subtlety is normalisation: the paper divides
+by the sum of the weights over the whole batch, but with gradient accumulation (and several devices) that sum is only
+known after the last micro-batch. The trainer backpropagates `sum(w * CE) / N` for each micro-batch, where `N` is the
+step's number of label tokens over all micro-batches and devices (counted before the first forward, like
+transformers' `num_items_in_batch`), sums `sum(w)` over the step (one all-reduce of a few scalars per optimizer step)
+and rescales the synchronised gradients by `N / sum(w)` before clipping and the optimizer step. The update is then
+exactly the one of a single batch holding every sample of the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from vcontrast.cal.config import CALConfig
+from vcontrast.cal.loss import WEIGHTS_KEY, cal_label_mask, cal_loss
+from vcontrast.models import get_adapter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CALTrainer", "CALTrainerMixin"]
+
+
+@dataclass
+class _Step:
+    # Book-keeping of one optimizer step (one gradient-accumulation window) on this process.
+    size: int  # micro-batches in the window
+    num_items: torch.Tensor  # global normaliser: label tokens ("batch") or samples ("sample"), all devices
+    seen: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, **values: torch.Tensor) -> None:
+        for key, value in values.items():
+            value = value.detach().double()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+
+class CALTrainerMixin:
+    """Adds CAL's loss to a `transformers.Trainer` subclass (see [`CALTrainer`]); mix it in before the Trainer."""
+
+    # The loss returned by `compute_loss` is already normalised over the whole accumulated step.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, cal_config: CALConfig | None = None, **kwargs):
+        if cal_config is not None and not isinstance(cal_config, CALConfig):
+            raise ValueError(f"`cal_config` (={cal_config!r}) has to be a vcontrast.cal.CALConfig")
+        self.cal_config = CALConfig() if cal_config is None else cal_config
+        super().__init__(*args, **kwargs)
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"{type(self).__name__} does not support `nn.DataParallel` (n_gpu={self.args.n_gpu}); launch with "
+                "`accelerate launch` or `torchrun`"
+            )
+        get_adapter(self.model)  # fail early on an unsupported model family
+        self._cal_step: _Step | None = None
+        self._cal_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._cal_warned = False
+
+    # Precomputed weights are a dataset column the model's forward does not take: keep it through column removal.
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if WEIGHTS_KEY not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, WEIGHTS_KEY]
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes > 1:
+            return self.accelerator.reduce(values, reduction="sum")
+        return values
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        adapter = get_adapter(self.model)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        for batch in batch_samples:
+            mask = cal_label_mask(adapter, batch)
+            count += (mask.sum() if self.cal_config.normalize == "batch" else mask.any(-1).sum()).to(device)
+        self._cal_step = _Step(size=len(batch_samples), num_items=self._reduce(count))
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        step = self._cal_step if model.training else None
+        if step is None:
+            # Evaluation, or a call outside the training loop: this batch's own normalisation.
+            out = cal_loss(model, inputs, self.cal_config)
+            loss = out.loss
+            if not model.training:
+                sums = torch.stack(self._sums(out)).to(loss.device)
+                sums = self.accelerator.gather_for_metrics(sums[None]).sum(0)
+                self._record("eval", sums)
+        else:
+            out = cal_loss(model, inputs, self.cal_config, num_items=step.num_items)
+            # DDP averages gradients over processes; the loss is already normalised over all of them.
+            loss = out.loss * self.accelerator.num_processes
+            weight_sum, weighted_ce, tokens, delta_sum, negative = self._sums(out)
+            step.add(w=weight_sum, wce=weighted_ce, n=tokens, delta=delta_sum, neg=negative, loss=out.loss)
+        return (loss, out.model_outputs) if return_outputs else loss
+
+    @staticmethod
+    def _sums(out) -> list[torch.Tensor]:
+        mask = out.mask
+        delta = out.delta if out.delta is not None else torch.zeros_like(out.weights)
+        return [
+            out.weights.sum().double(),
+            (out.weights * out.token_loss.detach()).sum().double(),
+            mask.sum().double(),
+            delta[mask].sum().double(),
+            (delta[mask] < 0).sum().double(),
+        ]
+
+    def _record(self, mode: str, sums: torch.Tensor) -> None:
+        weight_sum, _, tokens, delta_sum, negative = sums.tolist()
+        if tokens > 0:
+            self._cal_metrics[mode]["cal/mean_weight"].append(weight_sum / tokens)
+            self._cal_metrics[mode]["cal/mean_delta"].append(delta_sum / tokens)
+            self._cal_metrics[mode]["cal/frac_negative_delta"].append(negative / tokens)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self._cal_step
+        if step is None:
+            return loss
+        step.seen += 1
+        if step.seen < step.size:
+            # The step's loss is reported once, at its last micro-batch, when the totals are known.
+            return torch.zeros_like(loss)
+        keys = ("w", "wce", "n", "delta", "neg", "loss")
+        totals = self._reduce(torch.stack([step.sums[k] for k in keys]).to(loss.device))
+        total = dict(zip(keys, totals, strict=True))
+        self._record("train", torch.stack([total[k] for k in ("w", "wce", "n", "delta", "neg")]))
+        self._cal_step = None
+        if self.cal_config.normalize == "sample":
+            return total["loss"].to(loss.dtype) * torch.ones_like(loss)
+        # Gradients hold sum(w * dCE) / N, synchronised over processes: turn them into sum(w * dCE) / sum(w).
+        factor = step.num_items / total["w"] if total["w"] > 0 else torch.zeros_like(total["w"])
+        if self.is_deepspeed_enabled or getattr(self, "is_fsdp_enabled", False):
+            if not self._cal_warned:
+                logger.warning(
+                    "CAL under DeepSpeed/FSDP: gradients are not rescaled by N / sum(w), so each step's update is the "
+                    "exact CAL gradient times the step's mean weight"
+                )
+                self._cal_warned = True
+        else:
+            self._scale_gradients(model, factor)
+        return (total["wce"] / total["w"] if total["w"] > 0 else total["w"] * 0).to(loss.dtype) * torch.ones_like(loss)
+
+    @staticmethod
+    @torch.no_grad()
+    def _scale_gradients(model: nn.Module, factor: torch.Tensor) -> None:
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor.to(param.grad.dtype))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._cal_metrics[mode].items() if values}
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs.update(metrics)  # in place, so that `evaluate()` returns them too
+        super().log(logs, start_time)
+        self._cal_metrics[mode].clear()
+
+
+class CALTrainer(CALTrainerMixin, Trainer):
+    """
+    A `transformers.Trainer` training with CAL's visually weighted token loss.
+
+    Each training step runs the model's forward with the image (with gradient), then CAL's contrast pass (no
+    gradient, eval mode, text tokens only for `NoImage()`), and minimises `sum(w * CE) / sum(w)`. The normalisation
+    is over the whole optimizer step: with gradient accumulation and several processes the update equals that of one
+    big batch (see the module docstring). Evaluation with labels reports the CAL loss of each eval batch. The mean
+    weight, mean logit gain and share of negative gains are logged as `cal/mean_weight`, `cal/mean_delta` and
+    `cal/frac_negative_delta`.
+
+    Batches need `labels` (-100 = ignored) aligned with `input_ids`. A batch may carry precomputed weights under
+    `cal_weights` (from [`vcontrast.cal.precompute_weights`]): then no contrast pass runs. Image-space contrast
+    conditions need `contrast_pixel_values` etc. in the batch ([`vcontrast.cal.ContrastCollator`]). For datasets
+    of raw rows (images, text), set `remove_unused_columns=False` as for any VLM collator.
+
+    Args:
+        cal_config (`CALConfig`, *optional*, defaults to `CALConfig()`): CAL's hyperparameters.
+        *args, **kwargs: passed to `transformers.Trainer`.
+
+    Examples:
+
+    ```python
+    >>> args = TrainingArguments("out", per_device_train_batch_size=8, remove_unused_columns=False)
+    >>> trainer = CALTrainer(model=model, args=args, train_dataset=ds, data_collator=collate, cal_config=CALConfig())
+    >>> trainer.train()
+    ```
+    """
