@@ -1,0 +1,514 @@
+"""The `CRG` front end: from an image, a prompt and regions to guided answers, scores, re-ranked boxes and matches."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import LogitsProcessorList
+
+from vcontrast.crg.decode import stack_streams, two_stream_generate
+from vcontrast.crg.guidance import check_alpha, check_beta
+from vcontrast.crg.processor import CRGLogitsProcessor
+from vcontrast.crg.scoring import ScoreJob, score_jobs
+from vcontrast.models import get_adapter
+from vcontrast.regions import _check_fill, blackout, blackout_all, blackout_each, combined_box, parse_boxes
+
+logger = logging.getLogger(__name__)
+
+MODES = ("union", "each", "combined", "whole")
+IMPLEMENTATIONS = ("auto", "batched", "processor")
+MATCH_TEMPLATE = "Does this image match: {text}?"
+RERANK_PROMPT = "Describe the image."
+# Decoding modes CRG runs: one token per sequence and step, from the guided scores.
+_SUPPORTED_MODES = ("greedy_search", "sample", "beam_search", "beam_sample")
+
+
+@dataclass
+class CRGInputs:
+    """A prepared CRG batch: the reference rows (one per example), the contrast rows, and which contrast rows
+    belong to each example (one, or one per region in the `"each"` mode)."""
+
+    reference: dict
+    contrast: dict
+    groups: list[list[int]]
+
+
+class CRG:
+    r"""
+    Contrastive Region Guidance (arXiv 2403.02325) for a transformers VLM: generation, candidate scoring, proposal
+    re-ranking and image-text matching, guided by `g = (1 + alpha) * lp(. | I) - alpha * lp(. | I')`, where `I'` is
+    the image with the regions blacked out.
+
+    Args:
+        model (`PreTrainedModel`):
+            A supported VLM (`vcontrast.supported_model_types()`), in eval mode.
+        processor (`ProcessorMixin`):
+            Its processor. Prompts go through its chat template (one user turn: the image, then the prompt, plus the
+            generation prompt); a processor without a chat template (PaliGemma) gets the prompt as is.
+        alpha (`float`, *optional*, defaults to 1.0):
+            Guidance strength, >= 0; 0 turns guidance off (plain decoding and log-likelihoods).
+        fill (`tuple[int, int, int]`, *optional*, defaults to `(0, 0, 0)`):
+            RGB colour painted over the regions.
+        mode (`str`, *optional*, defaults to `"union"`):
+            How regions make the contrast image: `"union"` (all regions in one image, the paper's default),
+            `"combined"` (one box enclosing them all), `"whole"` (the whole image, regions not needed) or `"each"`
+            (one contrast image per region, their log-probs averaged; scoring and matching only).
+        plausibility_beta (`float`, *optional*):
+            VCD's plausibility cutoff in (0, 1]; off by default.
+        proposer (`str` or `RegionProposer`, *optional*):
+            Where regions come from when a call passes none: a `vcontrast.crg.proposals` detector name or proposer,
+            run on the noun phrases of the prompt. Without one, regions are required (except in `"whole"` mode).
+
+    Examples:
+
+    ```python
+    >>> crg = CRG(model, processor, alpha=1.0)
+    >>> crg.generate(image, "What is in the box?", [(10, 10, 60, 40)], max_new_tokens=16)
+    'a red cup'
+    >>> crg.score(image, "Which is right?", ["the cup is left of the plate", "the cup is right of the plate"],
+    ...           regions=[(10, 10, 60, 40), (70, 10, 120, 40)])
+    [-3.2, -5.9]
+    ```
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        alpha: float = 1.0,
+        fill: tuple[int, int, int] = (0, 0, 0),
+        mode: str = "union",
+        plausibility_beta: float | None = None,
+        proposer: Any = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"`mode` (={mode!r}) has to be one of {MODES}")
+        self.model = model
+        self.processor = processor
+        self.adapter = get_adapter(model)
+        self.alpha = check_alpha(alpha)
+        self.fill = _check_fill(fill)
+        self.mode = mode
+        self.plausibility_beta = check_beta(plausibility_beta)
+        self.proposer = proposer
+
+    # ------------------------------------------------------------------ inputs
+
+    def prompt_text(self, prompt: str) -> str:
+        """The model's text for one user turn (the image, then `prompt`) plus the generation prompt."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"`prompt` (={prompt!r}) has to be a string")  # noqa: TRY004 (one error type for bad input)
+        if getattr(self.processor, "chat_template", None) is None:
+            return prompt
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def regions_for(self, image: Image.Image, prompt: str, regions: Any = None) -> list[tuple[int, int, int, int]]:
+        """The pixel boxes of `regions` (validated and clipped to the image), or the proposer's boxes for `prompt`.
+
+        Raises:
+            `ValueError`: a box is malformed or lies entirely outside the image, or there are no regions (and no
+            proposer found any), except in `"whole"` mode, which needs none.
+        """
+        if _is_empty(regions):
+            if self.mode == "whole":
+                return []
+            if self.proposer is None:
+                raise ValueError(
+                    f"no regions given (regions={regions!r}) for prompt {prompt!r}: pass boxes (x0, y0, x1, y1), a "
+                    "`proposer`, or use mode='whole'"
+                )
+            from vcontrast.crg.proposals import propose_regions
+
+            proposals = propose_regions(image, prompt, detector=self.proposer)
+            if not proposals:
+                raise ValueError(f"no regions given and the proposer found none for prompt {prompt!r}")
+            regions = [proposal.box for proposal in proposals]
+        return [tuple(box) for box in parse_boxes(regions, image.size).tolist()]
+
+    def contrast_images(
+        self, image: Image.Image, regions: Any, prompt: str = "", mode: str | None = None
+    ) -> list[Image.Image]:
+        """The contrast image(s) of `image` under `mode` (defaults to this CRG's): one, or one per region for
+        `"each"`."""
+        mode = self.mode if mode is None else mode
+        boxes = self.regions_for(image, prompt, regions)
+        if mode == "whole":
+            return [blackout_all(image, fill=self.fill)]
+        if not boxes:
+            raise ValueError(f"no regions given (regions={regions!r}) for prompt {prompt!r}")
+        if mode == "each":
+            return blackout_each(image, boxes, fill=self.fill)
+        if mode == "combined":
+            return [blackout(image, combined_box(boxes), fill=self.fill)]
+        return [blackout(image, boxes, fill=self.fill)]
+
+    def _process(self, images: list[Image.Image], texts: list[str]) -> dict:
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        side = getattr(tokenizer, "padding_side", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"  # decoding and prefix caching want every prompt to end at the same column
+        try:
+            # One image per text, nested: the form every supported processor reads unambiguously (SmolVLM and
+            # Idefics3 read a flat list of several images as several images per text).
+            nested = [[image] for image in images]
+            batch = self.processor(images=nested, text=texts, return_tensors="pt", padding=True)
+        finally:
+            if tokenizer is not None:
+                tokenizer.padding_side = side
+        dtype = getattr(self.adapter.model, "dtype", torch.float32)
+        device = getattr(self.adapter.model, "device", torch.device("cpu"))
+        out = {}
+        for key, value in batch.items():
+            if key == "labels":  # PaliGemma's processor adds its own
+                continue
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, dtype=dtype if value.is_floating_point() else None)
+            out[key] = value
+        return out
+
+    def prepare(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        regions: Sequence[Any] | None = None,
+        mode: str | None = None,
+    ) -> CRGInputs:
+        """Reference and contrast batches for lists of images, prompts and per-example regions (left-padded), with
+        the contrast images of `mode` (defaults to this CRG's)."""
+        images, prompts = list(images), list(prompts)
+        if not images or len(images) != len(prompts):
+            raise ValueError(f"need as many images as prompts, at least one; got {len(images)} and {len(prompts)}")
+        regions = [None] * len(images) if regions is None else list(regions)
+        if len(regions) != len(images):
+            raise ValueError(f"need one region list per image; got {len(regions)} for {len(images)} images")
+        for image in images:
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"images have to be PIL images; got {image!r}")  # noqa: TRY004
+        texts = [self.prompt_text(prompt) for prompt in prompts]
+        contrast_images, contrast_texts, groups = [], [], []
+        for image, prompt, text, boxes in zip(images, prompts, texts, regions, strict=True):
+            masked = self.contrast_images(image, boxes, prompt, mode=mode)
+            groups.append(list(range(len(contrast_images), len(contrast_images) + len(masked))))
+            contrast_images += masked
+            contrast_texts += [text] * len(masked)
+        reference = self._process([image.convert("RGB") for image in images], texts)
+        contrast = self._process(contrast_images, contrast_texts)
+        return CRGInputs(reference, contrast, groups)
+
+    def build_inputs(self, image: Image.Image, prompt: str, regions: Any = None) -> tuple[dict, dict]:
+        """Model-ready `(reference, contrast)` batches for one image: identical `input_ids`, and the contrast
+        pixels from the image with the regions blacked out (one row, or one row per region in `"each"` mode).
+
+        Examples:
+
+        ```python
+        >>> reference, contrast = crg.build_inputs(image, "What is in the box?", [(0, 0, 8, 8)])
+        >>> torch.equal(reference["input_ids"], contrast["input_ids"])
+        True
+        ```
+        """
+        prepared = self.prepare([image], [prompt], [regions])
+        return prepared.reference, prepared.contrast
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self, image: Image.Image, prompt: str, regions: Any = None, implementation: str = "auto", **generate_kwargs
+    ) -> str:
+        """Answer `prompt` about `image` with CRG decoding (greedy by default; sampling and beam search through the
+        usual `generate` arguments).
+
+        Args:
+            image (`PIL.Image.Image`): the image.
+            prompt (`str`): the question or instruction.
+            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels; see `regions_for`.
+            implementation (`str`, *optional*, defaults to `"auto"`): `"batched"` runs both streams in one forward
+                per step (greedy and sampling), `"processor"` uses `CRGLogitsProcessor` (two forwards per step; also
+                beam search); `"auto"` picks `"batched"` unless beams are asked for.
+            **generate_kwargs: passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_beams`, ...).
+
+        Returns:
+            `str`: the decoded new tokens, special tokens skipped.
+
+        Raises:
+            `ValueError`: for decoding modes CRG does not support (assisted generation, contrastive search, DoLa,
+            group or constrained beam search, `use_cache=False`), or the `"each"` mode.
+        """
+        return self.generate_batch([image], [prompt], [regions], implementation=implementation, **generate_kwargs)[0]
+
+    def generate_batch(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        regions: Sequence[Any] | None = None,
+        implementation: str = "auto",
+        **generate_kwargs,
+    ) -> list[str]:
+        """`generate` for lists of images, prompts and per-example regions, as one left-padded batch.
+
+        Returns:
+            `list[str]`: one answer per example (the first of each example's `num_return_sequences`).
+        """
+        ids = self.generate_ids(images, prompts, regions, implementation=implementation, **generate_kwargs)
+        prompt_length = ids.prompt_length
+        repeats = ids.sequences.shape[0] // len(images)
+        new = ids.sequences[::repeats, prompt_length:]
+        return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+    def generate_ids(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        regions: Sequence[Any] | None = None,
+        implementation: str = "auto",
+        **generate_kwargs,
+    ) -> GeneratedIds:
+        """Token ids of CRG generation (prompt included), for callers that decode themselves."""
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"`implementation` (={implementation!r}) has to be one of {IMPLEMENTATIONS}")
+        if self.mode == "each":
+            raise ValueError(
+                "mode 'each' makes one contrast image per region, which is for scoring and re-ranking; generation "
+                "needs one contrast stream: use mode 'union' or 'combined'"
+            )
+        decoding = self.decoding_mode(**generate_kwargs)
+        prepared = self.prepare(images, prompts, regions)
+        reference, contrast = prepared.reference, prepared.contrast
+        generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.model, self.processor))
+        if implementation == "auto":
+            implementation = "processor" if decoding.startswith("beam") else "batched"
+        if implementation == "batched" and decoding.startswith("beam"):
+            raise ValueError(
+                "implementation 'batched' does greedy decoding and sampling; beam search needs 'processor'"
+            )
+        with torch.no_grad():
+            if self.alpha == 0:
+                out = self.adapter.model.generate(**reference, **generate_kwargs)
+            elif implementation == "batched":
+                out = two_stream_generate(
+                    self.model, reference, contrast, self.alpha, self.plausibility_beta, **generate_kwargs
+                )
+            else:
+                user = generate_kwargs.pop("logits_processor", None) or []
+                with CRGLogitsProcessor(self.model, contrast, self.alpha, self.plausibility_beta) as crg:
+                    processors = LogitsProcessorList([crg, *user])
+                    out = self.adapter.model.generate(**reference, logits_processor=processors, **generate_kwargs)
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        return GeneratedIds(sequences=sequences, prompt_length=reference["input_ids"].shape[1])
+
+    def decoding_mode(self, **generate_kwargs) -> str:
+        """The decoding mode `generate_kwargs` ask for; raises ValueError naming it if CRG cannot run it."""
+        for key in ("assistant_model", "custom_generate", "negative_prompt_ids"):
+            if generate_kwargs.get(key) is not None:
+                raise ValueError(f"CRG generation does not support `{key}` (={generate_kwargs[key]!r})")
+        config = copy.deepcopy(generate_kwargs.get("generation_config") or self.adapter.model.generation_config)
+        options = {key: value for key, value in generate_kwargs.items() if hasattr(config, key)}
+        config.update(**options)
+        if config.use_cache is False:
+            raise ValueError("CRG generation needs `use_cache=True` (got use_cache=False)")
+        if getattr(config, "guidance_scale", None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"`guidance_scale` (={config.guidance_scale!r}) would add a second guidance; leave it unset"
+            )
+        mode = str(config.get_generation_mode(generate_kwargs.get("assistant_model")).value)
+        if mode not in _SUPPORTED_MODES:
+            raise ValueError(
+                f"decoding mode {mode!r} is not supported by CRG generation; supported: greedy, sampling and beam "
+                "search (num_beams > 1, optionally with do_sample)"
+            )
+        return mode
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(
+        self,
+        image: Image.Image,
+        prompt: str,
+        candidates: Sequence[str],
+        regions: Any = None,
+        reduce: str = "sum",
+        normalize: bool = True,
+    ) -> list[float]:
+        """Guided log-likelihood of each candidate answer to `prompt`.
+
+        Each candidate's tokens (`processor.tokenizer(candidate, add_special_tokens=False)`, no EOS) follow the
+        generation prompt. The score sums (or averages, `reduce="mean"`) over those tokens
+        `log_softmax((1 + alpha) * lp_ref - alpha * lp_con)[y_t]` (`normalize=True`), or the unnormalised
+        `(1 + alpha) * lp_ref[y_t] - alpha * lp_con[y_t]` (`normalize=False`). The prompt with its image is
+        prefilled once per condition and all candidates run as one batch on that cache.
+
+        Args:
+            image (`PIL.Image.Image`): the image.
+            prompt (`str`): the question.
+            candidates (`Sequence[str]`): the answers to score, at least one.
+            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels.
+            reduce (`str`, *optional*, defaults to `"sum"`): `"sum"` or `"mean"` over the candidate's tokens.
+            normalize (`bool`, *optional*, defaults to `True`): renormalise the guided distribution.
+
+        Returns:
+            `list[float]`: one score per candidate, higher is better.
+
+        Examples:
+
+        ```python
+        >>> crg.score(image, "What colour is the cup?", ["red", "blue"], regions=[(10, 10, 60, 40)])
+        [-0.4, -2.1]
+        ```
+        """
+        return self.score_batch([image], [prompt], [candidates], [regions], reduce=reduce, normalize=normalize)[0]
+
+    def score_batch(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        regions: Sequence[Any] | None = None,
+        reduce: str = "sum",
+        normalize: bool = True,
+    ) -> list[list[float]]:
+        """`score` for lists of images, prompts, candidate lists and per-example regions, in one prefill."""
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"`reduce` (={reduce!r}) has to be 'sum' or 'mean'")
+        candidates = [self._check_candidates(c) for c in candidates]
+        if len(candidates) != len(images):
+            raise ValueError(f"need one candidate list per image; got {len(candidates)} for {len(images)} images")
+        prepared = self.prepare(images, prompts, regions)
+        count = prepared.reference["input_ids"].shape[0]
+        jobs = [
+            ScoreJob(example, tuple(count + row for row in prepared.groups[example]), self._tokens(candidate))
+            for example, example_candidates in enumerate(candidates)
+            for candidate in example_candidates
+        ]
+        scores = self._run(prepared, jobs, normalize)
+        out, start = [], 0
+        for example_candidates in candidates:
+            chunk = scores[start : start + len(example_candidates)]
+            start += len(example_candidates)
+            out.append([float(s.sum() if reduce == "sum" else s.mean()) for s in chunk])
+        return out
+
+    def _run(self, prepared: CRGInputs, jobs: list[ScoreJob], normalize: bool) -> list[torch.Tensor]:
+        prefix = stack_streams(prepared.reference, prepared.contrast)
+        return score_jobs(self.model, prefix, jobs, self.alpha, self.plausibility_beta, normalize)
+
+    def _check_candidates(self, candidates: Sequence[str]) -> list[str]:
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence) or len(candidates) == 0:
+            raise ValueError(f"`candidates` (={candidates!r}) has to be a non-empty list of strings")
+        for candidate in candidates:
+            if not isinstance(candidate, str):
+                raise ValueError(f"candidate {candidate!r} has to be a string")  # noqa: TRY004
+        return list(candidates)
+
+    def _tokens(self, text: str) -> tuple[int, ...]:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        tokens = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not tokens:
+            raise ValueError(f"candidate {text!r} has no tokens")
+        return tokens
+
+    def rerank(
+        self,
+        image: Image.Image,
+        text: str,
+        proposals: Sequence[Any],
+        prompt: str = RERANK_PROMPT,
+        reduce: str = "sum",
+        normalize: bool = True,
+    ) -> tuple[int, list[float]]:
+        """Pick the region proposal that `text` refers to: `argmax_i score(text | I, I with only box i blacked out)`.
+
+        The proposal whose blackout lowers the likelihood of `text` the most gets the highest guided score. The
+        reference prompt is prefilled once and all K contrast images in one batch.
+
+        Args:
+            image (`PIL.Image.Image`): the image.
+            text (`str`): the referring expression or phrase, scored as the answer to `prompt`.
+            proposals (`Sequence`): boxes `(x0, y0, x1, y1)` in pixels, or objects with a `.box` (`Proposal`).
+            prompt (`str`, *optional*, defaults to `"Describe the image."`): the prompt `text` answers.
+            reduce (`str`, *optional*, defaults to `"sum"`): `"sum"` or `"mean"` over the tokens of `text`.
+            normalize (`bool`, *optional*, defaults to `True`): renormalise the guided distribution.
+
+        Returns:
+            `tuple[int, list[float]]`: the best proposal's index and every proposal's score.
+
+        Examples:
+
+        ```python
+        >>> best, scores = crg.rerank(image, "the red cup on the left", [(0, 0, 40, 40), (50, 0, 90, 40)])
+        ```
+        """
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"`reduce` (={reduce!r}) has to be 'sum' or 'mean'")
+        boxes = [getattr(p, "box", p) for p in proposals] if isinstance(proposals, Sequence) else proposals
+        if boxes is None or len(boxes) == 0:
+            raise ValueError(f"`proposals` (={proposals!r}) is empty: nothing to re-rank")
+        prepared = self.prepare([image], [prompt], [boxes], mode="each")
+        tokens = self._tokens(text)
+        jobs = [ScoreJob(0, (1 + row,), tokens) for row in prepared.groups[0]]
+        scores = [float(s.sum() if reduce == "sum" else s.mean()) for s in self._run(prepared, jobs, normalize)]
+        return max(range(len(scores)), key=scores.__getitem__), scores
+
+    def match(
+        self, image: Image.Image, text: str, regions: Any = None, template: str = MATCH_TEMPLATE, answer: str = "yes"
+    ) -> float:
+        """Image-text agreement (SeeTRUE style): the guided probability of `answer` to `template` filled with `text`.
+
+        Args:
+            image (`PIL.Image.Image`): the image.
+            text (`str`): the text to check against the image.
+            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels.
+            template (`str`, *optional*, defaults to `"Does this image match: {text}?"`): the question.
+            answer (`str`, *optional*, defaults to `"yes"`): the answer whose probability is returned.
+
+        Returns:
+            `float`: P(answer) in [0, 1] under the renormalised guided distribution (a product over its tokens).
+        """
+        return self.match_batch([image], [text], [regions], template=template, answer=answer)[0]
+
+    def match_batch(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str],
+        regions: Sequence[Any] | None = None,
+        template: str = MATCH_TEMPLATE,
+        answer: str = "yes",
+    ) -> list[float]:
+        """`match` for lists of images, texts and per-example regions."""
+        if "{text}" not in template:
+            raise ValueError(f"`template` (={template!r}) needs a '{{text}}' field")
+        prompts = [template.format(text=text) for text in texts]
+        scores = self.score_batch(images, prompts, [[answer]] * len(prompts), regions, reduce="sum", normalize=True)
+        return [math.exp(s[0]) for s in scores]
+
+
+@dataclass
+class GeneratedIds:
+    """Token ids from CRG generation: `sequences` (rows, prompt_length + new) and the padded prompt length."""
+
+    sequences: torch.Tensor
+    prompt_length: int
+
+
+def _is_empty(regions: Any) -> bool:
+    if regions is None:
+        return True
+    try:
+        return len(regions) == 0
+    except TypeError:
+        return False
+
+
+def _pad_token_id(model: torch.nn.Module, processor: Any) -> int | None:
+    # generate warns (and guesses EOS) without a pad token; the processor's tokenizer knows the right one.
+    config_pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if config_pad is not None:
+        return config_pad
+    return getattr(getattr(processor, "tokenizer", None), "pad_token_id", None)

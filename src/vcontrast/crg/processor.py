@@ -1,0 +1,235 @@
+"""CRG inside transformers' `generate`: a `LogitsProcessor` that runs the contrast stream with its own KV cache.
+
+`generate` runs the reference stream (full image) as usual. A forward pre-hook on the model records the keyword
+arguments `generate` passes to each reference forward (input ids, attention mask, position ids, token types, ...),
+and the processor replays them for the contrast stream with its own cache. On the first step it swaps the
+pre-encoded reference image (`mm_encoder_outputs`) for the contrast pixels and runs the full prompt, so the contrast
+stream sees the masked image *and* the prompt. Replaying `generate`'s own arguments is what keeps Qwen2-VL's 3-D
+M-RoPE position ids (built by `generate`, outside `prepare_inputs_for_generation`) and PaliGemma's token types right:
+both streams have the same token layout, so they share them.
+
+Beam search reorders `generate`'s cache between steps; the processor finds the same reordering by matching each new
+sequence's prefix against the sequences of the previous step, and reorders its own cache likewise.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+from typing_extensions import Self
+
+from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
+from vcontrast.models import get_adapter
+
+logger = logging.getLogger(__name__)
+
+# Arguments of the reference forward that never go to the contrast forward: the reference cache and image features.
+_REFERENCE_ONLY = ("past_key_values", "mm_encoder_outputs")
+
+
+def _capture(ref: weakref.ref, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    # The hook holds the processor weakly, so that dropping the processor removes the hook (see `weakref.finalize`).
+    processor = ref()
+    if processor is None or processor._in_contrast:
+        return
+    cache = kwargs.get("past_key_values")
+    prefill = cache is None or cache.get_seq_length() == 0
+    processor._captured = (dict(kwargs), prefill, bool(args))
+    return
+
+
+def _unexpand(key: str, value: Any, rows: int, repeats: int) -> Any:
+    # generate repeats each prompt `repeats` times (beams, return sequences); the contrast prefill runs each once.
+    if repeats == 1 or not isinstance(value, torch.Tensor):
+        return value
+    if key == "position_ids" and value.dim() == 3:  # (k, B, T) multimodal RoPE: batch on dim 1
+        return value[:, ::repeats]
+    if value.dim() >= 1 and value.shape[0] == rows:
+        return value[::repeats]
+    return value
+
+
+def beam_origin(previous: torch.Tensor, prefix: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """For each row of `prefix` (R, L), the row of `previous` (R, L) holding the same tokens within its group of
+    `group_size` rows (one prompt's beams); None when no row moved. Rows with equal prefixes have equal caches, so
+    any match is right."""
+    if torch.equal(previous, prefix):
+        return None
+    rows = previous.shape[0]
+    match = (prefix[:, None, :] == previous[None, :, :]).all(-1)  # (R, R)
+    group = torch.arange(rows, device=previous.device) // group_size
+    match &= group[:, None] == group[None, :]
+    if not bool(match.any(1).all()):
+        raise RuntimeError(
+            "CRGLogitsProcessor could not tell which earlier sequence each new one continues; this decoding mode "
+            "changes sequences in a way it does not support (greedy, sampling and beam search are supported)"
+        )
+    return match.to(torch.int8).argmax(1)
+
+
+class CRGLogitsProcessor(LogitsProcessor):
+    r"""
+    Contrastive Region Guidance (arXiv 2403.02325) as a logits processor: it runs the contrast stream (the same
+    prompt with the key regions of the image blacked out) next to `generate`'s reference stream, with its own KV
+    cache, and returns `(1 + alpha) * log_softmax(reference) - alpha * log_softmax(contrast)`.
+
+    It works with greedy decoding, sampling and beam search (its cache follows the beams), for padded batches
+    (left padding, as `generate` wants). Build it, pass it to `generate` of the same model, and let it go (or use it
+    as a context manager): the forward hook it puts on the model is removed when the processor is closed or garbage
+    collected. One processor serves any number of `generate` calls with the same contrast inputs.
+
+    Args:
+        model (`PreTrainedModel`):
+            The VLM whose `generate` will be called (PEFT/DDP wrappers are unwrapped).
+        contrast_inputs (`dict`):
+            The processor's batch for the contrast image: the *same* `input_ids` and `attention_mask` as the
+            reference batch passed to `generate`, and the pixel inputs of the contrast image
+            (`CRG.build_inputs` returns both batches).
+        alpha (`float`, *optional*, defaults to 1.0):
+            Guidance strength, >= 0. At 0 the scores pass through unchanged and no contrast forward runs.
+        plausibility_beta (`float`, *optional*):
+            VCD's plausibility cutoff in (0, 1]: tokens with `lp_ref < log(beta) + max lp_ref` get `-inf`. Off by
+            default.
+
+    Examples:
+
+    ```python
+    >>> from transformers import LogitsProcessorList
+    >>> reference, contrast = CRG(model, processor).build_inputs(image, "What is in the box?", [(0, 0, 8, 8)])
+    >>> with CRGLogitsProcessor(model, contrast, alpha=1.0) as crg:
+    ...     out = model.generate(**reference, logits_processor=LogitsProcessorList([crg]), max_new_tokens=16)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        contrast_inputs: dict,
+        alpha: float = 1.0,
+        plausibility_beta: float | None = None,
+    ):
+        self.alpha = check_alpha(alpha)
+        self.plausibility_beta = check_beta(plausibility_beta)
+        self.adapter = get_adapter(model)
+        self.model = self.adapter.model
+        inputs = {key: value for key, value in dict(contrast_inputs).items() if key != "labels"}
+        self.adapter.check_inputs(inputs)
+        if inputs.get(self.adapter.pixel_keys[0]) is None:
+            raise ValueError(
+                f"`contrast_inputs` has no `{self.adapter.pixel_keys[0]}`: the contrast stream needs its image"
+            )
+        self.contrast_inputs = inputs
+        self._in_contrast = False
+        self._captured: tuple[dict, bool, bool] | None = None
+        self._cache = None
+        self._previous: torch.Tensor | None = None
+        self._group_size = 1
+        hook = functools.partial(_capture, weakref.ref(self))
+        self._handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        self._finalizer = weakref.finalize(self, self._handle.remove)
+
+    def close(self) -> None:
+        """Remove the forward hook from the model and free the contrast cache (idempotent)."""
+        self._finalizer()
+        self._cache = self._previous = self._captured = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        captured, self._captured = self._captured, None
+        if self.alpha == 0:
+            return scores
+        if not self._finalizer.alive:
+            raise RuntimeError("this CRGLogitsProcessor is closed; build a new one")
+        if captured is None:
+            raise RuntimeError(
+                "CRGLogitsProcessor saw no forward of its model: pass it to `generate` of the model it was built with"
+            )
+        kwargs, prefill, positional = captured
+        if positional:
+            raise ValueError(
+                "CRGLogitsProcessor needs the forward's inputs as keyword arguments, as `generate` passes"
+            )
+        if kwargs.get("use_cache") is False or (not prefill and kwargs.get("past_key_values") is None):
+            raise ValueError("CRG generation needs `use_cache=True`: the contrast stream keeps its own KV cache")
+        contrast = self._prefill(kwargs, input_ids) if prefill else self._step(kwargs, input_ids)
+        self._previous = input_ids
+        return guided_logprobs(scores, contrast.to(scores.device), self.alpha, self.plausibility_beta)
+
+    def _forward(self, kwargs: dict) -> Any:
+        self._in_contrast = True
+        try:
+            with torch.no_grad():
+                return self.model(**kwargs)
+        finally:
+            self._in_contrast = False
+
+    def _prefill(self, kwargs: dict, input_ids: torch.Tensor) -> torch.Tensor:
+        """First step: the full prompt with the contrast pixels, once per prompt; returns (R, V) last logits."""
+        contrast_ids = self.contrast_inputs["input_ids"]
+        rows, batch = input_ids.shape[0], contrast_ids.shape[0]
+        if rows % batch:
+            raise ValueError(
+                f"generate runs {rows} sequences but `contrast_inputs` has {batch}: pass the reference batch that "
+                "matches the contrast batch"
+            )
+        repeats = rows // batch
+        prompt_ids = kwargs["input_ids"]
+        if prompt_ids.shape != (rows, contrast_ids.shape[1]) or not torch.equal(
+            prompt_ids[::repeats].cpu(), contrast_ids.cpu()
+        ):
+            raise ValueError(
+                "the contrast `input_ids` differ from the reference prompt passed to `generate`: both streams need "
+                "the same text and the same padding (build them together, e.g. with `CRG.build_inputs`)"
+            )
+        device = prompt_ids.device
+        call = {
+            key: _unexpand(key, value, rows, repeats)
+            for key, value in kwargs.items()
+            if key not in _REFERENCE_ONLY and key not in self.adapter.pixel_keys
+        }
+        for key in self.adapter.pixel_keys:
+            value = self.contrast_inputs.get(key)
+            if value is not None:
+                call[key] = value.to(device) if isinstance(value, torch.Tensor) else value
+        call["use_cache"] = True
+        call["past_key_values"] = None  # the model builds a fresh cache of its own kind
+        out = self._forward(call)
+        self._cache = out.past_key_values
+        self._group_size = repeats
+        logits = out.logits[:, -1]  # (B, V)
+        if repeats > 1:
+            self._cache.batch_repeat_interleave(repeats)
+            logits = logits.repeat_interleave(repeats, dim=0)
+        return logits
+
+    def _step(self, kwargs: dict, input_ids: torch.Tensor) -> torch.Tensor:
+        """One decoding step: follow the beams, then feed the new token with `generate`'s own arguments."""
+        previous = self._previous
+        if self._cache is None or previous is None:
+            raise RuntimeError("CRGLogitsProcessor missed the first step of this generation")
+        if input_ids.shape[0] != previous.shape[0] or input_ids.shape[1] != previous.shape[1] + 1:
+            raise ValueError(
+                f"CRGLogitsProcessor supports greedy, sampling and beam search (one new token per sequence and step); "
+                f"the sequences went from shape {tuple(previous.shape)} to {tuple(input_ids.shape)}"
+            )
+        origin = beam_origin(previous, input_ids[:, :-1], self._group_size)
+        if origin is not None:
+            self._cache.reorder_cache(origin)
+        call = {
+            key: value
+            for key, value in kwargs.items()
+            if key not in _REFERENCE_ONLY and key not in self.adapter.pixel_keys
+        }
+        call["past_key_values"] = self._cache
+        out = self._forward(call)
+        return out.logits[:, -1]
