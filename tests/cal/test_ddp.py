@@ -1,0 +1,55 @@
+"""CALTrainer on 2 CPU processes under `accelerate launch` (DDP over gloo): both ranks agree, and the step equals one
+single-process step on the union of their batches (the normalisation spans the devices).
+
+accelerate 1.15 starts a single process for `--cpu --num_processes 2` unless `mpirun` is installed (its simple
+launcher), so the test launches through torchrun with `--multi_gpu`; the script's `use_cpu=True` keeps the run on
+the CPU, where accelerate's distributed type is MULTI_CPU and the process group gloo.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_process_ddp_step_matches_a_single_big_batch(tmp_path):
+    pytest.importorskip("accelerate")
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("the `accelerate` launcher is not installed")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    script = str(ROOT / "tests" / "cal" / "ddp_script.py")
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["backend"] for r in ranks] == ["gloo", "gloo"]
+    loss = [[log["loss"] for log in r["log_history"] if "loss" in log] for r in ranks]
+    assert loss[0] == loss[1] and len(loss[0]) == 1
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-6)
+
+    # One process, one batch of all 4 rows: the same update and the same logged loss.
+    from tests.cal.ddp_script import train
+
+    model, trainer = train(str(tmp_path / "single"), batch_size=4)
+    ddp_params = torch.load(tmp_path / "params.pt")
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), ddp_params[name], atol=1e-5, rtol=1e-4, msg=name)
+    single_loss = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert single_loss[0] == pytest.approx(loss[0][0], rel=1e-5)
