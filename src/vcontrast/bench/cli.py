@@ -1,0 +1,86 @@
+"""The `vcontrast eval` command: a typed function whose docstring becomes `--help` (registered in `vcontrast.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def eval_command(
+    benchmark: Annotated[
+        str,
+        typer.Option(help="Benchmark: whatsup, sugarcrepe, vipbench, seetrue, refcoco, refcoco+, refcocog or toy."),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="Folder with the benchmark's files in their official layout (see docs/eval.md).")
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint folder (save_pretrained layout); default: the toy model.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="'base' (the plain model) or 'crg'.")] = "base",
+    alpha: Annotated[float, typer.Option(help="CRG guidance strength (method crg).")] = 1.0,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N items (per split).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder; rerunning into it resumes.")] = Path("out/eval"),
+    split: Annotated[str | None, typer.Option(help="One split of the benchmark; default: the loader's.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 8,
+    proposer: Annotated[
+        str,
+        typer.Option(
+            help="Region proposer for items without regions: grounding-dino, owlv2, a registered name, or 'none' "
+            "(black out the whole image instead)."
+        ),
+    ] = "grounding-dino",
+    proposer_model: Annotated[
+        str | None, typer.Option(help="Checkpoint folder of the proposer (for offline use).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length for open-answer tasks (greedy).")] = 32,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (items/s).")] = True,
+) -> None:
+    """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
+
+    Predictions go to OUT/predictions.jsonl as they are made; rerun with the same --out to resume. Metrics go to
+    OUT/metrics.json.
+
+    Several processes: accelerate launch --num_processes N -m vcontrast.cli eval ... (on a machine without GPUs add
+    --multi_gpu to the launcher's options). The processes split the items; process 0 merges and scores.
+    """
+    from vcontrast.bench.runner import METRICS_FILE, evaluate, format_table
+
+    try:
+        summary = evaluate(
+            benchmark,
+            data_dir,
+            model=model,
+            method=method,
+            alpha=alpha,
+            limit=limit,
+            out_dir=out,
+            split=split,
+            batch_size=batch_size,
+            show_progress=progress,
+            proposer=None if proposer.lower() == "none" else proposer,
+            proposer_model=proposer_model,
+            max_new_tokens=max_new_tokens,
+        )
+    except ValueError as e:
+        print(f"error: {e}")
+        raise typer.Exit(code=2) from e
+    if not _is_main_process():
+        return
+    print(format_table(summary))
+    print(f"predictions: {out / summary['predictions']}")
+    print(f"metrics: {out / METRICS_FILE}")
+    for path in summary.get("grader_files", []):
+        print(f"ViP-Bench grader file: {out / path}")
+    if "metrics_error" in summary:
+        print(f"error: no metrics: {summary['metrics_error']}")
+        raise typer.Exit(code=1)
+
+
+def _is_main_process() -> bool:
+    # Only process 0 prints under `accelerate launch` (every process returns the same summary).
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,415 @@
+"""Methods the eval runner runs: how a model turns a batch of benchmark items into predictions.
+
+A method is any object with a `name`, a JSON-ready `config` and `predict(items, images) -> list[dict]` (the `Method`
+protocol), so that tests and users can plug in their own. The two built-in methods wrap `vcontrast.crg.CRG`, so that
+both read prompts through the same chat template and score candidates the same way:
+
+- "base" (`BaseMethod`): the plain model, `CRG` with `alpha=0` (no guidance).
+- "crg" (`CRGMethod`): Contrastive Region Guidance with the given `alpha`.
+
+What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
+
+- "choice": `score_batch(images, prompts, candidates)`, each candidate's summed token log-probs -> `scores`,
+  `pred_index`.
+- "match": `score_batch` of the answers "yes" and "no" to CRG's `MATCH_TEMPLATE` ("Does this image match: {text}?")
+  -> `p_yes` = P(yes) / (P(yes) + P(no)), `logprobs` (of "yes" and "no").
+- "refexp": "crg" re-ranks with `CRG.rerank` (each proposal blacked out in turn); "base" scores the expression given
+  each proposal's crop -> `scores`, `pred_index`, `pred_box`.
+- "vqa", "region_vqa", "caption": `generate_batch`, greedy, `max_new_tokens` -> `text`.
+
+P(yes) is renormalised over "yes" and "no", so that F1 at 0.5 means "yes is more likely than no" whatever mass the
+model puts on other words. The "base" re-ranking scores crops because the plain model has no other way to tell
+proposals apart (CRG's re-ranking at `alpha=0` scores every proposal the same).
+
+Regions (what CRG blacks out), recorded in each prediction as `regions` and `regions_source`:
+
+1. `"item"`: the item's own `regions` (ViP-Bench annotations, the toy world's boxes).
+2. `"proposer"`: otherwise, the boxes a region proposer (`vcontrast.crg.proposals`) finds for the noun phrases of the
+   item: of its candidates for "choice" items (What'sUp and SugarCrepe share one generic prompt, the objects are in the
+   captions; all candidates are used, so the regions never depend on the gold one), of its prompt otherwise.
+3. `"whole"`: when there is no proposer or it finds nothing, the whole image is blacked out (the "whole image"
+   ablation of the CRG paper: the contrast stream sees a black image, so CRG contrasts with the model's image-free
+   prior). Count these before reading a CRG number: `metrics.json` reports how many predictions used each source.
+
+"refexp" items get their proposals the same way: the item's `proposals`, else the proposer's boxes for the
+expression, else the whole image as the only proposal (`pred_box` is then the whole image).
+
+Examples:
+
+```python
+>>> from vcontrast.bench.methods import get_method
+>>> method = get_method("crg", model, processor, alpha=1.0, proposer=None)  # doctest: +SKIP
+>>> method.predict(items[:4], [Image.open(item.image) for item in items[:4]])  # doctest: +SKIP
+[{'scores': [-3.1, -4.2], 'pred_index': 0, 'regions': [[12.0, 40.0, 80.0, 96.0]], 'regions_source': 'item'}, ...]
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+from vcontrast.bench.items import Item
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METHODS",
+    "BaseMethod",
+    "CRGMethod",
+    "Method",
+    "ModelMethod",
+    "get_method",
+    "method_config",
+    "region_phrases",
+]
+
+MATCH_ANSWERS = ("yes", "no")
+DEFAULT_PROPOSER = "grounding-dino"
+OPEN_TASKS = ("vqa", "region_vqa", "caption")
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the eval runner needs from a method.
+
+    Attributes:
+        name (`str`): short name, written to `run.json` and `metrics.json`.
+        config (`dict`): JSON-ready settings that change predictions; a rerun into the same output folder must have
+            the same ones (the runner refuses to mix predictions of different settings).
+    """
+
+    name: str
+    config: dict
+
+    def predict(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """One prediction dict per item (schema of `vcontrast.bench.metrics`), in order; `images[i]` is the RGB
+        image of `items[i]`. Values must be JSON-serialisable."""
+        ...
+
+
+def method_config(
+    name: str,
+    alpha: float = 1.0,
+    proposer: Any = DEFAULT_PROPOSER,
+    proposer_model: str | None = None,
+    max_new_tokens: int = 32,
+) -> dict:
+    """The `config` of a built-in method, computable before the model is loaded (the runner checks it on resume).
+
+    Args:
+        name (`str`): "base" or "crg".
+        alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (not part of "base").
+        proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): the proposer.
+        proposer_model (`str`, *optional*): the proposer's checkpoint.
+        max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks.
+    """
+    if name not in METHODS:
+        raise ValueError(f"`method` (={name!r}) has to be one of {sorted(METHODS)} or a Method object")
+    if name == "crg":
+        from vcontrast.crg.guidance import check_alpha
+
+        return _config(proposer, proposer_model, max_new_tokens, check_alpha(alpha))
+    return _config(proposer, proposer_model, max_new_tokens)
+
+
+def _config(proposer: Any, proposer_model: str | None, max_new_tokens: int, alpha: float | None = None) -> dict:
+    # Checks the settings shared by every built-in method and lists them, alpha first when there is one.
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"`max_new_tokens` (={max_new_tokens!r}) has to be a positive integer")
+    if proposer is not None and not isinstance(proposer, str) and not callable(proposer):
+        raise ValueError(f"`proposer` (={proposer!r}) has to be a proposer name, a RegionProposer or None")
+    config = {"proposer": _proposer_id(proposer), "proposer_model": proposer_model, "max_new_tokens": max_new_tokens}
+    return config if alpha is None else {"alpha": float(alpha), **config}
+
+
+def _proposer_id(proposer: Any) -> str | None:
+    if proposer is None or isinstance(proposer, str):
+        return proposer
+    return getattr(proposer, "name", None) or type(proposer).__name__
+
+
+def region_phrases(item: Item) -> list[str]:
+    """The noun phrases a region proposer looks for: of the candidates of a "choice" item (all of them, so the
+    regions never depend on the gold answer), of the prompt for every other task."""
+    from vcontrast.crg.phrases import extract_noun_phrases
+
+    texts = item.candidates if item.task == "choice" and item.candidates else [item.prompt]
+    return list(dict.fromkeys(phrase for text in texts for phrase in extract_noun_phrases(text)))
+
+
+def _whole(image: Image.Image) -> list[list[float]]:
+    return [[0.0, 0.0, float(image.width), float(image.height)]]
+
+
+def _argmax(scores: Sequence[float]) -> int:
+    return max(range(len(scores)), key=lambda i: (not math.isnan(scores[i]), scores[i]))
+
+
+def _crop(image: Image.Image, box: Sequence[float]) -> Image.Image:
+    # Round outward and keep at least one pixel, so that a thin or out-of-image box still gives an image to score.
+    x0 = min(max(math.floor(box[0]), 0), image.width - 1)
+    y0 = min(max(math.floor(box[1]), 0), image.height - 1)
+    x1 = max(min(math.ceil(box[2]), image.width), x0 + 1)
+    y1 = max(min(math.ceil(box[3]), image.height), y0 + 1)
+    return image.crop((x0, y0, x1, y1))
+
+
+class ModelMethod:
+    """Shared part of the built-in methods: dispatch by task, region proposals, and the four task handlers.
+
+    Subclasses set `name` and the `CRG` they score with (`self.crg`), and may override a handler.
+
+    Args:
+        model (`PreTrainedModel`): a supported VLM in eval mode.
+        processor (`ProcessorMixin`): its processor.
+        proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): where regions
+            (and refexp proposals) come from when an item has none: a `vcontrast.crg.proposals` name (built on first
+            use), a proposer object, or `None` for none (the whole image is blacked out instead).
+        proposer_model (`str`, *optional*): checkpoint folder or hub name of a named proposer.
+        max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks (greedy).
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        proposer: Any = DEFAULT_PROPOSER,
+        proposer_model: str | None = None,
+        max_new_tokens: int = 32,
+    ):
+        _config(proposer, proposer_model, max_new_tokens)
+        self.model = model
+        self.processor = processor
+        self.proposer = proposer
+        self.proposer_model = proposer_model
+        self.max_new_tokens = max_new_tokens
+        self._built_proposer = None if isinstance(proposer, str) else proposer
+
+    @property
+    def config(self) -> dict:
+        """Settings that change predictions (see `method_config`)."""
+        return _config(self.proposer, self.proposer_model, self.max_new_tokens, getattr(self, "alpha", None))
+
+    # ------------------------------------------------------------------ regions
+
+    def propose(self, image: Image.Image, phrases: list[str]) -> list[list[float]]:
+        """Boxes the proposer finds for `phrases` (empty without a proposer or phrases)."""
+        if self.proposer is None or not phrases:
+            return []
+        from vcontrast.crg.proposals import get_proposer, propose_regions
+
+        if self._built_proposer is None:
+            kwargs = {"model": self.proposer_model} if self.proposer_model is not None else {}
+            device = getattr(self.model, "device", None)
+            if device is not None and getattr(device, "type", "cpu") != "cpu":
+                kwargs["device"] = device
+            try:
+                self._built_proposer = get_proposer(self.proposer, **kwargs)
+            except OSError as e:
+                raise ValueError(
+                    f"cannot load the region proposer `proposer` (={self.proposer!r}, model={self.proposer_model!r}): "
+                    f"{e}. Pass a local checkpoint (proposer_model / --proposer-model) or proposer=None "
+                    "(--proposer none) to black out the whole image instead"
+                ) from e
+        return [list(p.box) for p in propose_regions(image, phrases, detector=self._built_proposer)]
+
+    def regions(self, item: Item, image: Image.Image) -> tuple[list[list[float]], str]:
+        """`(boxes, source)` for what CRG blacks out: the item's regions ("item"), the proposer's ("proposer"), or
+        the whole image ("whole")."""
+        if item.regions:
+            return [list(b) for b in item.regions], "item"
+        boxes = self.propose(image, region_phrases(item))
+        if boxes:
+            return boxes, "proposer"
+        return _whole(image), "whole"
+
+    def proposals(self, item: Item, image: Image.Image) -> tuple[list[list[float]], str]:
+        """`(boxes, source)` to re-rank for a "refexp" item, with the same sources as `regions`."""
+        if item.proposals:
+            return [list(b) for b in item.proposals], "item"
+        boxes = self.propose(image, [item.prompt])
+        if boxes:
+            return boxes, "proposer"
+        return _whole(image), "whole"
+
+    # ------------------------------------------------------------------ dispatch
+
+    def predict(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """Predictions for a batch of items (of any tasks; each task's items run as one batch)."""
+        if len(items) != len(images):
+            raise ValueError(f"got {len(items)} items but {len(images)} images")
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            by_task[item.task].append(i)
+        out: list[dict | None] = [None] * len(items)
+        for task, index in by_task.items():
+            handler = {"choice": self.choice, "match": self.match, "refexp": self.refexp}.get(task, self.answer)
+            batch_items, batch_images = [items[i] for i in index], [images[i] for i in index]
+            try:
+                predictions = handler(batch_items, batch_images)
+            except ValueError as e:
+                raise ValueError(f"items {[item.id for item in batch_items]}: {e}") from e
+            for i, prediction in zip(index, predictions, strict=True):
+                out[i] = prediction
+        return out
+
+    def _guided_regions(self, items: list[Item], images: list[Image.Image]) -> tuple[list | None, list[dict]]:
+        # "base" needs no regions (alpha 0); CRGMethod overrides this.
+        return None, [{} for _ in items]
+
+    def choice(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """Scores of every candidate ("choice" items)."""
+        regions, extra = self._guided_regions(items, images)
+        scores = self.crg.score_batch(images, [it.prompt for it in items], [it.candidates for it in items], regions)
+        return [{"scores": s, "pred_index": _argmax(s), **e} for s, e in zip(scores, extra, strict=True)]
+
+    def match(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """P("yes") renormalised over "yes"/"no" for CRG's `MATCH_TEMPLATE` ("match" items)."""
+        from vcontrast.crg.crg import MATCH_TEMPLATE
+
+        regions, extra = self._guided_regions(items, images)
+        prompts = [MATCH_TEMPLATE.format(text=it.prompt) for it in items]
+        scores = self.crg.score_batch(images, prompts, [list(MATCH_ANSWERS)] * len(items), regions)
+        out = []
+        for (yes, no), e in zip(scores, extra, strict=True):
+            top = max(yes, no)
+            p_yes = 0.5 if math.isinf(top) else math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))
+            out.append({"p_yes": p_yes, "logprobs": [yes, no], **e})
+        return out
+
+    def answer(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """Greedy answers ("vqa", "region_vqa", "caption" items)."""
+        regions, extra = self._guided_regions(items, images)
+        texts = self.crg.generate_batch(
+            images, [it.prompt for it in items], regions, max_new_tokens=self.max_new_tokens, do_sample=False
+        )
+        return [{"text": t, **e} for t, e in zip(texts, extra, strict=True)]
+
+    def refexp(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
+        """Scores of every proposal ("refexp" items); see `rerank`."""
+        out = []
+        for item, image in zip(items, images, strict=True):
+            boxes, source = self.proposals(item, image)
+            scores = self.rerank(item, image, boxes)
+            best = _argmax(scores)
+            out.append(
+                {"scores": scores, "pred_index": best, "pred_box": boxes[best], "proposals_source": source}
+                | ({"proposals": boxes} if source != "item" else {})
+            )
+        return out
+
+    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
+        """One score per proposal box, higher is better."""
+        raise NotImplementedError
+
+
+class BaseMethod(ModelMethod):
+    """The plain model: `CRG` with `alpha=0`, so prompts and scores are built exactly as for "crg".
+
+    "refexp": the score of proposal `i` is the log-likelihood of the expression (as the answer to CRG's
+    `RERANK_PROMPT`, "Describe the image.") given the image cropped to box `i`; see the module docstring. Other
+    arguments as `ModelMethod`.
+
+    Examples:
+
+    ```python
+    >>> method = BaseMethod(model, processor)  # doctest: +SKIP
+    ```
+    """
+
+    name = "base"
+
+    def __init__(self, model: Any, processor: Any, **kwargs: Any):
+        from vcontrast.crg import CRG
+
+        super().__init__(model, processor, **kwargs)
+        # "whole": no regions needed; with alpha 0 the contrast image never changes a score or a token.
+        self.crg = CRG(model, processor, alpha=0.0, mode="whole")
+
+    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
+        from vcontrast.crg.crg import RERANK_PROMPT
+
+        crops = [_crop(image, box) for box in boxes]
+        scores = self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), [[item.prompt]] * len(crops))
+        return [s[0] for s in scores]
+
+
+class CRGMethod(ModelMethod):
+    """Contrastive Region Guidance with strength `alpha` (regions as in the module docstring).
+
+    Args:
+        model (`PreTrainedModel`): a supported VLM in eval mode.
+        processor (`ProcessorMixin`): its processor.
+        alpha (`float`, *optional*, defaults to 1.0): guidance strength, >= 0.
+        **kwargs: `proposer`, `proposer_model`, `max_new_tokens` (see `ModelMethod`).
+
+    Examples:
+
+    ```python
+    >>> method = CRGMethod(model, processor, alpha=1.0, proposer="owlv2")  # doctest: +SKIP
+    ```
+    """
+
+    name = "crg"
+
+    def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
+        from vcontrast.crg import CRG
+
+        super().__init__(model, processor, **kwargs)
+        self.crg = CRG(model, processor, alpha=alpha)
+        self.alpha = self.crg.alpha
+
+    def _guided_regions(self, items: list[Item], images: list[Image.Image]) -> tuple[list, list[dict]]:
+        regions, extra = [], []
+        for item, image in zip(items, images, strict=True):
+            boxes, source = self.regions(item, image)
+            regions.append(boxes)
+            extra.append({"regions": boxes, "regions_source": source})
+        return regions, extra
+
+    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
+        _, scores = self.crg.rerank(image, item.prompt, boxes)
+        return scores
+
+
+METHODS: dict[str, type[ModelMethod]] = {"base": BaseMethod, "crg": CRGMethod}
+
+
+def get_method(
+    name: str,
+    model: Any,
+    processor: Any,
+    alpha: float = 1.0,
+    proposer: Any = DEFAULT_PROPOSER,
+    proposer_model: str | None = None,
+    max_new_tokens: int = 32,
+) -> ModelMethod:
+    """Build a built-in method by name.
+
+    Args:
+        name (`str`): "base" or "crg".
+        model (`PreTrainedModel`): a supported VLM in eval mode.
+        processor (`ProcessorMixin`): its processor.
+        alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (ignored by "base").
+        proposer, proposer_model, max_new_tokens: see `ModelMethod`.
+
+    Examples:
+
+    ```python
+    >>> method = get_method("crg", model, processor, alpha=1.0, proposer=None)  # doctest: +SKIP
+    ```
+    """
+    if name not in METHODS:
+        raise ValueError(f"`method` (={name!r}) has to be one of {sorted(METHODS)} or a Method object")
+    kwargs = {"proposer": proposer, "proposer_model": proposer_model, "max_new_tokens": max_new_tokens}
+    if name == "crg":
+        kwargs["alpha"] = alpha
+    return METHODS[name](model, processor, **kwargs)

@@ -1,0 +1,522 @@
+"""The eval runner: a benchmark from its official files, a model and a method in; predictions and metrics out.
+
+`evaluate` loads the items (`vcontrast.bench.registry`), runs a method (`vcontrast.bench.methods`: "base" or "crg",
+or any `Method`) over them in batches, and writes into `out_dir`:
+
+```
+out_dir/
+  run.json                   what produced the predictions: benchmark, split, model, method and its settings
+  predictions.partR.jsonl    process R's predictions while it runs, one JSON object a line ({"id": ..., ...})
+  predictions.jsonl          all predictions once the run is complete (the part files are merged into it)
+  metrics.json               the metrics of `vcontrast.bench.metrics.compute_metrics` and the run's description
+  vipbench/<tag>-<split>.json   ViP-Bench only: the answers in the file format of the official GPT-4 grader
+```
+
+Resuming. Every finished batch is appended to the process's part file in one write, flushed and synced, so a crash
+loses at most the batches in flight. A rerun with the same `out_dir` reads every prediction file there and skips the
+items that have one; a line torn by a crash is ignored (and cut off before the owner appends again). Batches are
+fixed by the item order and `batch_size` alone, and a batch with any item missing runs whole (only the missing items
+are written), so a resumed run computes every item in the same batch as an uninterrupted run. `run.json` guards the
+folder: a rerun with a different benchmark, split, model, method or setting raises instead of mixing predictions.
+A larger `limit` reuses the predictions of the smaller run.
+
+Several processes. Launched with `accelerate launch --num_processes N` (or `torchrun --nproc_per_node N`), each
+process takes every N-th batch (a strided shard), loads the model on its own device and writes its own part file.
+After a barrier, process 0 merges the part files into `predictions.jsonl` and computes the metrics; if a process
+died, a rerun (with any number of processes) finishes the missing items and merges.
+
+Examples:
+
+```python
+>>> from vcontrast.bench.runner import evaluate
+>>> result = evaluate("sugarcrepe", "data/sugarcrepe", model="checkpoints/llava-1.5-7b-hf", method="crg",
+...                   proposer="grounding-dino", out_dir="out/sugarcrepe-crg")  # doctest: +SKIP
+>>> result["metrics"]  # doctest: +SKIP
+{'accuracy': 0.87, 'add_att/accuracy': 0.85, ...}
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vcontrast.bench.items import Item
+from vcontrast.bench.methods import DEFAULT_PROPOSER, Method, get_method, method_config
+from vcontrast.bench.registry import Benchmark, check_limit, get_benchmark
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "METRICS_FILE",
+    "PREDICTIONS_FILE",
+    "RUN_FILE",
+    "evaluate",
+    "format_table",
+    "make_batches",
+    "merge_predictions",
+    "read_predictions",
+]
+
+RUN_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+_PART_GLOB = "predictions.part*.jsonl"
+
+
+def _part_file(out_dir: Path, rank: int) -> Path:
+    return out_dir / f"predictions.part{rank}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prediction files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _scan(path: Path) -> tuple[dict[str, dict], int]:
+    """Predictions of one JSONL file and the byte length of its intact part (a torn last line is left out)."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")  # the piece after the last newline is b"" unless a write was cut short
+    predictions: dict[str, dict] = {}
+    good = start = 0
+    for i, line in enumerate(lines):
+        end = start + len(line) + (i < len(lines) - 1)
+        if line.strip():
+            # A crash can only cut the last write short: a last piece without its newline, or (after a crash that
+            # left garbage) an unreadable last line. Anywhere else, an unreadable line is an error.
+            torn = i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1])
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if torn:
+                    logger.warning(
+                        "%s: ignoring a torn last line (%d bytes) left by an interrupted run", path, len(line)
+                    )
+                    break
+                raise ValueError(f"{path}:{i + 1} is not valid JSON ({e}); delete that line or the file") from e
+            if i == len(lines) - 1:
+                logger.warning("%s: ignoring a last line without its newline (interrupted write)", path)
+                break
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                raise ValueError(f"{path}:{i + 1} must be a JSON object with a string `id`, got {line[:80]!r}")
+            predictions[row.pop("id")] = row
+        good = start = end
+    return predictions, good
+
+
+def read_predictions(path: str | Path) -> dict[str, dict]:
+    """Read a predictions JSONL file (`{"id": ..., **prediction}` a line) into `id -> prediction`.
+
+    A torn last line (from a run killed while writing) is ignored; any other invalid line raises `ValueError`.
+    A missing file gives `{}`.
+
+    Args:
+        path (`str` or `Path`): e.g. `out_dir / "predictions.jsonl"`.
+
+    Examples:
+
+    ```python
+    >>> predictions = read_predictions("out/eval/predictions.jsonl")  # doctest: +SKIP
+    >>> predictions["swap_att/0"]  # doctest: +SKIP
+    {'scores': [-12.3, -14.0], 'pred_index': 0}
+    ```
+    """
+    path = Path(path)
+    return _scan(path)[0] if path.is_file() else {}
+
+
+def _known_predictions(out_dir: Path) -> dict[str, dict]:
+    # The merged file first, then every process's part file (a rerun may use a different number of processes).
+    known = read_predictions(out_dir / PREDICTIONS_FILE)
+    for part in sorted(out_dir.glob(_PART_GLOB)):
+        known.update(read_predictions(part))
+    return known
+
+
+def _repair(path: Path) -> None:
+    # Cut a torn last line off before appending, so that the next line starts on a line of its own.
+    if path.is_file():
+        _, good = _scan(path)
+        if good < path.stat().st_size:
+            with path.open("r+b") as f:
+                f.truncate(good)
+
+
+def _append(f: Any, rows: Iterable[dict]) -> None:
+    # One write per batch, then flush and fsync: after a crash the file ends in whole batches or a torn last line.
+    f.write("".join(json.dumps(row) + "\n" for row in rows))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def merge_predictions(out_dir: str | Path, items: Sequence[Item] | None = None) -> dict[str, dict]:
+    """Merge `predictions.jsonl` and every `predictions.part*.jsonl` of `out_dir` into `predictions.jsonl`.
+
+    The merged file lists the predictions of `items` in item order, then any other known prediction (e.g. from an
+    earlier run with a larger `limit`) in the order found. It is written atomically, then the part files are removed.
+
+    Args:
+        out_dir (`str` or `Path`): the runner's output folder.
+        items (`Sequence[Item]`, *optional*): the items whose order the file follows.
+
+    Returns:
+        `dict[str, dict]`: every prediction, `id -> prediction`.
+    """
+    out_dir = Path(out_dir)
+    known = _known_predictions(out_dir)
+    order = [item.id for item in items or [] if item.id in known]
+    order += [key for key in known if key not in set(order)]
+    _write_atomic(out_dir / PREDICTIONS_FILE, "".join(json.dumps({"id": key, **known[key]}) + "\n" for key in order))
+    for part in out_dir.glob(_PART_GLOB):
+        part.unlink()
+    return {key: known[key] for key in order}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches and processes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_batches(items: Sequence[Item], batch_size: int) -> list[list[Item]]:
+    """Split items into batches of one task each, at most `batch_size` long, in order of first appearance.
+
+    Batches depend on the items and `batch_size` only, never on the number of processes or on what a previous run
+    finished, so every item is computed in the same company (same padding) in every run.
+
+    Examples:
+
+    ```python
+    >>> [len(b) for b in make_batches(items, 4)]  # 6 choice items, then 3 match items  # doctest: +SKIP
+    [4, 2, 3]
+    ```
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
+    by_task: dict[str, list[Item]] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    return [group[i : i + batch_size] for group in by_task.values() for i in range(0, len(group), batch_size)]
+
+
+class _Processes:
+    """Rank, world size, device and barrier: accelerate's `PartialState` when launched on several processes."""
+
+    def __init__(self) -> None:
+        self.state = None
+        self.rank, self.world_size, self.device = 0, 1, None
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        try:
+            import torch
+            from accelerate import PartialState
+        except ImportError as e:
+            if launched:
+                raise ValueError(
+                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate is not installed: "
+                    "pip install 'vcontrast[train]' to evaluate on several processes"
+                ) from e
+            return
+        # On a machine without GPUs, `cpu=True` makes PartialState join the launched processes through gloo.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.rank, self.world_size = self.state.process_index, self.state.num_processes
+        self.device = self.state.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.state is not None and self.world_size > 1:
+            self.state.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _model_id(model: Any) -> str:
+    if model is None:
+        return "toy"
+    if isinstance(model, (str, Path)):
+        path = Path(model).expanduser()
+        return str(path.resolve()) if path.exists() else str(model)
+    if isinstance(model, tuple) and len(model) == 2:
+        config = getattr(model[0], "config", None)
+        return getattr(config, "_name_or_path", "") or type(model[0]).__name__
+    raise ValueError(f"`model` (={model!r}) has to be None (the toy model), a path, or a (model, processor) pair")
+
+
+def _check_run(out_dir: Path, run: dict) -> bool:
+    """True if `run.json` is missing (a new run); raises if it describes a different run."""
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        return True
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it to start over") from e
+    if previous != run:
+        diff = {
+            k: (previous.get(k), run.get(k)) for k in sorted(set(previous) | set(run)) if previous.get(k) != run.get(k)
+        }
+        raise ValueError(
+            f"`out_dir` (={str(out_dir)!r}) holds predictions of a different run; differences (before, now): {diff}. "
+            "Use another output folder, or delete this one to start over."
+        )
+    return False
+
+
+def _open_image(path: str) -> Image.Image:
+    from vcontrast.regions import to_rgb
+
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path!r}: {e}") from e
+
+
+def _build_method(
+    method: str | Method,
+    model: Any,
+    alpha: float,
+    proposer: Any,
+    proposer_model: str | None,
+    max_new_tokens: int,
+    device: Any,
+) -> Method:
+    if not isinstance(method, str):
+        return method
+    if isinstance(model, tuple):
+        loaded, processor = model
+    else:
+        from vcontrast.models.loading import load_model
+
+        loaded, processor = load_model(model, device=device if device is not None and device.type != "cpu" else None)
+    return get_method(
+        method,
+        loaded,
+        processor,
+        alpha=alpha,
+        proposer=proposer,
+        proposer_model=proposer_model,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _summary(run: dict, items: list[Item], predictions: dict[str, dict], metrics: dict) -> dict:
+    summary = {**run, "n_items": len(items), "metrics": metrics}
+    for key in ("regions_source", "proposals_source"):
+        counts = Counter(predictions[item.id][key] for item in items if key in predictions[item.id])
+        if counts:
+            summary[key] = dict(sorted(counts.items()))
+    summary["predictions"] = PREDICTIONS_FILE
+    return summary
+
+
+def _write_vipbench(out_dir: Path, run: dict, items: list[Item], predictions: dict[str, dict]) -> list[str]:
+    from vcontrast.bench.vipbench import write_vipbench_predictions
+
+    tag = f"{Path(run['model']).name}-{run['method']}" if run["model"] else run["method"]
+    files = []
+    for split in sorted({str(item.meta.get("split")) for item in items}):
+        subset = [item for item in items if str(item.meta.get("split")) == split]
+        path = write_vipbench_predictions(subset, predictions, out_dir / "vipbench" / f"{tag}-{split}.json")
+        files.append(str(path.relative_to(out_dir)))
+    return files
+
+
+def evaluate(
+    benchmark: str | Benchmark,
+    data_dir: str | Path,
+    model: str | Path | tuple | None = None,
+    method: str | Method = "base",
+    alpha: float = 1.0,
+    limit: int | None = None,
+    out_dir: str | Path = "out/eval",
+    split: str | None = None,
+    batch_size: int = 8,
+    show_progress: bool = True,
+    proposer: Any = DEFAULT_PROPOSER,
+    proposer_model: str | None = None,
+    max_new_tokens: int = 32,
+) -> dict:
+    """Evaluate a model on a benchmark, writing predictions as it goes and resuming where an earlier run stopped.
+
+    Args:
+        benchmark (`str` or `Benchmark`): a name of `vcontrast.bench.registry.BENCHMARKS` ("whatsup",
+            "sugarcrepe", "vipbench", "seetrue", "refcoco", "refcoco+", "refcocog", "toy") or a `Benchmark`.
+        data_dir (`str` or `Path`): the benchmark's files in their official layout (see its module docstring).
+        model (`str`, `Path`, `tuple` or `None`, *optional*): a checkpoint folder for `load_model`, a
+            `(model, processor)` pair, or `None` for the toy model shipped with vcontrast. Unused when `method` is a
+            `Method` object.
+        method (`str` or `Method`, *optional*, defaults to `"base"`): "base" (the plain model), "crg", or an object
+            following the `Method` protocol.
+        alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (method "crg").
+        limit (`int`, *optional*): evaluate the first `limit` items (of each split, as the loader counts).
+        out_dir (`str` or `Path`, *optional*, defaults to `"out/eval"`): output folder (see the module docstring);
+            one folder per run: rerunning into it resumes.
+        split (`str`, *optional*): a split of the benchmark; `None` takes the loader's default.
+        batch_size (`int`, *optional*, defaults to 8): items per model call.
+        show_progress (`bool`, *optional*, defaults to `True`): show a progress bar (items/s) on process 0.
+        proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): region proposer
+            for items without regions (or refexp items without proposals); `None` blacks out the whole image
+            instead. Loaded only when an item needs it.
+        proposer_model (`str`, *optional*): checkpoint folder of the proposer (offline use).
+        max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks.
+
+    Returns:
+        `dict`: the content of `metrics.json`: `benchmark`, `split`, `model`, `method`, `config`, `n_items`,
+        `metrics` (name -> value), `regions_source` / `proposals_source` (how many predictions took their regions or
+        refexp proposals from the item, the proposer or the whole image), `predictions` (file name), for ViP-Bench
+        `grader_files`, and `metrics_error` when the metrics could not be computed (e.g. AUROC of one class).
+
+    Raises:
+        `ValueError`: bad arguments, an unreadable benchmark folder or image, or an `out_dir` holding another run.
+
+    Examples:
+
+    ```python
+    >>> evaluate("toy", "toy_data", method="crg", alpha=1.0, out_dir="out/toy-crg")["metrics"]  # doctest: +SKIP
+    {'choice/accuracy': 0.91, 'match/auroc': 0.88, ...}
+    ```
+    """
+    from tqdm.auto import tqdm
+
+    from vcontrast.bench.metrics import compute_metrics
+
+    spec = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
+    check_limit(limit)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
+    if isinstance(method, str):
+        config = method_config(method, alpha, proposer, proposer_model, max_new_tokens)
+        name, model_id = method, _model_id(model)
+    elif isinstance(method, Method):
+        config, name, model_id = dict(method.config), method.name, _model_id(model) if model is not None else None
+    else:
+        raise ValueError(f"`method` (={method!r}) has to be 'base', 'crg' or a Method object")  # noqa: TRY004
+    run = {"benchmark": spec.name, "split": split, "model": model_id, "method": name, "config": config}
+    json.dumps(run)  # a Method's config must be JSON-ready: fail before any work
+
+    items = spec.load(data_dir, split=split, limit=limit)
+    if not items:
+        raise ValueError(f"{spec.name}: no items in {data_dir} (split={split!r}, limit={limit!r})")
+    counts = Counter(item.id for item in items)
+    duplicates = [key for key, n in counts.items() if n > 1]
+    if duplicates:
+        raise ValueError(f"{spec.name}: item ids must be unique, found duplicates {duplicates[:5]}")
+
+    procs = _Processes()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Every process checks run.json and reads what is done before any process writes (same error on every rank).
+    new_run = _check_run(out_dir, run)
+    done = set(_known_predictions(out_dir)) & set(counts)
+    procs.barrier()
+    if procs.is_main and new_run:
+        _write_atomic(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+    part = _part_file(out_dir, procs.rank)
+    _repair(part)
+
+    shard = make_batches(items, batch_size)[procs.rank :: procs.world_size]
+    todo = [batch for batch in shard if any(item.id not in done for item in batch)]
+    n_shard = sum(len(batch) for batch in shard)
+    n_done = sum(item.id in done for batch in shard for item in batch)
+    if done:
+        logger.info("%s: resuming, %d of %d items already predicted", out_dir, len(done), len(items))
+
+    if todo:
+        runner = _build_method(method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device)
+        bar = tqdm(
+            total=n_shard,
+            initial=n_done,
+            unit="item",
+            desc=f"{spec.name} {name}",
+            disable=not show_progress or not procs.is_main,
+            dynamic_ncols=True,
+        )
+        with part.open("a", encoding="utf-8") as f, bar:
+            for batch in todo:
+                images = [_open_image(item.image) for item in batch]
+                predictions = runner.predict(batch, images)
+                if len(predictions) != len(batch):
+                    raise ValueError(f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items")
+                rows = [
+                    {"id": item.id, **prediction}
+                    for item, prediction in zip(batch, predictions, strict=True)
+                    if item.id not in done
+                ]
+                _append(f, rows)
+                bar.update(len(rows))
+
+    procs.barrier()
+    if procs.is_main:
+        merged = merge_predictions(out_dir, items)
+        missing = [item.id for item in items if item.id not in merged]
+        if missing:
+            raise ValueError(f"{len(missing)} items have no prediction after the run (e.g. {missing[:5]}); rerun")
+        try:
+            metrics, error = compute_metrics(spec, items, merged), None
+        except ValueError as e:
+            # The predictions are safe on disk; say why there is no number instead of losing the summary.
+            logger.warning("%s: metrics could not be computed: %s", spec.name, e)
+            metrics, error = {}, str(e)
+        summary = _summary(run, items, merged, metrics)
+        if error is not None:
+            summary["metrics_error"] = error
+        if spec.name == "vipbench":
+            summary["grader_files"] = _write_vipbench(out_dir, run, items, merged)
+        _write_atomic(out_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    procs.barrier()
+    return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def format_table(summary: dict) -> str:
+    """A plain-text table of a run's `metrics.json` content (what `vcontrast eval` prints).
+
+    Examples:
+
+    ```python
+    >>> print(format_table({"benchmark": "seetrue", "method": "crg", "n_items": 2, "metrics": {"auroc": 0.75}}))
+    seetrue · crg · 2 items
+    metric  value
+    ------  ------
+    auroc   0.7500
+    ```
+    """
+    head = " · ".join(
+        str(v)
+        for v in (
+            summary.get("benchmark"),
+            summary.get("split"),
+            summary.get("method"),
+            f"alpha {summary['config']['alpha']}" if "alpha" in summary.get("config", {}) else None,
+            f"{summary.get('n_items')} items",
+        )
+        if v is not None
+    )
+    rows = [(name, f"{value:.4f}") for name, value in summary.get("metrics", {}).items()]
+    if not rows:
+        rows = [("(none)", "-")]
+    width = max(len("metric"), *(len(r[0]) for r in rows))
+    value_width = max(len("value"), *(len(r[1]) for r in rows))
+    lines = [head, f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * value_width}"]
+    lines += [f"{n:<{width}}  {v}" for n, v in rows]
+    for key, label in (("regions_source", "regions"), ("proposals_source", "proposals")):
+        if summary.get(key):
+            lines.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
+    return "\n".join(lines)
