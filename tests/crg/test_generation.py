@@ -16,7 +16,7 @@ from vcontrast.models import get_adapter
 PROMPTS = ["what is in the box ?", "which colour is the cup left of the plate ?"]
 REGIONS = [[(2, 2, 12, 10)], [(0, 0, 8, 20), (14, 4, 24, 16)]]
 OTHER_REGIONS = [[(12, 10, 24, 20)], [(8, 0, 16, 10)]]
-NEW_TOKENS = 4
+NEW_TOKENS = 3
 
 
 def images(batch):

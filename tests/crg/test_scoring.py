@@ -19,6 +19,14 @@ REGIONS = [(2, 2, 12, 10), (14, 4, 24, 16)]
 
 def brute_scores(model, crg, image, prompt, candidates, contrast_images, normalize=True):
     """Per candidate, per-token brute-force scores; several contrast images are averaged in log-prob space."""
+    return [
+        torch.log_softmax(g, -1)[torch.arange(len(t)), t] if normalize else g[torch.arange(len(t)), t]
+        for g, t in brute_guided(model, crg, image, prompt, candidates, contrast_images)
+    ]
+
+
+def brute_guided(model, crg, image, prompt, candidates, contrast_images):
+    """Per candidate: the guided scores (n, V) at its n positions from two full forwards, and its tokens (n,)."""
     text = crg.prompt_text(prompt)
     reference = crg._process([image], [text])
     contrasts = [crg._process([im], [text]) for im in contrast_images]
@@ -31,10 +39,7 @@ def brute_scores(model, crg, image, prompt, candidates, contrast_images, normali
         con = torch.stack(
             [torch.log_softmax(brute.full_logits(model, c, ids)[0, -n - 1 : -1], -1) for c in contrasts]
         ).mean(0)
-        g = (1 + crg.alpha) * ref - crg.alpha * con
-        if normalize:
-            g = torch.log_softmax(g, -1)
-        out.append(g[torch.arange(n), torch.tensor(tokens)])
+        out.append(((1 + crg.alpha) * ref - crg.alpha * con, torch.tensor(tokens)))
     return out
 
 
@@ -47,9 +52,9 @@ def test_scores_match_brute_force(family):
     model, processor = tm.build(family)
     crg = CRG(model, processor, alpha=1.0)
     image = tm.image(0)
-    contrast = [blackout(image, REGIONS)]
+    guided = brute_guided(model, crg, image, PROMPT, CANDIDATES, [blackout(image, REGIONS)])
     for normalize in (True, False):
-        expected = brute_scores(model, crg, image, PROMPT, CANDIDATES, contrast, normalize)
+        expected = [(torch.log_softmax(g, -1) if normalize else g)[torch.arange(len(t)), t] for g, t in guided]
         got = crg.score(image, PROMPT, CANDIDATES, REGIONS, normalize=normalize)
         torch.testing.assert_close(torch.tensor(got), torch.stack([e.sum() for e in expected]), atol=1e-4, rtol=1e-5)
     means = crg.score(image, PROMPT, CANDIDATES, REGIONS, reduce="mean", normalize=False)
