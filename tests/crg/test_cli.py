@@ -1,0 +1,77 @@
+"""The CRG commands (`ask`, `score`, `rerank`) on a tiny model, through a typer app as the main CLI registers them."""
+
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests import tiny_models as tm
+from vcontrast.crg import cli
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def app(monkeypatch):
+    monkeypatch.setattr(cli, "load_model", lambda model=None, device=None: tm.build("llava"))
+    app = typer.Typer()
+    for command in (cli.ask, cli.score, cli.rerank):
+        app.command()(command)
+    return app
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "image.png"
+    tm.image(0).save(path)
+    return path
+
+
+def test_help(app):
+    for command in ("ask", "score", "rerank"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--box" in result.output and "--model" in result.output
+
+
+def test_ask_prints_both_answers_and_saves_picture(app, image_file, tmp_path):
+    out = tmp_path / "out.png"
+    args = ["ask", str(image_file), "what is in the box ?", "--box", "2,2,12,10", "--max-new-tokens", "3"]
+    result = runner.invoke(app, [*args, "--save", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "without CRG:" in result.output and "with CRG (alpha=1):" in result.output
+    picture = Image.open(out)
+    assert picture.width == 2 * tm.image(0).width and picture.height > tm.image(0).height
+
+
+def test_score_and_rerank(app, image_file):
+    result = runner.invoke(
+        app, ["score", str(image_file), "what is in the box ?", "a red cup", "blue", "--box", "2,2,12,10"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "a red cup" in result.output and "CRG" in result.output
+    result = runner.invoke(app, ["rerank", str(image_file), "a red cup", "--box", "2,2,12,10", "--box", "14,4,24,16"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("<- best") == 1
+
+
+def test_bad_input_is_a_usage_error(app, image_file, tmp_path):
+    for args in (
+        ["ask", str(image_file), "what ?", "--box", "1,2,3"],  # three numbers
+        ["ask", str(image_file), "what ?", "--box", "40,40,50,50"],  # outside the 24 x 20 image
+        ["ask", str(image_file), "what ?"],  # no regions
+        ["ask", str(tmp_path / "missing.png"), "what ?", "--box", "1,1,4,4"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+
+
+def test_parse_box_and_default_model(monkeypatch):
+    assert cli.parse_box(" 1, 2.5,3,4 ") == (1.0, 2.5, 3.0, 4.0)
+    with pytest.raises(ValueError, match="'a,b,c,d'"):
+        cli.parse_box("a,b,c,d")
+    import vcontrast.toy
+
+    monkeypatch.setattr(vcontrast.toy, "load", lambda **kwargs: ("toy", kwargs), raising=False)
+    assert cli.load_model(None) == ("toy", {})
+    assert cli.load_model(None, device="cpu") == ("toy", {"device": "cpu"})
