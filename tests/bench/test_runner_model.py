@@ -154,3 +154,13 @@ def test_cli_on_a_saved_checkpoint(tmp_path, make_image):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "Loading weights" not in again.output
     assert again.output.strip() == result.output[result.output.index("sugarcrepe ·") :].strip()
+
+
+def test_toy_proposer_by_name():
+    from vcontrast.toy.tasks import build_task
+
+    model, processor = tm.build("llava")
+    image, item = build_task("spatial", 1)
+    truth, item.regions = item.regions, []
+    out = CRGMethod(model, processor, proposer="toy").predict([item], [image])[0]
+    assert out["regions_source"] == "proposer" and sorted(map(tuple, out["regions"])) == sorted(truth)

@@ -46,6 +46,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections import defaultdict
@@ -71,7 +72,8 @@ __all__ = [
 
 MATCH_ANSWERS = ("yes", "no")
 DEFAULT_PROPOSER = "grounding-dino"
-OPEN_TASKS = ("vqa", "region_vqa", "caption")
+# Proposers that register themselves when their module is imported (so that `--proposer toy` works from the CLI).
+_SELF_REGISTERING = {"toy": "vcontrast.toy.proposer"}
 
 
 @runtime_checkable
@@ -204,9 +206,11 @@ class ModelMethod:
         """Boxes the proposer finds for `phrases` (empty without a proposer or phrases)."""
         if self.proposer is None or not phrases:
             return []
-        from vcontrast.crg.proposals import get_proposer, propose_regions
+        from vcontrast.crg.proposals import PROPOSERS, get_proposer, propose_regions
 
         if self._built_proposer is None:
+            if self.proposer in _SELF_REGISTERING and self.proposer not in PROPOSERS:
+                importlib.import_module(_SELF_REGISTERING[self.proposer])
             kwargs = {"model": self.proposer_model} if self.proposer_model is not None else {}
             device = getattr(self.model, "device", None)
             if device is not None and getattr(device, "type", "cpu") != "cpu":
