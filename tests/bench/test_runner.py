@@ -3,6 +3,7 @@ run.json guard, batching, metrics on hand-computed values, ViP-Bench grader file
 
 import csv
 import json
+import sys
 
 import pytest
 import typer
@@ -277,3 +278,12 @@ def test_cli_reports_bad_input(tmp_path):
     app.callback()(lambda: None)
     result = CliRunner().invoke(app, ["eval", "--benchmark", "nope", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown benchmark 'nope'" in result.output
+
+
+def test_runs_without_accelerate_on_one_process(tmp_path, make_image, monkeypatch):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=2)
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import accelerate -> ImportError
+    assert run(data, tmp_path / "out")["n_items"] == 2
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 but accelerate is not installed"):
+        run(data, tmp_path / "out2")
