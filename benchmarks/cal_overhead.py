@@ -1,0 +1,273 @@
+"""CAL's training-step cost, side by side in one run: plain MLE vs vcontrast's CAL vs the paper's attention-mask CAL.
+
+Three ways to take one training step (forward, backward, AdamW step) on the same model and batch:
+
+- `mle`: the model's own loss (`model(**batch, labels=labels).loss`, transformers' causal-LM cross-entropy).
+- `cal`: `vcontrast.cal.cal_loss` with `NoImage()`: the with-image forward's logits give CE and the with-image gold
+  logits; the contrast pass is a no-grad, eval-mode language-model forward over the text tokens only (no vision
+  tower), scoring only the gold tokens.
+- `paper`: the official CAL code (`llava_llama.py`) transcribed onto the transformers classes: the same merged input
+  embeddings (vision tower once) go through a second, no-grad, full-length language-model forward with the image
+  tokens masked out of the attention mask; both passes build full-vocabulary float32 logits (plus the official
+  code's clone), and the gains are pooled over the flattened batch.
+
+Models (random weights; only cost is measured):
+
+- `llava15` (default): LLaVA-1.5's shape where it sets the cost pattern: CLIP at 336 px with patch 14 (576 image
+  tokens), LLaVA's projector, a Llama text model, ~120 text tokens per sample (a 40-token prompt and an 80-token
+  answer, the labels), vision tower frozen as in LLaVA's instruction tuning; widths and depths are small so that it
+  runs on a CPU, with the vocabulary scaled so that the LM head is a few percent of the language model, as in
+  LLaVA-1.5-7B (a 32k vocabulary on a 384-wide model would make the head dominate and flatter CAL).
+- `toy`: the built-in toy VLM's shape (`vcontrast.toy.model.toy_config`, 64 image tokens), if importable.
+
+Time: each step is timed with the three methods interleaved round by round (so load from other processes hits them
+alike); the median over rounds is reported. Memory: tracemalloc does not see torch's allocations, and the process's
+resident set size mostly shows the allocator's caching, so one extra step per method runs under `torch.profiler`
+with `profile_memory=True`, and its memory timeline (`export_memory_timeline`: every tensor the step creates, keeps
+or frees, parameters, gradients, optimizer state and activations included, by category) gives the peak of live
+tensor bytes, the CPU counterpart of `torch.cuda.max_memory_allocated`. `--rss` adds each method's RSS high-water
+mark (`ru_maxrss`) in a fresh process, for reference.
+
+Run: `python benchmarks/cal_overhead.py [--model llava15|toy] [--batch 2] [--rounds 9] [--threads 1] [--rss]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import transformers as tf
+from torch.nn import functional as F
+
+from vcontrast.cal import CALConfig, cal_loss
+from vcontrast.models import get_adapter
+
+IMAGE_TOKEN = 4
+
+
+def build(kind: str, args: argparse.Namespace) -> tuple[tf.LlavaForConditionalGeneration, dict]:
+    """A random LLaVA-architecture model and a right-padded labelled batch (image block inside the prompt)."""
+    torch.manual_seed(0)
+    if kind == "llava15":
+        vision = tf.CLIPVisionConfig(
+            hidden_size=args.vision_hidden,
+            intermediate_size=4 * args.vision_hidden,
+            num_hidden_layers=args.vision_layers,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=14,
+            projection_dim=args.hidden,
+        )
+        text = tf.LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=int(2.6875 * args.hidden),  # LLaVA-7B's 11008 / 4096
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64,
+            max_position_embeddings=2048,
+            pad_token_id=0,
+        )
+        config = tf.LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=IMAGE_TOKEN,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+            image_seq_length=576,
+        )
+        n_image, image_size, prompt, answer = 576, 336, 40, 80
+    elif kind == "toy":
+        from vcontrast.toy.model import toy_config
+
+        config = toy_config(vocab_size=args.toy_vocab)
+        n_image = config.image_seq_length
+        image_size = config.vision_config.image_size
+        prompt, answer = 16, 24
+    else:
+        raise ValueError(f"--model (={kind!r}) has to be 'llava15' or 'toy'")
+    model = tf.LlavaForConditionalGeneration(config)
+    model.config.image_token_id = IMAGE_TOKEN
+    model.model.vision_tower.requires_grad_(False)  # LLaVA instruction tuning trains projector + LM
+    model.train()
+
+    vocab = config.text_config.vocab_size
+    lengths = [prompt + answer - 20 * (b % 2) for b in range(args.batch)]  # uneven rows: right padding
+    total = max(lengths) + n_image + 1
+    input_ids = torch.zeros(args.batch, total, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for b, n_text in enumerate(lengths):
+        first = prompt // 4
+        text = torch.randint(5, vocab, (n_text,))
+        row = torch.cat([torch.tensor([1]), text[:first], torch.full((n_image,), IMAGE_TOKEN), text[first:]])
+        input_ids[b, : len(row)] = row
+        attention_mask[b, : len(row)] = 1
+        n_answer = n_text - prompt
+        labels[b, len(row) - n_answer : len(row)] = row[-n_answer:]
+    pixel_values = torch.randn(args.batch, 3, image_size, image_size)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values, "labels": labels}
+    return model, batch
+
+
+def mle_loss(model, batch):
+    return model(**batch).loss
+
+
+def cal_loss_ours(model, batch):
+    return cal_loss(model, batch, CALConfig()).loss
+
+
+def paper_loss(model, batch, alpha=1.0, beta=5.0, window=3):
+    """The official CAL loss (foundation-multimodal-models/CAL, `llava_llama.py`), on transformers' LLaVA classes."""
+    adapter = get_adapter(model)
+    lm = model.model.language_model
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured["embeds"] = kwargs["inputs_embeds"]
+
+    handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
+    positions = adapter.position_ids(batch)
+    try:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, position_ids=positions).logits.float()  # with image, with grad
+    finally:
+        handle.remove()
+    labels = batch["labels"]
+    with torch.no_grad():
+        mask_wo = batch["attention_mask"].masked_fill(adapter.image_token_mask(batch["input_ids"]), 0)
+        hidden = lm(inputs_embeds=captured["embeds"].detach(), attention_mask=mask_wo, position_ids=positions)
+        logits_wo = model.lm_head(hidden.last_hidden_state).float()  # a second full-vocabulary fp32 tensor
+    vocab = logits.shape[-1]
+    shift_logits = logits[..., :-1, :].contiguous().view(-1, vocab)
+    shift_labels = labels[..., 1:].contiguous().view(-1)
+    with torch.no_grad():
+        gold = shift_labels.clamp(min=0).unsqueeze(1)
+        w_img = torch.gather(shift_logits.clone(), 1, gold)  # the official code clones the logits first
+        wo_img = torch.gather(logits_wo[..., :-1, :].reshape(-1, vocab), 1, gold)
+        sub = torch.clamp(w_img - wo_img, min=alpha, max=beta)
+        pool = torch.nn.AvgPool1d(window, stride=1, padding=window // 2, count_include_pad=False)
+        sub = pool(sub[:, 0][None, None])[0, 0]  # over the flattened batch
+    loss = F.cross_entropy(shift_logits, shift_labels, reduction="none") * sub
+    return loss.sum() / (sub[shift_labels != -100].sum() + 1e-6)
+
+
+METHODS = {"mle": mle_loss, "cal": cal_loss_ours, "paper": paper_loss}
+
+
+def step(model, optimizer, batch, method):
+    loss = METHODS[method](model, batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def peak_tensor_mib(model, optimizer, batch, method) -> float:
+    """Peak of live tensor bytes during one step, from the profiler's memory timeline (all categories summed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export_memory_timeline is deprecated in favour of a CUDA-only API
+        with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+            step(model, optimizer, batch, method)
+        path = Path(tmp) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(row) for row in sizes) / 2**20
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    # One method in a fresh process: resident size before the first step, and the high-water mark after the steps.
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.model, args)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    base = rss_kib()
+    for _ in range(args.memory_steps):
+        step(model, optimizer, batch, args.memory_of)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"base_kib": base, "peak_kib": peak}))
+
+
+def measure_memory(args: argparse.Namespace, method: str) -> dict:
+    cmd = [sys.executable, __file__, "--memory-of", method, *sys.argv[1:]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="llava15", choices=["llava15", "toy"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--vision-hidden", type=int, default=128)
+    parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--toy-vocab", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory-steps", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--rss", action="store_true", help="also measure each method's RSS in a fresh process")
+    parser.add_argument("--memory-of", choices=list(METHODS), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_of:
+        memory_child(args)
+        return
+
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.model, args)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    n_params = sum(p.numel() for p in model.parameters())
+    seq = batch["input_ids"].shape[1]
+    n_labels = int((batch["labels"] != -100).sum())
+    print(
+        f"model={args.model} params={n_params / 1e6:.1f}M batch={args.batch} seq={seq} "
+        f"image_tokens={int((batch['input_ids'][0] == IMAGE_TOKEN).sum())} label_tokens={n_labels} "
+        f"threads={args.threads} torch={torch.__version__} transformers={tf.__version__}"
+    )
+    times = {m: [] for m in METHODS}
+    for r in range(args.warmup + args.rounds):
+        for method in METHODS:
+            start = time.perf_counter()
+            step(model, optimizer, batch, method)
+            if r >= args.warmup:
+                times[method].append(time.perf_counter() - start)
+    median = {m: statistics.median(t) for m, t in times.items()}
+    print(f"\nstep time (median of {args.rounds} interleaved rounds)")
+    for method in METHODS:
+        spread = f"[{min(times[method]):.3f}, {max(times[method]):.3f}]"
+        print(f"  {method:6s} {median[method]:8.3f} s  {spread:>18s}  x{median[method] / median['mle']:.3f} vs mle")
+    if args.no_memory:
+        return
+    print("\npeak live tensor memory during one step (torch.profiler memory timeline)")
+    peak = {m: peak_tensor_mib(model, optimizer, batch, m) for m in METHODS}
+    for method in METHODS:
+        print(f"  {method:6s} {peak[method]:8.1f} MiB  x{peak[method] / peak['mle']:.3f} vs mle")
+    if not args.rss:
+        return
+    print(f"\nRSS high-water mark (fresh process per method, {args.memory_steps} steps)")
+    mem = {m: measure_memory(args, m) for m in METHODS}
+    for method, m in mem.items():
+        print(f"  {method:6s} {m['peak_kib'] / 1024:8.1f} MiB  x{m['peak_kib'] / mem['mle']['peak_kib']:.3f} vs mle")
+
+
+if __name__ == "__main__":
+    main()
