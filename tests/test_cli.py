@@ -19,3 +19,18 @@ def test_info_lists_supported_families(capsys):
     out = capsys.readouterr().out
     for family in ("llava", "llava_next", "qwen2_vl", "idefics3", "paligemma"):
         assert family in out
+
+
+def test_package_exports_resolve():
+    import vcontrast
+
+    for name in vcontrast.__all__:
+        assert getattr(vcontrast, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vcontrast.nope  # noqa: B018
+
+
+def test_lazy_export_table_matches_all():
+    import vcontrast
+
+    assert set(vcontrast.__all__) - {"__version__"} == set(vcontrast._EXPORTS)

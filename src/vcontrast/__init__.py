@@ -3,32 +3,41 @@
 CRG (contrastive region guidance) at inference time and CAL (contrastive alignment) at training time, for
 Hugging Face transformers VLMs. Both compare a model's token logits under two visual conditions; the shared
 primitive lives in `vcontrast.contrast`, the per-family knowledge in `vcontrast.models`.
+
+The names below are resolved on first access (PEP 562), so `import vcontrast` and `vcontrast --help` do not pay
+for importing torch and transformers.
 """
 
-from vcontrast.conditions import (
-    Blackout,
-    DiffusionNoise,
-    GaussianBlur,
-    NoImage,
-    PatchMask,
-    VisualCondition,
-    parse_condition,
-)
-from vcontrast.contrast import TokenScores, gold_token_logits
-from vcontrast.models import get_adapter, supported_model_types
-from vcontrast.models.loading import load_model
-from vcontrast.regions import (
-    blackout,
-    blackout_all,
-    blackout_each,
-    blackout_mask,
-    combined_box,
-    draw_boxes,
-    parse_boxes,
-    region_mask,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Blackout": "vcontrast.conditions",
+    "DiffusionNoise": "vcontrast.conditions",
+    "GaussianBlur": "vcontrast.conditions",
+    "NoImage": "vcontrast.conditions",
+    "PatchMask": "vcontrast.conditions",
+    "VisualCondition": "vcontrast.conditions",
+    "parse_condition": "vcontrast.conditions",
+    "TokenScores": "vcontrast.contrast",
+    "gold_token_logits": "vcontrast.contrast",
+    "get_adapter": "vcontrast.models",
+    "supported_model_types": "vcontrast.models",
+    "load_model": "vcontrast.models.loading",
+    "blackout": "vcontrast.regions",
+    "blackout_all": "vcontrast.regions",
+    "blackout_each": "vcontrast.regions",
+    "blackout_mask": "vcontrast.regions",
+    "combined_box": "vcontrast.regions",
+    "draw_boxes": "vcontrast.regions",
+    "parse_boxes": "vcontrast.regions",
+    "region_mask": "vcontrast.regions",
+}
 
 __all__ = [
     "Blackout",
@@ -53,3 +62,39 @@ __all__ = [
     "region_mask",
     "supported_model_types",
 ]
+
+if TYPE_CHECKING:
+    from vcontrast.conditions import (
+        Blackout,
+        DiffusionNoise,
+        GaussianBlur,
+        NoImage,
+        PatchMask,
+        VisualCondition,
+        parse_condition,
+    )
+    from vcontrast.contrast import TokenScores, gold_token_logits
+    from vcontrast.models import get_adapter, supported_model_types
+    from vcontrast.models.loading import load_model
+    from vcontrast.regions import (
+        blackout,
+        blackout_all,
+        blackout_each,
+        blackout_mask,
+        combined_box,
+        draw_boxes,
+        parse_boxes,
+        region_mask,
+    )
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'vcontrast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -38,6 +38,20 @@ def demo(
     run_demo(out, n_scenes=n_scenes, echo=print)
 
 
+def _register() -> None:
+    # Command functions live beside the code they drive; their modules import torch/transformers lazily.
+    from vcontrast.bench.cli import eval_command
+    from vcontrast.crg.cli import ask, rerank, score
+
+    app.command("ask")(ask)
+    app.command("score")(score)
+    app.command("rerank")(rerank)
+    app.command("eval")(eval_command)
+
+
+_register()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `vcontrast` console script (argv for tests)."""
     app(args=argv, prog_name="vcontrast")
