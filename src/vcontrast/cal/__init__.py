@@ -19,6 +19,14 @@ from vcontrast.cal.loss import (
     token_weights,
     weighted_loss,
 )
+from vcontrast.cal.precompute import (
+    PrecomputedWeightsCollator,
+    audit,
+    load_weights,
+    precompute_weights,
+    summarize_audit,
+)
+from vcontrast.cal.show import TokenWeight, render_html, render_terminal, token_report
 
 _LAZY = {
     "CALTrainer": "vcontrast.cal.trainer",
@@ -33,15 +41,24 @@ __all__ = [
     "CALTrainer",
     "CALTrainerMixin",
     "ContrastCollator",
+    "PrecomputedWeightsCollator",
+    "TokenWeight",
     "add_contrast_pixels",
+    "audit",
     "cal_deltas",
     "cal_label_mask",
     "cal_loss",
     "cal_weights",
     "clamp_weights",
     "eval_mode",
+    "load_weights",
     "parse_contrast",
     "pool_weights",
+    "precompute_weights",
+    "render_html",
+    "render_terminal",
+    "summarize_audit",
+    "token_report",
     "token_weights",
     "weighted_loss",
 ]

@@ -1,0 +1,378 @@
+"""Offline CAL: logit gains computed once with a frozen reference model, stored beside the data, and audits.
+
+The paper's appendix A.5 finds that weights from a pretrained-only model work as well as those of the model being
+trained. [`precompute_weights`] runs the reference model over a dataset once and stores, per sample, the label tokens
+and their logit gains (deltas) and weights; [`PrecomputedWeightsCollator`] puts them into each training batch as
+`cal_weights`, so the trainer runs no contrast pass at all (zero per-step overhead). Because the deltas are stored,
+alpha, beta and the window can be changed at training time without recomputing anything.
+
+[`audit`] scores a dataset with the same pass: per sample, the mean delta and the share of label tokens whose delta
+is negative (the image argues against them: candidates for hallucinated or mismatched text), most suspicious first.
+
+Both write JSON lines (one record per sample, keyed by the sample's id), append as they go and skip the ids already
+in the file when restarted, so an interrupted run resumes where it stopped. A path ending in `.safetensors` is
+written through a `.partial.jsonl` sidecar and converted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vcontrast.cal.config import CALConfig
+from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
+from vcontrast.models import get_adapter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrecomputedWeightsCollator", "audit", "load_weights", "precompute_weights", "summarize_audit"]
+
+
+def _sample_id(row: Any, index: int, id_key: str) -> str:
+    if isinstance(row, dict) and row.get(id_key) is not None:
+        return str(row[id_key])
+    return str(index)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    # A run killed mid-write leaves a truncated last line: drop it (its sample is recomputed).
+    records = []
+    if not path.exists():
+        return records
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("skipping a truncated line in %s", path)
+    return records
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _run(
+    model: nn.Module,
+    dataset: Sequence,
+    collate_fn: Callable[[list], dict],
+    path: Path,
+    config: CALConfig,
+    make_records: Callable[[list[str], dict, torch.Tensor, torch.Tensor], list[dict]],
+    *,
+    batch_size: int,
+    id_key: str,
+    show_progress: bool,
+    desc: str,
+) -> list[dict]:
+    """Resumable loop: collate the rows not yet in `path`, run `cal_deltas`, append one JSON line per sample."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = _read_jsonl(path)
+    done = {record["id"] for record in kept}
+    if path.exists():  # rewritten without a truncated tail, so that appends start on a clean line
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    todo = [(i, _sample_id(row, i, id_key)) for i, row in enumerate(dataset)]
+    ids = [sid for _, sid in todo]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"sample ids (field {id_key!r}, else the row index) are not unique")
+    todo = [(i, sid) for i, sid in todo if sid not in done]
+    device = next(model.parameters()).device
+    with (
+        path.open("a") as out,
+        tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc=desc, disable=not show_progress) as bar,
+    ):
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            batch = _to_device(collate_fn([dataset[i] for i, _ in chunk]), device)
+            delta, mask = cal_deltas(model, batch, config)
+            for record in make_records([sid for _, sid in chunk], batch, delta, mask):
+                out.write(json.dumps(record) + "\n")
+            out.flush()
+            bar.update(len(chunk))
+    return _read_jsonl(path)
+
+
+def precompute_weights(
+    model: nn.Module,
+    dataset: Sequence,
+    collate_fn: Callable[[list], dict],
+    path: str | Path,
+    config: CALConfig | None = None,
+    *,
+    batch_size: int = 8,
+    id_key: str = "id",
+    show_progress: bool = True,
+) -> Path:
+    """Compute CAL's logit gains and weights once with a frozen reference model and store them beside the data.
+
+    Args:
+        model (`PreTrainedModel`): the reference VLM (e.g. the model after its alignment stage); run in eval mode
+            without gradient, its modes are restored.
+        dataset (`Sequence`): the training rows, indexable (a list or a `datasets.Dataset`).
+        collate_fn (`Callable[[list], dict]`): the training collator (returns `input_ids`, pixel inputs, `labels`).
+        path (`str` or `Path`): output `.jsonl` (one record per sample: `id`, `tokens`, `delta`, `weights`, aligned
+            with the sample's label tokens, see [`vcontrast.cal.cal_label_mask`]) or `.safetensors`.
+        config (`CALConfig`, *optional*): contrast condition and the alpha/beta/window of the stored `weights`.
+        batch_size (`int`, *optional*, defaults to 8): rows per forward.
+        id_key (`str`, *optional*, defaults to `"id"`): row field with a stable sample id; the row index otherwise.
+        show_progress (`bool`, *optional*, defaults to `True`): show a tqdm progress bar.
+
+    Returns:
+        `Path`: the written file. Rerunning with the same path skips the ids already stored (resume).
+
+    Examples:
+
+    ```python
+    >>> precompute_weights(reference_model, rows, collator, "data/train.cal.jsonl")
+    >>> collate = PrecomputedWeightsCollator(collator, load_weights("data/train.cal.jsonl"), model)
+    >>> trainer = CALTrainer(..., data_collator=collate)  # no contrast pass during training
+    ```
+    """
+    config = CALConfig() if config is None else config
+    path = Path(path)
+    jsonl = path.with_suffix(".partial.jsonl") if path.suffix == ".safetensors" else path
+
+    def records(ids, batch, delta, mask):
+        weights = token_weights(delta, mask, config.alpha, config.beta, config.window)
+        out = []
+        for b, sid in enumerate(ids):
+            pos = mask[b].nonzero().squeeze(-1)
+            out.append(
+                {
+                    "id": sid,
+                    "tokens": batch["labels"][b, pos].tolist(),
+                    "delta": [round(float(x), 6) for x in delta[b, pos]],
+                    "weights": [round(float(x), 6) for x in weights[b, pos]],
+                }
+            )
+        return out
+
+    stored = _run(
+        model,
+        dataset,
+        collate_fn,
+        jsonl,
+        config,
+        records,
+        batch_size=batch_size,
+        id_key=id_key,
+        show_progress=show_progress,
+        desc="CAL weights",
+    )
+    if path.suffix != ".safetensors":
+        return path
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for r in stored:
+        tensors[f"{r['id']}/tokens"] = torch.tensor(r["tokens"], dtype=torch.long)
+        tensors[f"{r['id']}/delta"] = torch.tensor(r["delta"], dtype=torch.float32)
+        tensors[f"{r['id']}/weights"] = torch.tensor(r["weights"], dtype=torch.float32)
+    save_file(tensors, str(path), metadata={"format": "vcontrast.cal", "config": json.dumps(_config_dict(config))})
+    jsonl.unlink()
+    return path
+
+
+def _config_dict(config: CALConfig) -> dict:
+    contrast = config.contrast if isinstance(config.contrast, str) else config.contrast.name
+    return {"alpha": config.alpha, "beta": config.beta, "window": config.window, "contrast": contrast}
+
+
+def load_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Read what [`precompute_weights`] wrote: `{id: {"tokens", "delta", "weights"}}` as tensors.
+
+    Examples:
+
+    ```python
+    >>> stored = load_weights("data/train.cal.jsonl")
+    >>> stored["0"]["delta"].shape == stored["0"]["tokens"].shape
+    True
+    ```
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no precomputed CAL weights at {path}")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        for key, value in load_file(str(path)).items():
+            sid, _, field = key.rpartition("/")
+            out.setdefault(sid, {})[field] = value
+        return out
+    for r in _read_jsonl(path):
+        out[r["id"]] = {
+            "tokens": torch.tensor(r["tokens"], dtype=torch.long),
+            "delta": torch.tensor(r["delta"], dtype=torch.float32),
+            "weights": torch.tensor(r["weights"], dtype=torch.float32),
+        }
+    return out
+
+
+class PrecomputedWeightsCollator:
+    """Wrap a collator so that each batch carries precomputed CAL weights under `cal_weights` (B, T).
+
+    The stored deltas of each row are placed at its label tokens ([`vcontrast.cal.cal_label_mask`]) and turned into
+    weights with `config`'s alpha, beta and window (so these can differ from the precompute run). The stored label
+    tokens must match the batch's, otherwise the data changed since the precompute and a `ValueError` says which id.
+
+    Args:
+        collator (`Callable[[list], dict]`): the training collator.
+        weights (`dict`): [`load_weights`]'s result.
+        model (`PreTrainedModel` or `ModelAdapter`): the model family (for its image token).
+        config (`CALConfig`, *optional*): alpha, beta and window; defaults to `CALConfig()`.
+        id_key (`str`, *optional*, defaults to `"id"`): the row field holding the sample id (keep it through the
+            Trainer with `remove_unused_columns=False`).
+
+    Examples:
+
+    ```python
+    >>> collate = PrecomputedWeightsCollator(collator, load_weights("train.cal.jsonl"), model, CALConfig(beta=3.0))
+    ```
+    """
+
+    def __init__(
+        self,
+        collator: Callable[[list], dict],
+        weights: dict[str, dict[str, torch.Tensor]],
+        model: nn.Module,
+        config: CALConfig | None = None,
+        id_key: str = "id",
+    ):
+        self.collator = collator
+        self.weights = weights
+        self.adapter = get_adapter(model)
+        self.config = CALConfig() if config is None else config
+        self.id_key = id_key
+
+    def __call__(self, rows: list) -> dict:
+        missing = [r for r in rows if not isinstance(r, dict) or r.get(self.id_key) is None]
+        if missing:
+            raise ValueError(f"every row needs its sample id under {self.id_key!r} to find its precomputed weights")
+        batch = dict(self.collator([dict(r) for r in rows]))
+        mask = cal_label_mask(self.adapter, batch)
+        delta = torch.zeros(mask.shape, dtype=torch.float32)
+        for b, row in enumerate(rows):
+            sid = str(row[self.id_key])
+            if sid not in self.weights:
+                raise ValueError(f"no precomputed CAL weights for sample id {sid!r}")
+            stored = self.weights[sid]
+            pos = mask[b].nonzero().squeeze(-1)
+            if not torch.equal(batch["labels"][b, pos].cpu(), stored["tokens"]):
+                raise ValueError(f"sample id {sid!r}: the label tokens differ from the precomputed ones")
+            delta[b, pos] = stored["delta"]
+        batch[WEIGHTS_KEY] = token_weights(delta, mask.cpu(), self.config.alpha, self.config.beta, self.config.window)
+        return batch
+
+
+def audit(
+    model: nn.Module,
+    dataset: Sequence,
+    collate_fn: Callable[[list], dict],
+    path: str | Path,
+    config: CALConfig | None = None,
+    *,
+    batch_size: int = 8,
+    id_key: str = "id",
+    show_progress: bool = True,
+) -> list[dict]:
+    """Score how much the image supports each sample's text; most suspicious samples first.
+
+    Per sample: `n_tokens` (label tokens scored), `mean_delta` (mean logit gain from the image), `frac_negative`
+    (share of tokens with a negative gain: the image argues against them, candidates for hallucinated or mismatched
+    text), `min_delta` and `min_token` (the most contradicted token id). The records are appended to `path` as JSON
+    lines while running (resumable), then the file is rewritten sorted by `frac_negative` (descending), then
+    `mean_delta` (ascending).
+
+    Args:
+        model, dataset, collate_fn, config, batch_size, id_key, show_progress: as in [`precompute_weights`].
+        path (`str` or `Path`): the JSONL output.
+
+    Returns:
+        `list[dict]`: the sorted records (see [`summarize_audit`] for a summary).
+
+    Examples:
+
+    ```python
+    >>> records = audit(model, rows, collator, "audit.jsonl")
+    >>> records[0]["frac_negative"] >= records[-1]["frac_negative"]
+    True
+    ```
+    """
+    config = CALConfig() if config is None else config
+    path = Path(path)
+
+    def records(ids, batch, delta, mask):
+        out = []
+        for b, sid in enumerate(ids):
+            d = delta[b][mask[b]]
+            tokens = batch["labels"][b][mask[b]]
+            n = int(d.numel())
+            worst = int(d.argmin()) if n else None
+            out.append(
+                {
+                    "id": sid,
+                    "n_tokens": n,
+                    "mean_delta": round(float(d.mean()), 6) if n else math.nan,
+                    "frac_negative": round(float((d < 0).float().mean()), 6) if n else math.nan,
+                    "min_delta": round(float(d[worst]), 6) if n else math.nan,
+                    "min_token": int(tokens[worst]) if n else None,
+                }
+            )
+        return out
+
+    stored = _run(
+        model,
+        dataset,
+        collate_fn,
+        path,
+        config,
+        records,
+        batch_size=batch_size,
+        id_key=id_key,
+        show_progress=show_progress,
+        desc="CAL audit",
+    )
+    stored.sort(key=lambda r: (-_num(r["frac_negative"]), _num(r["mean_delta"], math.inf)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in stored))
+    return stored
+
+
+def _num(value: float | None, default: float = -math.inf) -> float:
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def summarize_audit(records: list[dict], threshold: float = 0.5) -> dict:
+    """Summary of [`audit`] records: sample count, token-weighted mean delta and share of negative gains, and the
+    number of samples whose `frac_negative` exceeds `threshold`.
+
+    Examples:
+
+    ```python
+    >>> summarize_audit([{"n_tokens": 2, "mean_delta": 1.0, "frac_negative": 0.5}])["mean_delta"]
+    1.0
+    ```
+    """
+    scored = [r for r in records if r.get("n_tokens")]
+    tokens = sum(r["n_tokens"] for r in scored)
+    return {
+        "samples": len(records),
+        "tokens": tokens,
+        "mean_delta": sum(r["mean_delta"] * r["n_tokens"] for r in scored) / tokens if tokens else math.nan,
+        "frac_negative": sum(r["frac_negative"] * r["n_tokens"] for r in scored) / tokens if tokens else math.nan,
+        "suspicious": sum(r["frac_negative"] > threshold for r in scored),
+        "threshold": threshold,
+    }
