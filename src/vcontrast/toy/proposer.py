@@ -291,7 +291,8 @@ class ToyProposer:
         return out
 
 
-def _factory(**kwargs) -> ToyProposer:
+def _factory(device: object = None, **kwargs) -> ToyProposer:
+    # `device` is accepted and ignored (the eval runner passes it on GPU machines): the proposer is numpy only.
     if kwargs:
         raise ValueError(f"the toy proposer takes no options, got {sorted(kwargs)}")
     return ToyProposer()

@@ -1,0 +1,400 @@
+"""The toy world's experiments: where CAL and CRG are measured on data whose truth is known (DESIGN.md §3).
+
+`run_experiment(name, out_dir, budget)` runs one experiment end to end and writes, under `out_dir`:
+
+```
+out_dir/
+  {name}.md     the results as markdown tables (what `vcontrast toy experiment NAME` prints)
+  {name}.json   every raw number: per-seed / per-run values, the budget, timings, library versions
+  {name}.png    the plot (matplotlib, Agg backend; skipped with a warning if matplotlib is missing)
+```
+
+Experiments (`EXPERIMENTS`):
+
+- "cal_noise" (`vcontrast.toy.exp_cal`): CAL vs MLE under label noise (image-caption pairs swapped, the CAL paper's
+  Figure 3), two-stage protocol: a shared MLE alignment stage on clean captions, then fine-tuning on noisy captions
+  with each loss, several seeds; teacher-forced attribute-word accuracy and greedy-caption F1 on clean test data.
+- "crg" (`vcontrast.toy.exp_crg`): the plain toy model vs CRG on region VQA, spatial choice, swap choice, image-text
+  match and referring expressions, with annotated boxes and with boxes proposed from the pixels
+  (`vcontrast.toy.proposer`), and the masking ablation (union of boxes, one combined box, whole image black).
+- "cal_crg" (`vcontrast.toy.exp_crg`): the models of "cal_noise" (CAL and MLE, at one noise rate) with and without
+  CRG, on the caption tasks such caption-only models can do.
+
+Training runs and evaluation folders go to `work_dir` (default `out/experiments`); rerunning an experiment with the
+same budget reuses what is there (finished training runs return at once, evaluations resume). Nothing is tuned:
+CRG's alpha is 1 and CAL's (alpha, beta, window) are (1, 5, 3), the papers' defaults; all data are drawn from
+fixed seeds, test data from the balanced "test" split, training data from the biased "train" split.
+
+Examples:
+
+```python
+>>> from vcontrast.toy.experiments import run_experiment
+>>> result = run_experiment("crg", out_dir="docs/results", budget="small")  # doctest: +SKIP
+>>> print(result.table)  # doctest: +SKIP
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BUDGETS",
+    "EXPERIMENTS",
+    "ExperimentBudget",
+    "ExperimentResult",
+    "get_budget",
+    "markdown_table",
+    "paired_bootstrap",
+    "run_experiment",
+    "summarize",
+]
+
+EXPERIMENTS: dict[str, str] = {
+    "cal_noise": "vcontrast.toy.exp_cal:run_cal_noise",
+    "crg": "vcontrast.toy.exp_crg:run_crg",
+    "cal_crg": "vcontrast.toy.exp_crg:run_cal_crg",
+}
+DEFAULT_WORK_DIR = Path("out/experiments")
+
+
+@dataclass
+class ExperimentBudget:
+    """How much compute an experiment gets: steps, seeds, test items.
+
+    Args:
+        seeds (`tuple[int, ...]`, *optional*, defaults to `(0, 1, 2)`): training seeds of "cal_noise" (each seed draws
+            its own training pool, noise and data order; the alignment stage is shared).
+        noise_rates (`tuple[float, ...]`, *optional*, defaults to `(0.0, 0.1, 0.2, 0.3)`): fractions of swapped pairs.
+        align_steps (`int`, *optional*, defaults to 300): steps of the shared MLE alignment stage (clean captions).
+        finetune_steps (`int`, *optional*, defaults to 150): steps of each noisy fine-tuning run.
+        batch_size (`int`, *optional*, defaults to 32): training batch size.
+        align_lr (`float`, *optional*, defaults to 1e-3): peak learning rate of the alignment stage.
+        finetune_lr (`float`, *optional*, defaults to 5e-4): peak learning rate of fine-tuning (half, as the toy
+            recipe's second stage).
+        pool_size (`int`, *optional*, defaults to 2400): image-caption pairs in each seed's fixed fine-tuning pool
+            (cycled in epochs; `finetune_steps * batch_size / pool_size` epochs).
+        n_test (`int`, *optional*, defaults to 200): clean test captions for "cal_noise", and items per task of
+            "cal_crg".
+        n_items (`int`, *optional*, defaults to 200): test items per task of "crg".
+        eval_batch_size (`int`, *optional*, defaults to 16): items per model call in evaluation.
+        max_new_tokens (`int`, *optional*, defaults to 48): generation length (a 4-object caption is ~40 tokens).
+        cal_crg_noise (`float`, *optional*, defaults to 0.3): the noise rate whose CAL and MLE models "cal_crg" uses.
+        from_scratch (`bool`, *optional*, defaults to `False`): also run the from-scratch ablation of "cal_noise"
+            (no alignment stage: `align_steps + finetune_steps` steps on the noisy pool).
+        bootstrap (`int`, *optional*, defaults to 1000): paired bootstrap resamples for confidence intervals.
+        model_kwargs (`dict`, *optional*): `vcontrast.toy.model.toy_config` overrides for freshly trained models
+            (a smaller model for tests); `None` trains the shipped model's size.
+        num_threads (`int`, *optional*, defaults to 2): `torch.set_num_threads` for the run.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    noise_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
+    align_steps: int = 300
+    finetune_steps: int = 150
+    batch_size: int = 32
+    align_lr: float = 1e-3
+    finetune_lr: float = 5e-4
+    pool_size: int = 2400
+    n_test: int = 200
+    n_items: int = 200
+    eval_batch_size: int = 16
+    max_new_tokens: int = 48
+    cal_crg_noise: float = 0.3
+    from_scratch: bool = False
+    bootstrap: int = 1000
+    model_kwargs: dict | None = None
+    num_threads: int | None = 2
+
+    def __post_init__(self) -> None:
+        self.seeds, self.noise_rates = tuple(self.seeds), tuple(float(r) for r in self.noise_rates)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` (={self.seeds}) must be distinct and at least one")
+        if not self.noise_rates or not all(0 <= r < 1 for r in self.noise_rates):
+            raise ValueError(f"`noise_rates` (={self.noise_rates}) must be in [0, 1), at least one")
+        if self.cal_crg_noise not in self.noise_rates:
+            raise ValueError(
+                f"`cal_crg_noise` (={self.cal_crg_noise}) must be one of `noise_rates` {self.noise_rates}"
+            )
+        for name in ("align_steps", "finetune_steps", "batch_size", "pool_size", "n_test", "n_items"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` (={value!r}) must be a positive int")
+        for name in ("eval_batch_size", "max_new_tokens", "bootstrap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` (={value!r}) must be a positive int")
+        if not (self.align_lr > 0 and self.finetune_lr > 0):
+            raise ValueError(f"learning rates (={self.align_lr}, {self.finetune_lr}) must be positive")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of the fields."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+_TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vision_hidden_size": 32, "vision_layers": 2}
+BUDGETS: dict[str, ExperimentBudget] = {
+    # Seconds: a tiny model and a handful of steps and items; checks the plumbing, measures nothing.
+    "tiny": ExperimentBudget(
+        seeds=(0, 1),
+        noise_rates=(0.0, 0.3),
+        align_steps=2,
+        finetune_steps=2,
+        batch_size=4,
+        pool_size=8,
+        n_test=4,
+        n_items=4,
+        eval_batch_size=4,
+        max_new_tokens=6,
+        cal_crg_noise=0.3,
+        bootstrap=20,
+        model_kwargs=_TINY_MODEL,
+        num_threads=1,
+    ),
+    # The committed results (docs/results): sized for ~35 minutes per training experiment on 2 CPU cores.
+    "small": ExperimentBudget(),
+}
+
+
+def get_budget(budget: str | ExperimentBudget) -> ExperimentBudget:
+    """A budget by name (`BUDGETS`) or as given."""
+    if isinstance(budget, ExperimentBudget):
+        return budget
+    if budget not in BUDGETS:
+        raise ValueError(f"`budget` (={budget!r}) must be one of {sorted(BUDGETS)} or an ExperimentBudget")
+    return BUDGETS[budget]
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment produced.
+
+    Args:
+        name (`str`): the experiment.
+        table (`str`): markdown tables of the results (also in `{name}.md`).
+        data (`dict`): the raw numbers (also in `{name}.json`).
+        files (`list[Path]`): the files written.
+    """
+
+    name: str
+    table: str
+    data: dict
+    files: list[Path] = field(default_factory=list)
+
+
+def run_experiment(
+    name: str,
+    out_dir: str | Path = "docs/results",
+    budget: str | ExperimentBudget = "small",
+    work_dir: str | Path = DEFAULT_WORK_DIR,
+    model: str | Path | None = None,
+) -> ExperimentResult:
+    """Run one toy experiment end to end and write its table, plot and raw numbers into `out_dir`.
+
+    Args:
+        name (`str`): "cal_noise", "crg" or "cal_crg" (see the module docstring).
+        out_dir (`str | Path`, *optional*, defaults to `"docs/results"`): where `{name}.md/.json/.png` go.
+        budget (`str | ExperimentBudget`, *optional*, defaults to `"small"`): a name of `BUDGETS` or a budget.
+        work_dir (`str | Path`, *optional*, defaults to `"out/experiments"`): training runs and evaluation folders;
+            a rerun with the same budget reuses them. One budget per folder (a different one raises).
+        model (`str | Path`, *optional*): the model of "crg" (a toy model folder); defaults to the shipped one.
+
+    Returns:
+        `ExperimentResult`: the tables, the raw numbers and the files written.
+
+    Examples:
+
+    ```python
+    >>> result = run_experiment("cal_noise", out_dir="/tmp/results", budget="tiny", work_dir="/tmp/work")
+    >>> sorted(p.name for p in result.files)
+    ['cal_noise.json', 'cal_noise.md', 'cal_noise.png']
+    ```
+    """
+    import torch
+
+    if name not in EXPERIMENTS:
+        raise ValueError(f"`name` (={name!r}) must be one of {list(EXPERIMENTS)}")
+    budget = get_budget(budget)
+    if budget.num_threads is not None:
+        torch.set_num_threads(budget.num_threads)
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    module, _, attr = EXPERIMENTS[name].partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    start = time.perf_counter()
+    table, data, plot = fn(budget=budget, work_dir=work_dir, model=model)
+    data = {
+        "experiment": name,
+        "budget": budget.to_dict(),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "versions": _versions(),
+        **data,
+    }
+    return write_result(out_dir, name, table, data, plot)
+
+
+def write_result(
+    out_dir: Path, name: str, table: str, data: dict, plot: Callable[[Any], None] | None
+) -> ExperimentResult:
+    """Write `{name}.md`, `{name}.json` and (given a `plot(figure_path)` function and matplotlib) `{name}.png`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / f"{name}.md", out_dir / f"{name}.json"]
+    files[0].write_text(table.rstrip() + "\n", encoding="utf-8")
+    files[1].write_text(json.dumps(data, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    if plot is not None:
+        try:
+            import matplotlib
+        except ImportError:
+            logger.warning("matplotlib is not installed (pip install 'vcontrast[plot]'): no plot for %s", name)
+        else:
+            matplotlib.use("Agg")
+            path = out_dir / f"{name}.png"
+            plot(path)
+            files.append(path)
+    return ExperimentResult(name=name, table=table, data=data, files=files)
+
+
+def check_work_dir(folder: Path, config: dict) -> None:
+    """Create `folder` and record `config` in `folder/config.json`; raise if it already holds another config, so
+    runs of different budgets never mix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.json"
+    config = json.loads(json.dumps(config, default=_json_default))
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != config:
+            diff = {
+                k: (previous.get(k), config.get(k))
+                for k in set(previous) | set(config)
+                if previous.get(k) != config.get(k)
+            }
+            raise ValueError(
+                f"{folder} holds runs of another configuration (before, now): {diff}; use another `work_dir` or "
+                "delete the folder"
+            )
+    else:
+        path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics and tables
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min, max and count of a list of numbers."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no values to summarize")
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "n": int(x.size),
+    }
+
+
+def paired_bootstrap(
+    metric: Callable[[np.ndarray], float], n_items: int, resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    """A 95% percentile interval of a statistic of items, by resampling the items with replacement.
+
+    Args:
+        metric (`Callable[[np.ndarray], float]`): the statistic of a resample, given as item indices (e.g. the
+            difference of two methods' accuracies on the same items: a paired bootstrap).
+        n_items (`int`): number of items.
+        resamples (`int`): bootstrap resamples.
+        seed (`int`, *optional*, defaults to 0): seeds the resampling.
+
+    Returns:
+        `tuple[float, float]`: the 2.5th and 97.5th percentiles (resamples where `metric` is undefined, e.g. an
+        AUROC with one class, are skipped).
+
+    Examples:
+
+    ```python
+    >>> a, b = np.array([1, 1, 0, 1]), np.array([0, 1, 0, 0])
+    >>> low, high = paired_bootstrap(lambda i: a[i].mean() - b[i].mean(), 4, 200)
+    ```
+    """
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(resamples):
+        index = rng.integers(0, n_items, n_items)
+        try:
+            stats.append(metric(index))
+        except ValueError:
+            continue
+    if not stats:
+        return math.nan, math.nan
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; the first column is left-aligned, the others right-aligned.
+
+    Examples:
+
+    ```python
+    >>> print(markdown_table(["task", "acc"], [["spatial", "51.0"]]))
+    | task | acc |
+    |:--|--:|
+    | spatial | 51.0 |
+    ```
+    """
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|:--|" + "--:|" * (len(headers) - 1)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(value: float, digits: int = 1) -> str:
+    """A fraction as a percentage string ("97.4"); "n/a" for NaN."""
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.{digits}f}"
+
+
+def pct_spread(stats: dict[str, float]) -> str:
+    """`summarize` output as "mean ± std" in percent."""
+    return f"{pct(stats['mean'])} ± {pct(stats['std'])}"
+
+
+def pct_delta(value: float, interval: tuple[float, float] | None = None) -> str:
+    """A signed difference in percentage points, with its interval: "+1.5 [-0.5, +3.5]"."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    text = f"{100 * value:+.1f}"
+    if interval is not None and not any(math.isnan(v) for v in interval):
+        text += f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+    return text
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {value!r}")
