@@ -25,20 +25,20 @@ alike); the median over rounds is reported. Memory: tracemalloc does not see tor
 resident set size mostly shows the allocator's caching, so one extra step per method runs under `torch.profiler`
 with `profile_memory=True`, and its memory timeline (`export_memory_timeline`: every tensor the step creates, keeps
 or frees, parameters, gradients, optimizer state and activations included, by category) gives the peak of live
-tensor bytes, the CPU counterpart of `torch.cuda.max_memory_allocated`. `--rss` adds each method's RSS high-water
-mark (`ru_maxrss`) in a fresh process, for reference.
+tensor bytes, the CPU counterpart of `torch.cuda.max_memory_allocated`. (The process's RSS high-water mark came out
+identical for the three methods: it is set by the allocator and the libraries, not by the step's tensors.)
 
-Run: `python benchmarks/cal_overhead.py [--model llava15|toy] [--batch 2] [--rounds 9] [--threads 1] [--rss]`.
+With other processes on the machine, wall-clock times are noisy; with `--threads 1` the process CPU time of each step
+measures the work itself and is printed beside the wall-clock time.
+
+Run: `python benchmarks/cal_overhead.py [--model llava15|toy] [--batch 2] [--rounds 9] [--threads 1]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -187,29 +187,6 @@ def peak_tensor_mib(model, optimizer, batch, method) -> float:
     return max(sum(row) for row in sizes) / 2**20
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def memory_child(args: argparse.Namespace) -> None:
-    # One method in a fresh process: resident size before the first step, and the high-water mark after the steps.
-    torch.set_num_threads(args.threads)
-    model, batch = build(args.model, args)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    base = rss_kib()
-    for _ in range(args.memory_steps):
-        step(model, optimizer, batch, args.memory_of)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_kib": base, "peak_kib": peak}))
-
-
-def measure_memory(args: argparse.Namespace, method: str) -> dict:
-    cmd = [sys.executable, __file__, "--memory-of", method, *sys.argv[1:]]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="llava15", choices=["llava15", "toy"])
@@ -223,14 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--memory-steps", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--rss", action="store_true", help="also measure each method's RSS in a fresh process")
-    parser.add_argument("--memory-of", choices=list(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.memory_of:
-        memory_child(args)
-        return
 
     torch.set_num_threads(args.threads)
     model, batch = build(args.model, args)
@@ -243,30 +214,28 @@ def main(argv: list[str] | None = None) -> None:
         f"image_tokens={int((batch['input_ids'][0] == IMAGE_TOKEN).sum())} label_tokens={n_labels} "
         f"threads={args.threads} torch={torch.__version__} transformers={tf.__version__}"
     )
-    times = {m: [] for m in METHODS}
+    wall = {m: [] for m in METHODS}
+    cpu = {m: [] for m in METHODS}
     for r in range(args.warmup + args.rounds):
         for method in METHODS:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step(model, optimizer, batch, method)
             if r >= args.warmup:
-                times[method].append(time.perf_counter() - start)
-    median = {m: statistics.median(t) for m, t in times.items()}
-    print(f"\nstep time (median of {args.rounds} interleaved rounds)")
-    for method in METHODS:
-        spread = f"[{min(times[method]):.3f}, {max(times[method]):.3f}]"
-        print(f"  {method:6s} {median[method]:8.3f} s  {spread:>18s}  x{median[method] / median['mle']:.3f} vs mle")
+                wall[method].append(time.perf_counter() - start)
+                cpu[method].append(time.process_time() - start_cpu)
+    for name, times in (("wall-clock", wall), ("process CPU", cpu)):
+        median = {m: statistics.median(t) for m, t in times.items()}
+        print(f"\nstep time, {name} (median of {args.rounds} interleaved rounds, [min, max])")
+        for method in METHODS:
+            spread = f"[{min(times[method]):.3f}, {max(times[method]):.3f}]"
+            ratio = median[method] / median["mle"]
+            print(f"  {method:6s} {median[method]:8.3f} s  {spread:>18s}  x{ratio:.3f} vs mle")
     if args.no_memory:
         return
     print("\npeak live tensor memory during one step (torch.profiler memory timeline)")
     peak = {m: peak_tensor_mib(model, optimizer, batch, m) for m in METHODS}
     for method in METHODS:
         print(f"  {method:6s} {peak[method]:8.1f} MiB  x{peak[method] / peak['mle']:.3f} vs mle")
-    if not args.rss:
-        return
-    print(f"\nRSS high-water mark (fresh process per method, {args.memory_steps} steps)")
-    mem = {m: measure_memory(args, m) for m in METHODS}
-    for method, m in mem.items():
-        print(f"  {method:6s} {m['peak_kib'] / 1024:8.1f} MiB  x{m['peak_kib'] / mem['mle']['peak_kib']:.3f} vs mle")
 
 
 if __name__ == "__main__":
