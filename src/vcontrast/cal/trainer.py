@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import Trainer
 
 from vcontrast.cal.config import CALConfig
-from vcontrast.cal.loss import WEIGHTS_KEY, cal_label_mask, cal_loss
+from vcontrast.cal.loss import WEIGHTS_KEY, CALOutput, cal_label_mask, cal_loss
 from vcontrast.models import get_adapter
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class CALTrainerMixin:
         self._cal_warned = False
 
     # Precomputed weights are a dataset column the model's forward does not take: keep it through column removal.
-    def _set_signature_columns_if_needed(self):
+    def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         if WEIGHTS_KEY not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, WEIGHTS_KEY]
@@ -75,17 +77,27 @@ class CALTrainerMixin:
             return self.accelerator.reduce(values, reduction="sum")
         return values
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         adapter = get_adapter(self.model)
         count = torch.zeros((), dtype=torch.float64, device=device)
         for batch in batch_samples:
+            if batch.get("labels") is None:
+                continue  # cal_loss raises a clear error on this batch
             mask = cal_label_mask(adapter, batch)
             count += (mask.sum() if self.cal_config.normalize == "batch" else mask.any(-1).sum()).to(device)
         self._cal_step = _Step(size=len(batch_samples), num_items=self._reduce(count))
         return batch_samples, num_items_in_batch
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         step = self._cal_step if model.training else None
         if step is None:
             # Evaluation, or a call outside the training loop: this batch's own normalisation.
@@ -104,7 +116,7 @@ class CALTrainerMixin:
         return (loss, out.model_outputs) if return_outputs else loss
 
     @staticmethod
-    def _sums(out) -> list[torch.Tensor]:
+    def _sums(out: CALOutput) -> list[torch.Tensor]:
         mask = out.mask
         delta = out.delta if out.delta is not None else torch.zeros_like(out.weights)
         return [
@@ -122,7 +134,9 @@ class CALTrainerMixin:
             self._cal_metrics[mode]["cal/mean_delta"].append(delta_sum / tokens)
             self._cal_metrics[mode]["cal/frac_negative_delta"].append(negative / tokens)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         step = self._cal_step
         if step is None:
