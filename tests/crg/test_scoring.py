@@ -48,6 +48,20 @@ def family(request):
     return request.param
 
 
+def test_build_inputs(family):
+    """One user turn (image, then prompt) plus the generation prompt; same ids; contrast pixels = blacked-out image."""
+    model, processor = tm.build(family)
+    crg = CRG(model, processor)
+    image = tm.image(0)
+    reference, contrast = crg.build_inputs(image, PROMPT, REGIONS)
+    assert torch.equal(reference["input_ids"], contrast["input_ids"])
+    assert torch.equal(reference["attention_mask"], contrast["attention_mask"])
+    direct = processor(images=[[blackout(image, REGIONS)]], text=[tm.chat(processor, PROMPT)], return_tensors="pt")
+    assert torch.equal(contrast["input_ids"], direct["input_ids"])
+    torch.testing.assert_close(contrast["pixel_values"], direct["pixel_values"], rtol=0, atol=0)
+    assert not torch.equal(reference["pixel_values"], contrast["pixel_values"])
+
+
 def test_scores_match_brute_force(family):
     model, processor = tm.build(family)
     crg = CRG(model, processor, alpha=1.0)
