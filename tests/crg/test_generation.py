@@ -11,6 +11,8 @@ from transformers import LogitsProcessorList
 from tests import tiny_models as tm
 from tests.crg import brute
 from vcontrast.crg import CRG, CRGLogitsProcessor, two_stream_generate
+from vcontrast.crg import processor as crg_processor
+from vcontrast.crg.processor import beam_origin
 from vcontrast.models import get_adapter
 
 PROMPTS = ["what is in the box ?", "which colour is the cup left of the plate ?"]
@@ -67,8 +69,16 @@ def test_greedy_matches_brute_force(family, batch):
         assert not torch.equal(model.generate(**reference, **kwargs), expected)
 
 
-def test_beam_search_matches_brute_force(family):
+def test_beam_search_matches_brute_force(family, monkeypatch):
     model, processor, reference, contrast = prepared(family, 2)
+    moved = []  # make sure the beams do get reordered, so that the contrast cache has to follow them
+
+    def spy(previous, prefix, group_size):
+        origin = beam_origin(previous, prefix, group_size)
+        moved.append(origin is not None and not torch.equal(origin, torch.arange(len(origin))))
+        return origin
+
+    monkeypatch.setattr(crg_processor, "beam_origin", spy)
     eos, pad = special_tokens(model, processor)
     steps, beams = 3, 2
     banned = [eos, image_token(model)]
@@ -84,6 +94,7 @@ def test_beam_search_matches_brute_force(family):
         pad_token_id=pad,
     )
     assert torch.equal(out, expected)
+    assert any(moved)
 
 
 def test_alpha_zero_is_plain_generate(family):

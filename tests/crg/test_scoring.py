@@ -206,3 +206,24 @@ def test_bad_input():
         CRG(model, processor, fill=(0, 0))
     with pytest.raises(ValueError, match="each"):
         CRG(model, processor, mode="each").generate(image, PROMPT, REGIONS)
+
+
+def test_proposer_fills_in_missing_regions():
+    from vcontrast.crg.proposals import Proposal
+
+    model, processor = tm.build("llava")
+    image = tm.image(0)
+    asked = []
+
+    def proposer(image, phrases):
+        asked.append(phrases)
+        return [Proposal(box=(2.0, 2.0, 12.0, 10.0), score=0.9, phrase=phrases[0])] if phrases else []
+
+    crg = CRG(model, processor, proposer=proposer)
+    prompt = "which colour is the cup left of the plate ?"
+    assert crg.score(image, prompt, CANDIDATES) == pytest.approx(
+        CRG(model, processor).score(image, prompt, CANDIDATES, [(2, 2, 12, 10)]), abs=1e-5
+    )
+    assert asked and "cup" in asked[0]
+    with pytest.raises(ValueError, match="proposer found none"):
+        crg.score(image, "what is it ?", CANDIDATES)
