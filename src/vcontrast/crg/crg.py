@@ -18,7 +18,15 @@ from vcontrast.crg.guidance import check_alpha, check_beta
 from vcontrast.crg.processor import CRGLogitsProcessor
 from vcontrast.crg.scoring import ScoreJob, score_jobs
 from vcontrast.models import get_adapter
-from vcontrast.regions import _check_fill, blackout, blackout_all, blackout_each, combined_box, parse_boxes
+from vcontrast.regions import (
+    _check_fill,
+    blackout,
+    blackout_all,
+    blackout_each,
+    combined_box,
+    parse_boxes,
+    to_rgb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +207,8 @@ class CRG:
             groups.append(list(range(len(contrast_images), len(contrast_images) + len(masked))))
             contrast_images += masked
             contrast_texts += [text] * len(masked)
-        reference = self._process([image.convert("RGB") for image in images], texts)
+        # The same RGB conversion as the contrast images get (transparency composited onto white).
+        reference = self._process([to_rgb(image) for image in images], texts)
         contrast = self._process(contrast_images, contrast_texts)
         return CRGInputs(reference, contrast, groups)
 
