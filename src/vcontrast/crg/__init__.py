@@ -1,10 +1,30 @@
-"""CRG: Contrastive Region Guidance (arXiv 2403.02325) for transformers VLMs, at inference time."""
+"""CRG: Contrastive Region Guidance (arXiv 2403.02325) for transformers VLMs, at inference time.
 
-from vcontrast.crg.crg import CRG, CRGInputs
-from vcontrast.crg.decode import two_stream_generate
-from vcontrast.crg.guidance import guided_logprobs
-from vcontrast.crg.processor import CRGLogitsProcessor
-from vcontrast.crg.scoring import ScoreJob, score_jobs
+Exports resolve on first use, so that `vcontrast.crg.cli` (imported by the `vcontrast` command line) does not pull
+in torch and transformers before a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vcontrast.crg.crg import CRG, CRGInputs
+    from vcontrast.crg.decode import two_stream_generate
+    from vcontrast.crg.guidance import guided_logprobs
+    from vcontrast.crg.processor import CRGLogitsProcessor
+    from vcontrast.crg.scoring import ScoreJob, score_jobs
+
+_EXPORTS = {
+    "CRG": "vcontrast.crg.crg",
+    "CRGInputs": "vcontrast.crg.crg",
+    "CRGLogitsProcessor": "vcontrast.crg.processor",
+    "ScoreJob": "vcontrast.crg.scoring",
+    "guided_logprobs": "vcontrast.crg.guidance",
+    "score_jobs": "vcontrast.crg.scoring",
+    "two_stream_generate": "vcontrast.crg.decode",
+}
 
 __all__ = [
     "CRG",
@@ -15,3 +35,15 @@ __all__ = [
     "score_jobs",
     "two_stream_generate",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vcontrast.crg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
