@@ -38,22 +38,13 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def load_model(model: str | None = None, device: str | None = None) -> tuple[Any, Any]:
-    """`(model, processor)`: the shipped toy VLM for `None`, else `from_pretrained(model)` (a folder or hub name)."""
-    if model is None:
-        try:
-            from vcontrast.toy import load
-        except ImportError as error:
-            raise RuntimeError(
-                "no --model given and the shipped toy model is not available (vcontrast.toy.load); pass --model"
-            ) from error
-        return load(device=device) if device is not None else load()
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """`(model, processor)`: the shipped toy VLM for `None`, else `from_pretrained(model)`."""
+    from vcontrast.models.loading import load_model as load
 
-    processor = AutoProcessor.from_pretrained(model)
-    vlm = AutoModelForImageTextToText.from_pretrained(model)
-    if device is not None:
-        vlm = vlm.to(device)
-    return vlm.eval(), processor
+    try:
+        return load(model, device=device)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
 
 
 def _open_image(path: Path):
@@ -70,23 +61,6 @@ def _boxes(texts: list[str] | None) -> list[tuple[float, float, float, float]]:
         return [parse_box(text) for text in texts or []]
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-
-
-def side_by_side(image, contrast, boxes, lines: list[str]):
-    """A picture for `ask --save`: the image with its boxes, the contrast image, and text lines below them."""
-    from PIL import Image, ImageDraw
-
-    from vcontrast.regions import draw_boxes
-
-    width, height = image.size
-    line_height = 14
-    canvas = Image.new("RGB", (2 * width, height + line_height * (len(lines) + 1)), "white")
-    canvas.paste(draw_boxes(image, boxes, width=max(1, min(width, height) // 100)), (0, 0))
-    canvas.paste(contrast, (width, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((4, height + 4 + i * line_height), line, fill=(0, 0, 0))
-    return canvas
 
 
 def ask(
@@ -115,8 +89,11 @@ def ask(
     print(f"with CRG (alpha={alpha:g}): {guided}")
     if save is not None:
         contrast = crg.contrast_images(picture, boxes, question)[0]
-        lines = [f"Q: {question}", f"without CRG: {plain}", f"with CRG (alpha={alpha:g}): {guided}"]
-        side_by_side(picture, contrast, crg.regions_for(picture, question, boxes), lines).save(save)
+        from vcontrast.viz import side_by_side
+
+        captions = {"without CRG": plain, f"with CRG (alpha={alpha:g})": guided}
+        regions = crg.regions_for(picture, question, boxes)
+        side_by_side(picture, contrast, regions, captions, title=f"Q: {question}").save(save)
         print(f"picture written to {save}")
 
 

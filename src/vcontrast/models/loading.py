@@ -40,7 +40,7 @@ def load_model(
     if path is None:
         from vcontrast.toy import load
 
-        return load()
+        return load(device=device) if device is not None else load()
     local = Path(path)
     if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
         raise ValueError(f"model path {str(path)!r} does not exist")
