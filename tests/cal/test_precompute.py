@@ -16,8 +16,6 @@ from vcontrast.cal import (
     cal_loss,
     load_weights,
     precompute_weights,
-    render_html,
-    render_terminal,
     summarize_audit,
     token_report,
 )
@@ -144,13 +142,15 @@ def test_duplicate_ids_and_bad_batch_size_raise(tmp_path):
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_token_report_and_renderings(family):
+    from vcontrast.viz import token_heatmap_ansi, token_heatmap_html
+
     model, proc = tm.build(family)
     report = token_report(model, proc, tm.image(0), "a red cup is left of the plate", prompt="describe the picture .")
     assert [t.text.strip() for t in report] == ["a", "red", "cup", "is", "left", "of", "the", "plate"]
     assert all(1.0 <= t.weight <= 5.0 for t in report)
     assert any(t.delta != 0 for t in report)
-    text = render_terminal(report)
-    assert "\x1b[38;5;" in text and "plate" in text
-    assert "\x1b" not in render_terminal(report, color=False)
-    page = render_html(report)
+    tokens, weights = [t.text.strip() for t in report], [t.weight for t in report]
+    text = token_heatmap_ansi(tokens, weights)
+    assert "\x1b[48;2;" in text and "plate" in text
+    page = token_heatmap_html(tokens, weights)
     assert page.startswith("<!doctype html>") and page.count("<span") == len(report)

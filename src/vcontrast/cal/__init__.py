@@ -5,6 +5,8 @@ trl) are resolved on first access.
 """
 
 from vcontrast.cal.config import CALConfig, parse_contrast
+from vcontrast.cal.data import ConversationCollator, read_conversations, to_messages
+from vcontrast.cal.finetune import finetune
 from vcontrast.cal.loss import (
     CALOutput,
     ContrastCollator,
@@ -26,7 +28,7 @@ from vcontrast.cal.precompute import (
     precompute_weights,
     summarize_audit,
 )
-from vcontrast.cal.show import TokenWeight, render_html, render_terminal, token_report
+from vcontrast.cal.show import TokenWeight, token_report
 
 _LAZY = {
     "CALTrainer": "vcontrast.cal.trainer",
@@ -41,6 +43,7 @@ __all__ = [
     "CALTrainer",
     "CALTrainerMixin",
     "ContrastCollator",
+    "ConversationCollator",
     "PrecomputedWeightsCollator",
     "TokenWeight",
     "add_contrast_pixels",
@@ -51,13 +54,14 @@ __all__ = [
     "cal_weights",
     "clamp_weights",
     "eval_mode",
+    "finetune",
     "load_weights",
     "parse_contrast",
     "pool_weights",
     "precompute_weights",
-    "render_html",
-    "render_terminal",
+    "read_conversations",
     "summarize_audit",
+    "to_messages",
     "token_report",
     "token_weights",
     "weighted_loss",

@@ -1,9 +1,11 @@
-"""Seeing CAL's weights: per-token logit gains and weights of one image and text, as terminal text or an HTML heatmap
-(the paper's Figure 2a). `vcontrast cal show IMAGE "TEXT"` is a thin wrapper around these."""
+"""Seeing CAL's weights: the per-token logit gains and weights of one image and text.
+
+[`token_report`] computes them; `vcontrast.viz` draws them (`token_heatmap` for a PNG like the paper's Figure 2a,
+`token_heatmap_html`, `token_heatmap_ansi` for a terminal). `vcontrast cal show IMAGE "TEXT"` puts the two together.
+"""
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import cal_deltas, token_weights
 
-__all__ = ["TokenWeight", "render_html", "render_terminal", "token_report"]
+__all__ = ["TokenWeight", "token_report"]
 
 
 @dataclass
@@ -88,44 +90,3 @@ def token_report(
         token_id = int(batch["input_ids"][0, p])
         out.append(TokenWeight(token_id, tokenizer.decode([token_id]), float(delta[0, p]), float(weights[0, p])))
     return out
-
-
-def _level(weight: float, alpha: float, beta: float) -> float:
-    return min(max((weight - alpha) / (beta - alpha), 0.0), 1.0)
-
-
-def render_terminal(report: list[TokenWeight], config: CALConfig | None = None, *, color: bool = True) -> str:
-    """One line per token (`text  delta  weight`), the text coloured from grey (weight alpha) to red (beta) with
-    ANSI 256-colour codes (`color=False` for plain text)."""
-    config = CALConfig() if config is None else config
-    palette = [244, 250, 229, 222, 215, 209, 203, 196]  # grey -> yellow -> red
-    lines = [f"{'token':<16} {'delta':>8} {'weight':>7}"]
-    for t in report:
-        name = repr(t.text)[1:-1]
-        cell = f"{name:<16}"
-        if color:
-            code = palette[round(_level(t.weight, config.alpha, config.beta) * (len(palette) - 1))]
-            cell = f"\x1b[38;5;{code}m{cell}\x1b[0m"
-        lines.append(f"{cell} {t.delta:>8.3f} {t.weight:>7.3f}")
-    return "\n".join(lines)
-
-
-def render_html(report: list[TokenWeight], config: CALConfig | None = None, title: str = "CAL token weights") -> str:
-    """A standalone HTML page: the text with each token's background shaded by its weight (white at alpha, red at
-    beta) and its delta and weight in a tooltip, as in the paper's Figure 2a."""
-    config = CALConfig() if config is None else config
-    spans = []
-    for t in report:
-        level = _level(t.weight, config.alpha, config.beta)
-        green_blue = round(255 * (1 - level))
-        tip = f"delta {t.delta:.3f}, weight {t.weight:.3f}"
-        spans.append(
-            f'<span title="{html.escape(tip)}" style="background: rgb(255,{green_blue},{green_blue}); '
-            f'padding: 2px 1px; margin: 0 1px">{html.escape(t.text)}</span>'
-        )
-    legend = f"weight {config.alpha:g} (white) to {config.beta:g} (red); hover a token for its delta and weight"
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body style='font-family: sans-serif'><h3>{html.escape(title)}</h3>"
-        f"<p style='font-size: 1.3em; line-height: 2'>{''.join(spans)}</p><p><small>{legend}</small></p></body></html>"
-    )

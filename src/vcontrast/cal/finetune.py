@@ -1,0 +1,163 @@
+"""Fine-tune a VLM on LLaVA-style conversation data with CAL or plain cross-entropy, the transformers way.
+
+[`finetune`] is what `vcontrast train` runs: read and validate the data ([`vcontrast.cal.read_conversations`]),
+collate it with the processor's chat template (labels on the assistant turns, [`vcontrast.cal.ConversationCollator`]),
+and train with [`vcontrast.cal.CALTrainer`] (`method="cal"`) or `transformers.Trainer` (`method="mle"`). Checkpoints
+are transformers' own (`output_dir/checkpoint-N`, every `save_steps`), so `resume=True` continues from the last one
+with its optimizer, scheduler, RNG and data position. The final model and processor are saved with
+`save_pretrained` into `output_dir`, loadable with [`vcontrast.models.load_model`].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from vcontrast.cal.config import CALConfig
+from vcontrast.cal.data import ConversationCollator, read_conversations
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import TrainOutput
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "finetune"]
+
+METHODS = ("cal", "mle")
+
+
+def finetune(
+    data: str | Path | Sequence[dict],
+    args: TrainingArguments,
+    *,
+    model: str | Path | nn.Module | None = None,
+    processor=None,
+    method: str = "cal",
+    cal_config: CALConfig | None = None,
+    cal_weights: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    max_length: int | None = None,
+    resume: bool = False,
+) -> TrainOutput:
+    """Fine-tune a supported VLM on conversation data with CAL or MLE; save the result with `save_pretrained`.
+
+    Args:
+        data (`str`, `Path` or `Sequence[dict]`): a LLaVA-style JSON/JSONL file, or examples as
+            [`vcontrast.cal.read_conversations`] returns them.
+        args (`TrainingArguments`): output folder, steps or epochs, learning rate, batch size, accumulation,
+            `save_steps`, seed, ... (`remove_unused_columns` is turned off: the collator reads raw examples).
+        model (`str`, `Path` or `PreTrainedModel`, *optional*): a model folder or hub name (loaded with
+            [`vcontrast.models.load_model`]), or a model object (then `processor` is required); defaults to the toy
+            model shipped with vcontrast.
+        processor (`ProcessorMixin`, *optional*): the model's processor, when `model` is an object.
+        method (`str`, *optional*, defaults to `"cal"`): `"cal"` ([`vcontrast.cal.CALTrainer`]) or `"mle"`
+            (`transformers.Trainer`, the model's own token-mean cross-entropy).
+        cal_config (`CALConfig`, *optional*): CAL's alpha, beta, window, contrast and normalisation (`"cal"` only).
+        cal_weights (`str` or `Path`, *optional*): weights precomputed with [`vcontrast.cal.precompute_weights`] on
+            the same data (`vcontrast cal precompute`): training then runs no contrast pass (`"cal"` only).
+        image_folder (`str` or `Path`, *optional*): where relative image paths resolve; defaults to the data's folder.
+        max_length (`int`, *optional*): cut longer sequences (see [`vcontrast.cal.ConversationCollator`]).
+        resume (`bool`, *optional*, defaults to `False`): continue from the last `checkpoint-N` in `output_dir`.
+            Without it, an `output_dir` that already holds checkpoints is an error (nothing is overwritten by
+            accident).
+
+    Returns:
+        `TrainOutput`: transformers' `(global_step, training_loss, metrics)`. `args.output_dir` holds the final model,
+        its processor and `trainer_state.json`.
+
+    Examples:
+
+    ```python
+    >>> args = TrainingArguments("runs/cal", max_steps=1000, learning_rate=2e-5, per_device_train_batch_size=8)
+    >>> finetune("data/train.jsonl", args, model="llava-hf/llava-1.5-7b-hf", method="cal")
+    >>> model, processor = load_model("runs/cal")
+    ```
+    """
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from vcontrast.cal.precompute import PrecomputedWeightsCollator, load_weights
+    from vcontrast.cal.trainer import CALTrainer
+    from vcontrast.models.loading import load_model
+
+    if method not in METHODS:
+        raise ValueError(f"`method` (={method!r}) has to be one of {', '.join(METHODS)}")
+    if method != "cal" and (cal_weights is not None or cal_config is not None):
+        raise ValueError(f"`cal_weights` and `cal_config` only apply to method 'cal', not {method!r}")
+    config = CALConfig() if cal_config is None else cal_config
+    output_dir = Path(args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is not None and not resume:
+        raise ValueError(
+            f"`output_dir` (={str(output_dir)!r}) already holds {Path(last).name}: resume from it, or choose another "
+            "output folder"
+        )
+    if resume and last is None:
+        logger.warning("no checkpoint in %s to resume from: training from the start", output_dir)
+
+    examples = read_conversations(data, image_folder) if isinstance(data, (str, Path)) else list(data)
+    if not examples:
+        raise ValueError("`data` holds no examples")
+    if isinstance(model, nn.Module):
+        if processor is None:
+            raise ValueError("`processor` is required when `model` is a model object")
+    else:
+        model, processor = load_model(model)
+    contrast = config.contrast if method == "cal" and config.uses_pixels and cal_weights is None else None
+    collator = ConversationCollator(processor, contrast=contrast, max_length=max_length)
+    if cal_weights is not None:
+        collator = PrecomputedWeightsCollator(collator, load_weights(cal_weights), model, config)
+    args.remove_unused_columns = False
+    common = {
+        "model": model,
+        "args": args,
+        "train_dataset": examples,
+        "data_collator": collator,
+        "processing_class": processor,
+    }
+    trainer = CALTrainer(**common, cal_config=config) if method == "cal" else Trainer(**common)
+    if resume and last is not None:
+        logger.info("resuming from %s", last)
+        _restore_weights(model, Path(last))
+    result = trainer.train(resume_from_checkpoint=last if resume else None)
+    trainer.save_model(str(output_dir))
+    processor.save_pretrained(str(output_dir))
+    trainer.save_state()
+    return result
+
+
+def _checkpoint_keys(folder: Path) -> set[str] | None:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(single), "pt") as f:
+        return set(f.keys())
+
+
+def _restore_weights(model: nn.Module, checkpoint: Path) -> None:
+    # transformers' Trainer restores a checkpoint's weights with a plain `load_state_dict(strict=False)`, but
+    # `save_pretrained` writes the families with a key conversion mapping (LLaVA, Qwen2-VL, ...) under their original
+    # key names, so no key matches and training silently restarts from the initial weights
+    # (huggingface/transformers#43701). Load them the way `from_pretrained` does instead; the Trainer's own attempt
+    # then changes nothing (it still warns about missing keys).
+    keys = _checkpoint_keys(checkpoint)
+    if keys is None or not keys - set(model.state_dict()):
+        return
+    logger.warning(
+        "loading the weights of %s with from_pretrained (transformers' Trainer cannot map its key names; ignore its "
+        "missing-keys warning)",
+        checkpoint,
+    )
+    trained = type(model).from_pretrained(str(checkpoint))
+    model.load_state_dict(trained.state_dict())

@@ -1,0 +1,111 @@
+"""The CAL commands (`cal precompute`, `cal show`, `cal audit`) through typer on a tiny toy VLM: outputs, resuming
+after an interrupted run, and clear errors."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.cal.conversations import run, save_toy_model, write_data
+from vcontrast.cal import load_weights
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_toy_model(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path)
+
+
+def test_help_lists_the_commands():
+    out = run("cal", "--help").stdout
+    for command in ("precompute", "show", "audit"):
+        assert command in out
+    assert "--method" in run("train", "--help").stdout
+
+
+def test_show_prints_every_token_and_writes_png_and_html(tmp_path, model_dir):
+    image = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(image)
+    png, page = tmp_path / "out" / "show.png", tmp_path / "show.html"
+    text = "a red circle on the left"
+    args = ("cal", "show", image, text, "--model", model_dir, "--out", png, "--html", page)
+    out = run(*args, "--no-color").stdout
+    rows = out.splitlines()[1:7]
+    assert [row.split()[0] for row in rows] == text.split()
+    for row in rows:
+        delta, weight = map(float, row.split()[1:3])
+        assert 1.0 <= weight <= 5.0 and abs(delta) < 100
+    assert "\x1b[" not in out
+    assert Image.open(png).size[0] > 64
+    assert page.read_text().count("<span") == 6
+    assert "\x1b[48;2;" in run(*args, "--color").stdout
+
+
+def test_show_bad_input(tmp_path, model_dir):
+    result = run("cal", "show", tmp_path / "nope.png", "red", "--model", model_dir, code=2)
+    assert "nope.png" in result.output
+    Image.new("RGB", (64, 64)).save(tmp_path / "black.png")
+    result = run("cal", "show", tmp_path / "black.png", "red", "--model", model_dir, "--contrast", "blur:10", code=2)
+    assert "GaussianBlur" in result.output
+    result = run("cal", "show", tmp_path / "black.png", "red", "--alpha", "0.5", "--beta", "0.5", code=2)
+    assert "`beta` (=0.5)" in result.output
+
+
+def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
+    full = data.with_name("full.cal.jsonl")
+    out = run("cal", "precompute", data, "--model", model_dir, "--out", full, "--batch-size", "2").stdout
+    assert "CAL weights for 5 samples" in out and "mean delta" in out
+    # Interrupted after 2 samples (--limit), then run again: stored beside the data by default.
+    out = run("cal", "precompute", data, "--model", model_dir, "--limit", "2", "--no-progress").stdout
+    assert "stopped after 2 of 5 samples" in out
+    default = data.with_name("data.cal.jsonl")
+    assert len(default.read_text().splitlines()) == 2
+    run("cal", "precompute", data, "--model", model_dir, "--batch-size", "2")
+    resumed, expected = load_weights(default), load_weights(full)
+    assert sorted(resumed) == sorted(expected) == ["a", "b", "c", "d", "e"]
+    for sid, stored in expected.items():
+        assert torch.equal(resumed[sid]["tokens"], stored["tokens"])
+        torch.testing.assert_close(resumed[sid]["delta"], stored["delta"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(resumed[sid]["weights"], stored["weights"], atol=1e-5, rtol=0)
+    assert torch.equal(expected["d"]["delta"], torch.zeros_like(expected["d"]["delta"]))  # text only: no gain
+
+
+def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
+    full = data.with_name("full.audit.jsonl")
+    out = run("cal", "audit", data, "--model", model_dir, "--out", full, "--top", "3").stdout
+    assert "audited 5 samples" in out and "most contradicted token" in out
+    assert len(out.split("most contradicted token")[1].strip().splitlines()) == 3
+    assert "stopped after 2 of 5" in run("cal", "audit", data, "--model", model_dir, "--limit", "2").stdout
+    run("cal", "audit", data, "--model", model_dir)
+    resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in full.read_text().splitlines()]
+    assert {r["id"] for r in resumed} == {r["id"] for r in expected} == set("abcde")
+    by_id = {r["id"]: r for r in expected}
+    for record in resumed:
+        for key in ("mean_delta", "frac_negative", "min_delta"):
+            assert record[key] == pytest.approx(by_id[record["id"]][key], abs=1e-5)
+    keys = [(-r["frac_negative"], r["mean_delta"]) for r in resumed]
+    assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--contrast", "fog:3"), "fog"),
+        (("--limit", "0"), "(=0)"),
+        (("--window", "2"), "`window` (=2)"),
+    ],
+)
+def test_precompute_bad_input(data, model_dir, args, message):
+    assert message in run("cal", "precompute", data, "--model", model_dir, *args, code=2).output
+
+
+def test_audit_missing_image_and_data(data, model_dir):
+    (data.parent / "images" / "blue.png").unlink()
+    assert "blue.png' not found" in run("cal", "audit", data, "--model", model_dir, code=2).output
+    assert "no data file" in run("cal", "audit", data.with_name("nope.jsonl"), "--model", model_dir, code=2).output
