@@ -30,7 +30,21 @@ def test_package_exports_resolve():
         vcontrast.nope  # noqa: B018
 
 
-def test_lazy_export_table_matches_all():
-    import vcontrast
+@pytest.mark.parametrize("package", ["vcontrast", "vcontrast.cal", "vcontrast.crg"])
+def test_lazy_export_tables_match_all(package):
+    import importlib
 
-    assert set(vcontrast.__all__) - {"__version__"} == set(vcontrast._EXPORTS)
+    module = importlib.import_module(package)
+    assert set(module.__all__) - {"__version__"} == set(module._EXPORTS)
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+
+
+def test_cli_import_stays_light():
+    """`vcontrast --help` must not pay for torch/transformers: commands import them when they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, vcontrast.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -41,12 +41,15 @@ def demo(
 def _register() -> None:
     # Command functions live beside the code they drive; their modules import torch/transformers lazily.
     from vcontrast.bench.cli import eval_command
+    from vcontrast.cal.cli import cal_app, train
     from vcontrast.crg.cli import ask, rerank, score
 
     app.command("ask")(ask)
     app.command("score")(score)
     app.command("rerank")(rerank)
     app.command("eval")(eval_command)
+    app.command("train")(train)
+    app.add_typer(cal_app, name="cal")
 
 
 _register()

@@ -1,39 +1,43 @@
 """CAL: Contrastive ALignment (arXiv 2405.17871): visually weighted token loss for VLM training.
 
-`import vcontrast.cal` imports neither `transformers.Trainer` nor trl: `CALTrainer` and `CALSFTTrainer` (which needs
-trl) are resolved on first access.
+Exports resolve on first use, so `import vcontrast.cal` (and the `vcontrast` command line) imports neither torch
+nor `transformers.Trainer` nor trl until a name is needed.
 """
 
-from vcontrast.cal.config import CALConfig, parse_contrast
-from vcontrast.cal.data import ConversationCollator, read_conversations, to_messages
-from vcontrast.cal.finetune import finetune
-from vcontrast.cal.loss import (
-    CALOutput,
-    ContrastCollator,
-    add_contrast_pixels,
-    cal_deltas,
-    cal_label_mask,
-    cal_loss,
-    cal_weights,
-    clamp_weights,
-    eval_mode,
-    pool_weights,
-    token_weights,
-    weighted_loss,
-)
-from vcontrast.cal.precompute import (
-    PrecomputedWeightsCollator,
-    audit,
-    load_weights,
-    precompute_weights,
-    summarize_audit,
-)
-from vcontrast.cal.show import TokenWeight, token_report
+from __future__ import annotations
 
-_LAZY = {
+import importlib
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CALConfig": "vcontrast.cal.config",
+    "CALOutput": "vcontrast.cal.loss",
+    "CALSFTTrainer": "vcontrast.cal.sft",
     "CALTrainer": "vcontrast.cal.trainer",
     "CALTrainerMixin": "vcontrast.cal.trainer",
-    "CALSFTTrainer": "vcontrast.cal.sft",
+    "ContrastCollator": "vcontrast.cal.loss",
+    "ConversationCollator": "vcontrast.cal.data",
+    "PrecomputedWeightsCollator": "vcontrast.cal.precompute",
+    "TokenWeight": "vcontrast.cal.show",
+    "add_contrast_pixels": "vcontrast.cal.loss",
+    "audit": "vcontrast.cal.precompute",
+    "cal_deltas": "vcontrast.cal.loss",
+    "cal_label_mask": "vcontrast.cal.loss",
+    "cal_loss": "vcontrast.cal.loss",
+    "cal_weights": "vcontrast.cal.loss",
+    "clamp_weights": "vcontrast.cal.loss",
+    "eval_mode": "vcontrast.cal.loss",
+    "finetune": "vcontrast.cal.finetune",
+    "load_weights": "vcontrast.cal.precompute",
+    "parse_contrast": "vcontrast.cal.config",
+    "pool_weights": "vcontrast.cal.loss",
+    "precompute_weights": "vcontrast.cal.precompute",
+    "read_conversations": "vcontrast.cal.data",
+    "summarize_audit": "vcontrast.cal.precompute",
+    "to_messages": "vcontrast.cal.data",
+    "token_report": "vcontrast.cal.show",
+    "token_weights": "vcontrast.cal.loss",
+    "weighted_loss": "vcontrast.cal.loss",
 }
 
 __all__ = [
@@ -69,9 +73,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The trainers import transformers.Trainer (accelerate) and trl: only on first use.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
