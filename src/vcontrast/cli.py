@@ -31,11 +31,15 @@ def info() -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the pictures and the results table.")] = Path("out"),
     n_scenes: Annotated[int, typer.Option(help="How many toy scenes to show.")] = 4,
+    n_items: Annotated[int, typer.Option(help="Test items per toy task in the results table.")] = 40,
+    model: Annotated[
+        str | None, typer.Option(help="A model folder; default: the toy model shipped with vcontrast.")
+    ] = None,
 ) -> None:
     """The main job: toy scenes, answers with and without CRG, a CAL weight heatmap and a small results table."""
     from vcontrast.demo import run_demo
 
-    run_demo(out, n_scenes=n_scenes, echo=print)
+    run_demo(out, n_scenes=n_scenes, n_items=n_items, model_path=model, echo=print)
 
 
 def _register() -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEMO_TASKS = ("vqa", "region_vqa")
+# Questions about one object's attribute: the ones where blacking out that object's box is CRG's premise.
+DEMO_KINDS = ("color", "shape", "size")
 
 
 def crg_examples(model, processor, out: Path, n_scenes: int, echo: Callable[[str], None]) -> list[dict]:
@@ -25,9 +27,13 @@ def crg_examples(model, processor, out: Path, n_scenes: int, echo: Callable[[str
     from vcontrast.viz import side_by_side
 
     plain, guided = CRG(model, processor, alpha=0.0), CRG(model, processor, alpha=1.0)
-    rows = []
+    rows, seed = [], 1000
     for i in range(n_scenes):
-        image, item = build_task(DEMO_TASKS[i % len(DEMO_TASKS)], seed=1000 + i, split="test")
+        image, item = build_task(DEMO_TASKS[i % len(DEMO_TASKS)], seed=seed, split="test")
+        while item.meta.get("kind") not in DEMO_KINDS or not item.regions:
+            seed += 1
+            image, item = build_task(DEMO_TASKS[i % len(DEMO_TASKS)], seed=seed, split="test")
+        seed += 1
         answer_plain = plain.generate(image, item.prompt, item.regions, max_new_tokens=8)
         answer_crg = guided.generate(image, item.prompt, item.regions, max_new_tokens=8)
         picture = side_by_side(
@@ -62,11 +68,15 @@ def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None]) -> dic
         weights = token_weights(delta, mask, alpha=config.alpha, beta=config.beta, window=config.window)
         ids = batch["input_ids"][mask]
         tokens = processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-        values = weights[mask].tolist()
-        token_heatmap(tokens, values, title=f"CAL weights, {name} caption", image=image).save(out / f"cal_{name}.png")
-        (out / f"cal_{name}.html").write_text(token_heatmap_html(tokens, values, title=f"CAL weights, {name}"))
-        echo(f"  {name:<8} {token_heatmap_ansi(tokens, values)}")
-        result[name] = {"tokens": tokens, "delta": delta[mask].tolist(), "weight": values}
+        # Colour by the raw gain: weights are clamped to [alpha, beta], so they cannot show the tokens the image
+        # argues against (gain < 0, blue), which is what a swapped caption should reveal.
+        gains = delta[mask].tolist()
+        title = f"CAL logit gain per token, {name} caption "
+        token_heatmap(tokens, gains, low=0.0, high=config.beta, title=title, image=image).save(out / f"cal_{name}.png")
+        html = token_heatmap_html(tokens, gains, low=0.0, high=config.beta, title=f"CAL logit gain, {name} caption")
+        (out / f"cal_{name}.html").write_text(html)
+        echo(f"  {name:<8} {token_heatmap_ansi(tokens, gains, low=0.0, high=config.beta)}")
+        result[name] = {"tokens": tokens, "delta": gains, "weight": weights[mask].tolist()}
     return result
 
 
@@ -98,7 +108,7 @@ def run_demo(
     echo(f"model: {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
     echo("CRG on toy questions (the box holds the object the question is about):")
     summary = {"crg_examples": crg_examples(model, processor, out, n_scenes, echo)}
-    echo("CAL weights per caption token (white = 1, red = 5, blue = the image argues against it):")
+    echo("CAL: the image's logit gain per caption token (white = 0, red >= beta, blue = the image argues against it):")
     summary["cal_heatmap"] = cal_heatmap(model, processor, out, echo)
     echo(f"results table ({n_items} test items per task, plain vs CRG):")
     summary["results"] = results_table(model, processor, out, n_items, echo)
@@ -120,9 +130,10 @@ def results_table(model, processor, out: Path, n_items: int, echo: Callable[[str
         metrics[method] = evaluate(
             "toy", data, model=(model, processor), method=method, out_dir=out / "eval" / method, show_progress=False
         )
-    keys = sorted(k for k in metrics["base"] if isinstance(metrics["base"][k], float) and k in metrics["crg"])
+    base, crg = metrics["base"]["metrics"], metrics["crg"]["metrics"]
+    keys = sorted(k for k in base if k in crg and k.count("/") == 1)  # per-task metrics, not the per-file copies
     lines = ["| metric | plain | CRG |", "|---|---|---|"]
-    lines += [f"| {k} | {metrics['base'][k]:.3f} | {metrics['crg'][k]:.3f} |" for k in keys]
+    lines += [f"| {k} | {base[k]:.3f} | {crg[k]:.3f} |" for k in keys]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     for line in lines:
         echo("  " + line)

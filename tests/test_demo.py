@@ -1,0 +1,48 @@
+"""The demo end to end on a small random toy model saved to disk (the shipped model is tested in tests/toy)."""
+
+import json
+
+import pytest
+import torch
+
+from vcontrast.cli import main
+from vcontrast.demo import run_demo
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    from vcontrast.toy.model import build_model
+    from vcontrast.toy.train import toy_processor
+
+    torch.manual_seed(0)
+    processor = toy_processor()
+    model = build_model(processor, hidden_size=32, num_layers=1, vision_hidden_size=32, vision_layers=1)
+    folder = tmp_path_factory.mktemp("toy")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_demo_writes_pictures_heatmaps_and_table(toy_folder, tmp_path):
+    lines = []
+    summary = run_demo(tmp_path, n_scenes=2, n_items=4, model_path=toy_folder, echo=lines.append)
+    for name in ("crg_0.png", "crg_1.png", "cal_clean.png", "cal_swapped.html", "results.md", "demo.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0] == "| metric | plain | CRG |" and len(table) >= 5  # choice, match (auroc, f1), refexp
+    assert {"choice/accuracy", "refexp/acc@0.5"} <= set(summary["results"]["base"]["metrics"])
+    assert len(summary["crg_examples"]) == 2 and all(r["crg"] is not None for r in summary["crg_examples"])
+    tokens = summary["cal_heatmap"]["clean"]["tokens"]
+    assert tokens[-1] == "</s>" and len(tokens) == len(summary["cal_heatmap"]["clean"]["weight"])
+    assert all(1.0 <= w <= 5.0 for w in summary["cal_heatmap"]["clean"]["weight"])  # clamped and pooled
+    assert json.loads((tmp_path / "demo.json").read_text())["crg_examples"][0]["question"]
+
+
+def test_demo_command_runs(toy_folder, tmp_path, capsys, monkeypatch):
+    import vcontrast.demo
+
+    calls = {}
+    monkeypatch.setattr(vcontrast.demo, "run_demo", lambda out, **kw: calls.update(out=out, **kw))
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path), "--n-scenes", "3"])
+    assert exc.value.code == 0 and calls["out"] == tmp_path and calls["n_scenes"] == 3
