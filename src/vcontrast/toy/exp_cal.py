@@ -249,6 +249,25 @@ def _weight_diagnostic(model_dir: Path, pool: list[dict], rate: float, seed: int
     return {f"mean_weight_{k}": s / c if c else float("nan") for k, (s, c) in sums.items()}
 
 
+def model_summary(model_dir: Path) -> dict[str, Any]:
+    """The size of a saved toy model: parameter count and the config fields that set it (recorded with results, since
+    `toy_config`'s defaults may change)."""
+    import json
+
+    from vcontrast.toy.model import load
+
+    model, _ = load(model_dir)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    vision, text = config.get("vision_config", {}), config.get("text_config", {})
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "image_size": vision.get("image_size"),
+        "patch_size": vision.get("patch_size"),
+        "vision": {k: vision.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
+        "text": {k: text.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
+    }
+
+
 def _evaluate(model_dir: Path, tests: list[dict], budget: ExperimentBudget) -> tuple[dict, float]:
     from vcontrast.toy.model import load
 
@@ -293,6 +312,7 @@ def run_cal_noise(budget: ExperimentBudget, work_dir: Path, model: Any = None) -
     data = {
         "protocol": __doc__.split("\n\n")[1],
         "align": {"model_dir": str(align), "train_s": round(align_s, 1), "metrics": align_metrics},
+        "model": model_summary(align),
         "weight_diagnostic": diagnostics,
         "runs": runs,
         "summary": summary,

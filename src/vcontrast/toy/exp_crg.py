@@ -253,6 +253,8 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
         )
     else:
         out["correct"] = np.array([choice_correct(p["scores"], item.answer) for item, p in pairs], dtype=float)
+        if all("prior" in item.meta for item, _ in pairs):  # spatial: the relation the train split favours
+            out["prior_consistent"] = np.array([item.answer == item.meta["prior"] for item, _ in pairs])
     return out
 
 
@@ -323,6 +325,8 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
     """Run "crg" (see the module docstring); returns `(markdown, raw numbers, plot function)`."""
     from vcontrast.toy.model import WEIGHTS_DIR
 
+    from . import exp_cal
+
     model_path = Path(model) if model is not None else WEIGHTS_DIR
     work = Path(work_dir) / "crg"
     check_work_dir(
@@ -355,6 +359,7 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
     data = {
         "setup": __doc__.split("\n\n")[1:3],
         "model": str(model_path),
+        "model_summary": exp_cal.model_summary(model_path),
         "summary": summary,
         "timings_s": run.timings,
         "metrics": {cond: {task: r["metrics"] for task, r in by.items()} for cond, by in results.items()},
@@ -397,8 +402,27 @@ def _crg_summary(results: dict, budget: ExperimentBudget, work: Path, true_dir: 
                     task, reference["scores"], by[task]["scores"], budget.bootstrap
                 )
         entry["proposer"] = _region_agreement(task, true_dir, work / "proposed-crg" / task)
+        if "prior_consistent" in base["scores"]:
+            entry["by_prior"] = _by_prior(results, task)
         summary[task] = entry
     return summary
+
+
+def _by_prior(results: dict, task: str) -> dict[str, dict[str, float]]:
+    # Accuracy on the items whose answer is / is not the one the train split favours ("left of" for spatial):
+    # a model leaning on the language prior does well on the first group only.
+    out = {}
+    for cond in ("base/true", "crg/true", "crg/proposed", "crg-combined/true", "crg-whole/true"):
+        scores = results[cond][task]["scores"]
+        consistent = scores["prior_consistent"]
+        out[cond] = {
+            "prior_consistent": float(scores["correct"][consistent].mean()) if consistent.any() else float("nan"),
+            "prior_inconsistent": float(scores["correct"][~consistent].mean())
+            if (~consistent).any()
+            else float("nan"),
+            "n_consistent": int(consistent.sum()),
+        }
+    return out
 
 
 def _crg_table(summary: dict, budget: ExperimentBudget) -> str:
@@ -437,8 +461,18 @@ def _crg_table(summary: dict, budget: ExperimentBudget) -> str:
             "paired bootstrap interval over items."
         ),
         "",
-        "### crg: masking ablation (CRG paper Table 5), true boxes\n",
     ]
+    for task, e in summary.items():
+        if "by_prior" in e:
+            p = e["by_prior"]
+            base, crg = p["base/true"], p["crg/true"]
+            text = (
+                f"{task}, accuracy on the items whose answer the train split favours ({base['n_consistent']} items) / "
+                f"on the others: base {pct(base['prior_consistent'])} / {pct(base['prior_inconsistent'])}, CRG true "
+                f"boxes {pct(crg['prior_consistent'])} / {pct(crg['prior_inconsistent'])}."
+            )
+            lines += [text, ""]
+    lines.append("### crg: masking ablation (CRG paper Table 5), true boxes\n")
     rows = []
     for task, e in summary.items():
         if "crg-combined/true" not in e:
@@ -467,7 +501,7 @@ def _plot_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
         ("crg-combined/true", "CRG, one combined box", "tab:purple"),
         ("crg-whole/true", "CRG, whole image black", "tab:blue"),
     ]
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(bars)
     for k, (key, label, color) in enumerate(bars):
         xs = [i + (k - (len(bars) - 1) / 2) * width for i, t in enumerate(tasks) if key in summary[t]]
@@ -488,7 +522,7 @@ def _plot_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.legend(fontsize=7, ncol=len(bars), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.set_title(
         f"CRG vs the plain toy model, {budget.n_items} items per task (error bars: 95% CI of Δ vs base)", fontsize=9
     )
@@ -617,7 +651,7 @@ def _plot_cal_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
         ("cal/base", "CAL", "tab:red"),
         ("cal/crg", "CAL + CRG", "salmon"),
     ]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.0))
     width = 0.8 / len(bars)
     for k, (key, label, color) in enumerate(bars):
         xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(keys))]
@@ -629,7 +663,7 @@ def _plot_cal_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    ax.legend(fontsize=7, ncol=len(bars), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     ax.set_title(
         f"CAL/MLE caption models ({round(100 * budget.cal_crg_noise)}% swapped captions) with and without "
         f"CRG, mean ± std over {len(budget.seeds)} seeds",

@@ -87,9 +87,9 @@ class ExperimentBudget:
             recipe's second stage).
         pool_size (`int`, *optional*, defaults to 2400): image-caption pairs in each seed's fixed fine-tuning pool
             (cycled in epochs; `finetune_steps * batch_size / pool_size` epochs).
-        n_test (`int`, *optional*, defaults to 200): clean test captions for "cal_noise", and items per task of
+        n_test (`int`, *optional*, defaults to 300): clean test captions for "cal_noise", and items per task of
             "cal_crg".
-        n_items (`int`, *optional*, defaults to 200): test items per task of "crg".
+        n_items (`int`, *optional*, defaults to 1000): test items per task of "crg".
         eval_batch_size (`int`, *optional*, defaults to 16): items per model call in evaluation.
         max_new_tokens (`int`, *optional*, defaults to 48): generation length (a 4-object caption is ~40 tokens).
         cal_crg_noise (`float`, *optional*, defaults to 0.3): the noise rate whose CAL and MLE models "cal_crg" uses.
@@ -109,8 +109,8 @@ class ExperimentBudget:
     align_lr: float = 1e-3
     finetune_lr: float = 5e-4
     pool_size: int = 2400
-    n_test: int = 200
-    n_items: int = 200
+    n_test: int = 300
+    n_items: int = 1000
     eval_batch_size: int = 16
     max_new_tokens: int = 48
     cal_crg_noise: float = 0.3

@@ -54,7 +54,7 @@ from vcontrast.toy.scenes import COLORS, SHAPES, SIZES, Obj, Scene, render
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Detection", "ToyProposer", "detect_objects", "match_phrase"]
+__all__ = ["Detection", "ToyProposer", "detect_objects", "load_toy_proposer", "match_phrase"]
 
 Box = tuple[int, int, int, int]
 
@@ -291,11 +291,17 @@ class ToyProposer:
         return out
 
 
-def _factory(device: object = None, **kwargs) -> ToyProposer:
-    # `device` is accepted and ignored (the eval runner passes it on GPU machines): the proposer is numpy only.
+def load_toy_proposer(device: object = None, **kwargs) -> ToyProposer:
+    """The `"toy"` factory of `vcontrast.crg.proposals.PROPOSERS`: a `ToyProposer`.
+
+    Args:
+        device (*optional*): accepted and ignored (the eval runner passes one on GPU machines; this is numpy only).
+        **kwargs: none is accepted: detector options (`threshold`, `model`, ...) raise `ValueError`.
+    """
     if kwargs:
         raise ValueError(f"the toy proposer takes no options, got {sorted(kwargs)}")
     return ToyProposer()
 
 
-register_proposer("toy", _factory, overwrite=True)
+_factory = load_toy_proposer  # the name `PROPOSERS["toy"]` points to
+register_proposer("toy", load_toy_proposer, overwrite=True)
