@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -27,13 +28,14 @@ from vcontrast.toy.tasks import make_split
 from vcontrast.toy.train import toy_processor
 
 TINY = BUDGETS["tiny"]
+TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vision_hidden_size": 32, "vision_layers": 2}
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-model")
     processor = toy_processor()
-    build_model(processor, **TINY.model_kwargs).save_pretrained(folder)
+    build_model(processor, **TINY_MODEL).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
@@ -47,8 +49,8 @@ def _files(result):
     return sorted(p.name for p in result.files)
 
 
-def test_cal_noise_end_to_end(tmp_path, work_dir):
-    result = run_experiment("cal_noise", out_dir=tmp_path, budget="tiny", work_dir=work_dir)
+def test_cal_noise_end_to_end(tmp_path, work_dir, tiny_model_dir):
+    result = run_experiment("cal_noise", out_dir=tmp_path, budget="tiny", work_dir=work_dir, model=tiny_model_dir)
     assert _files(result) == ["cal_noise.json", "cal_noise.md", "cal_noise.png"]
     data = json.loads((tmp_path / "cal_noise.json").read_text())
     runs = data["runs"]
@@ -64,12 +66,20 @@ def test_cal_noise_end_to_end(tmp_path, work_dir):
     assert data["budget"]["finetune_steps"] == TINY.finetune_steps and data["wall_s"] >= 0
 
     # a rerun reuses the finished training runs and measures the same numbers
-    again = run_experiment("cal_noise", out_dir=tmp_path / "again", budget="tiny", work_dir=work_dir)
+    again = run_experiment("cal_noise", tmp_path / "again", budget="tiny", work_dir=work_dir, model=tiny_model_dir)
     assert [r["word_acc"] for r in again.data["runs"]] == [r["word_acc"] for r in runs]
+    # the vision tower is the source model's, frozen; projector and LM were trained
+    from vcontrast.toy.model import load
+
+    source, _ = load(tiny_model_dir)
+    trained, _ = load(work_dir / "cal_noise" / "two_stage-cal-noise30-seed0")
+    src, new = source.state_dict(), trained.state_dict()
+    assert all(torch.equal(src[k], new[k]) for k in src if "vision_tower" in k)
+    assert not all(torch.equal(src[k], new[k]) for k in src if "multi_modal_projector" in k)
 
 
-def test_cal_crg_end_to_end(tmp_path, work_dir):
-    result = run_experiment("cal_crg", out_dir=tmp_path, budget="tiny", work_dir=work_dir)
+def test_cal_crg_end_to_end(tmp_path, work_dir, tiny_model_dir):
+    result = run_experiment("cal_crg", out_dir=tmp_path, budget="tiny", work_dir=work_dir, model=tiny_model_dir)
     assert _files(result) == ["cal_crg.json", "cal_crg.md", "cal_crg.png"]
     records = result.data["records"]
     assert {(r["task"], r["metric"]) for r in records} == {

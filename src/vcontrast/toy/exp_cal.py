@@ -2,13 +2,19 @@
 
 Protocol (DESIGN.md §3), all on toy captions ("describe the image ." -> the canonical caption):
 
-1. Alignment: one MLE stage on clean "train"-split captions, fresh ones every step (`align_steps`), from a random
-   toy model, shared by every later run, so that CAL starts, as in the paper, from a model with a rough image-text
-   alignment (CAL weights tokens by how much the image raises their logit, which means nothing for a random model).
-2. Noisy fine-tuning from the aligned model, per seed: a fixed pool of `pool_size` "train" captions (drawn from the
-   seed), a fraction of which swap captions (`vcontrast.toy.pairs.swap_captions`: a swapped image gets another image's
-   caption), cycled for `finetune_steps` steps, once with MLE and once with CAL (`vcontrast.cal.cal_loss`, the
-   paper's alpha=1, beta=5, window=3). MLE and CAL of one seed see the same pool, noise and batches.
+0. Initialisation: the vision tower of the shipped toy model (or of `model`), a random projector and a random LM. The
+   toy recipe pretrains that tower on object attributes (`vcontrast.toy.train.pretrain_vision`, the stand-in for
+   CLIP) and then keeps it frozen, so it is exactly the tower the recipe's later stages start from; it stays frozen
+   here too (LLaVA's setting: a pretrained, frozen CLIP).
+1. Alignment: one MLE stage on clean "train"-split captions, fresh ones every step (`align_steps`; projector and LM
+   trained, the recipe's PT stage at a smaller budget), shared by every later run, so that CAL starts, as in the
+   paper, from a model with a rough image-text alignment (CAL weights tokens by how much the image raises their
+   logit, which means nothing for a random model).
+2. Noisy fine-tuning from the aligned model (projector and LM), per seed: a fixed pool of `pool_size` "train"
+   captions (drawn from the seed), a fraction of which swap captions (`vcontrast.toy.pairs.swap_captions`: a swapped
+   image gets another image's caption), cycled for `finetune_steps` steps, once with MLE and once with CAL
+   (`vcontrast.cal.cal_loss`, the paper's alpha=1, beta=5, window=3). MLE and CAL of one seed see the same pool,
+   noise and batches.
 3. Evaluation on `n_test` clean captions of the balanced "test" split: teacher-forced accuracy on the colour, shape
    and position words (`vcontrast.toy.train.caption_word_accuracy`), and two generation metrics of the greedy caption
    (`generate_answers`) against the true one (`caption_f1`): F1 of the multiset of attribute words (colours, shapes,
@@ -159,13 +165,39 @@ def loss_fn(method: str):
     return mle_loss if method == "mle" else partial(_cal_loss_fn, config=CALConfig(alpha=1.0, beta=5.0, window=3))
 
 
+def init_run(work_dir: Path, source: str | Path | None = None) -> Path:
+    """Stage 0: a toy model with `source`'s vision tower (default: the shipped model's) and a freshly initialised
+    projector and LM (seed 0), saved with the source's processor into `work_dir/init` (reused if there)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from vcontrast.toy.model import load
+
+    out = Path(work_dir) / "init"
+    if (out / "model.safetensors").is_file():
+        return out
+    pretrained, processor = load(source)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(pretrained.config)
+    tower = {k: v for k, v in pretrained.state_dict().items() if "vision_tower" in k}
+    missing, unexpected = model.load_state_dict(tower, strict=False)
+    if unexpected or any("vision_tower" in k for k in missing):
+        raise ValueError(f"could not copy the vision tower of {source}: {unexpected or missing}")
+    model.generation_config = pretrained.generation_config
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def align_run(budget: ExperimentBudget, work_dir: Path) -> Path:
-    """Stage 1: the shared MLE alignment stage on clean, freshly drawn "train" captions (seed 0)."""
+    """Stage 1: the shared MLE alignment stage on clean, freshly drawn "train" captions (seed 0), from `init_run`."""
     from vcontrast.toy.train import train
 
     return train(
         work_dir / "align",
         stage="pt",
+        init=work_dir / "init",
+        trainable="projector+lm",
         steps=budget.align_steps,
         batch_size=budget.batch_size,
         lr=budget.align_lr,
@@ -174,7 +206,6 @@ def align_run(budget: ExperimentBudget, work_dir: Path) -> Path:
         log_every=max(1, budget.align_steps // 10),
         save_every=10**9,
         num_threads=budget.num_threads,
-        model_kwargs=budget.model_kwargs,
     )
 
 
@@ -205,23 +236,30 @@ def finetune_run(
         batch_size=budget.batch_size,
         lr=budget.finetune_lr if two_stage else budget.align_lr,
         seed=seed,
-        init=work_dir / "align" if two_stage else None,
+        init=work_dir / ("align" if two_stage else "init"),
+        trainable="projector+lm",
         loss_fn=loss_fn(method),
         data=data,
         warmup=max(1, steps // 10),
         log_every=max(1, steps // 5),
         save_every=10**9,
         num_threads=budget.num_threads,
-        model_kwargs=None if two_stage else budget.model_kwargs,
     )
 
 
-def cal_work_dir(budget: ExperimentBudget, work_dir: Path) -> Path:
-    """The training folder of "cal_noise" (shared with "cal_crg"), guarded against mixing budgets."""
+def cal_work_dir(budget: ExperimentBudget, work_dir: Path, source: str | Path | None = None) -> Path:
+    """The training folder of "cal_noise" (shared with "cal_crg"), guarded against mixing budgets or vision towers;
+    creates its `init` model (`init_run`)."""
+    import hashlib
+
+    from vcontrast.toy.model import WEIGHTS_DIR
+
     folder = Path(work_dir) / "cal_noise"
     fields = ("seeds", "align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size")
-    config = {k: getattr(budget, k) for k in fields} | {"model_kwargs": budget.model_kwargs}
-    check_work_dir(folder, config)
+    weights = Path(source if source is not None else WEIGHTS_DIR) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
+    check_work_dir(folder, {k: getattr(budget, k) for k in fields} | {"vision_source_sha256": digest})
+    init_run(folder, source)
     return folder
 
 
@@ -279,12 +317,12 @@ def _evaluate(model_dir: Path, tests: list[dict], budget: ExperimentBudget) -> t
     return metrics, time.perf_counter() - start
 
 
-def run_cal_noise(budget: ExperimentBudget, work_dir: Path, model: Any = None) -> tuple[str, dict, Any]:
+def run_cal_noise(budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None) -> tuple[str, dict, Any]:
     """Run "cal_noise" (see the module docstring); returns `(markdown, raw numbers, plot function)`.
 
-    `model` is unused (the experiment trains its own models); it is accepted for a uniform signature.
+    `model` is the toy model whose vision tower the new models start from (default: the shipped one).
     """
-    folder = cal_work_dir(budget, work_dir)
+    folder = cal_work_dir(budget, work_dir, model)
     tests = clean_test_captions(budget.n_test)
     start = time.perf_counter()
     align = align_run(budget, folder)
@@ -310,9 +348,9 @@ def run_cal_noise(budget: ExperimentBudget, work_dir: Path, model: Any = None) -
                     logger.info("%s", runs[-1])
     summary = _summaries(runs, budget, protocols)
     data = {
-        "protocol": __doc__.split("\n\n")[1],
+        "protocol": "\n\n".join(__doc__.split("\n\n")[1:4]),
         "align": {"model_dir": str(align), "train_s": round(align_s, 1), "metrics": align_metrics},
-        "model": model_summary(align),
+        "model": model_summary(align) | {"vision_source": str(model) if model is not None else "shipped"},
         "weight_diagnostic": diagnostics,
         "runs": runs,
         "summary": summary,

@@ -536,12 +536,12 @@ def _plot_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: Any = None) -> tuple[str, dict, Any]:
-    """Run "cal_crg" (see the module docstring): trains the "cal_noise" models it needs if they are missing;
-    returns `(markdown, raw numbers, plot function)`. `model` is unused."""
+def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None) -> tuple[str, dict, Any]:
+    """Run "cal_crg" (see the module docstring): trains the "cal_noise" models it needs if they are missing (from
+    `model`'s vision tower, default the shipped one); returns `(markdown, raw numbers, plot function)`."""
     from . import exp_cal
 
-    folder = exp_cal.cal_work_dir(budget, work_dir)
+    folder = exp_cal.cal_work_dir(budget, work_dir, model)
     rate = budget.cal_crg_noise
     exp_cal.align_run(budget, folder)
     work = Path(work_dir) / "cal_crg"

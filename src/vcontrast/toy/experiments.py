@@ -96,8 +96,6 @@ class ExperimentBudget:
         from_scratch (`bool`, *optional*, defaults to `False`): also run the from-scratch ablation of "cal_noise"
             (no alignment stage: `align_steps + finetune_steps` steps on the noisy pool).
         bootstrap (`int`, *optional*, defaults to 1000): paired bootstrap resamples for confidence intervals.
-        model_kwargs (`dict`, *optional*): `vcontrast.toy.model.toy_config` overrides for freshly trained models
-            (a smaller model for tests); `None` trains the shipped model's size.
         num_threads (`int`, *optional*, defaults to 2): `torch.set_num_threads` for the run.
     """
 
@@ -116,7 +114,6 @@ class ExperimentBudget:
     cal_crg_noise: float = 0.3
     from_scratch: bool = False
     bootstrap: int = 1000
-    model_kwargs: dict | None = None
     num_threads: int | None = 2
 
     def __post_init__(self) -> None:
@@ -145,9 +142,8 @@ class ExperimentBudget:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-_TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vision_hidden_size": 32, "vision_layers": 2}
 BUDGETS: dict[str, ExperimentBudget] = {
-    # Seconds: a tiny model and a handful of steps and items; checks the plumbing, measures nothing.
+    # Seconds: a handful of steps and items (tests pass a tiny model); checks the plumbing, measures nothing.
     "tiny": ExperimentBudget(
         seeds=(0, 1),
         noise_rates=(0.0, 0.3),
@@ -161,7 +157,6 @@ BUDGETS: dict[str, ExperimentBudget] = {
         max_new_tokens=6,
         cal_crg_noise=0.3,
         bootstrap=20,
-        model_kwargs=_TINY_MODEL,
         num_threads=1,
     ),
     # The committed results (docs/results): sized for ~35 minutes per training experiment on 2 CPU cores.
@@ -210,7 +205,8 @@ def run_experiment(
         budget (`str | ExperimentBudget`, *optional*, defaults to `"small"`): a name of `BUDGETS` or a budget.
         work_dir (`str | Path`, *optional*, defaults to `"out/experiments"`): training runs and evaluation folders;
             a rerun with the same budget reuses them. One budget per folder (a different one raises).
-        model (`str | Path`, *optional*): the model of "crg" (a toy model folder); defaults to the shipped one.
+        model (`str | Path`, *optional*): a toy model folder; defaults to the shipped one. "crg" evaluates it;
+            "cal_noise" and "cal_crg" train new models on its (pretrained, frozen) vision tower.
 
     Returns:
         `ExperimentResult`: the tables, the raw numbers and the files written.
