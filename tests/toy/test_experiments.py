@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from vcontrast.bench.items import read_items
-from vcontrast.toy.cli import experiment_command
+from vcontrast.toy.cli import experiment_command, train_command
 from vcontrast.toy.exp_cal import caption_f1, noisy_pool
 from vcontrast.toy.exp_crg import MaskingCRGMethod, caption_swap_items, proposed_items
 from vcontrast.toy.experiments import (
@@ -219,6 +219,14 @@ def test_experiment_command(tmp_path, tiny_model_dir):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "| spatial |" in result.output and "wrote" in result.output
+
+
+def test_train_command_help():
+    app = typer.Typer()
+    app.command("train")(train_command)
+    app.command("experiment")(experiment_command)
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--vision-steps" in result.output
 
 
 @pytest.mark.slow
