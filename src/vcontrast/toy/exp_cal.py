@@ -250,17 +250,31 @@ def finetune_run(
 def cal_work_dir(budget: ExperimentBudget, work_dir: Path, source: str | Path | None = None) -> Path:
     """The training folder of "cal_noise" (shared with "cal_crg"), guarded against mixing budgets or vision towers;
     creates its `init` model (`init_run`)."""
+    folder = Path(work_dir) / "cal_noise"
+    fields = ("seeds", "align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size")
+    check_work_dir(folder, {k: getattr(budget, k) for k in fields} | {"vision_tower_sha256": vision_digest(source)})
+    init_run(folder, source)
+    return folder
+
+
+def vision_digest(source: str | Path | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of a toy model's vision tower weights (default: the shipped model's): the same
+    for every model that shares the tower, e.g. all stages of the toy recipe after its vision stage."""
     import hashlib
+
+    from safetensors import safe_open
 
     from vcontrast.toy.model import WEIGHTS_DIR
 
-    folder = Path(work_dir) / "cal_noise"
-    fields = ("seeds", "align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size")
-    weights = Path(source if source is not None else WEIGHTS_DIR) / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.is_file() else None
-    check_work_dir(folder, {k: getattr(budget, k) for k in fields} | {"vision_source_sha256": digest})
-    init_run(folder, source)
-    return folder
+    path = Path(source if source is not None else WEIGHTS_DIR) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no toy model weights at {path}")
+    digest = hashlib.sha256()
+    with safe_open(path, framework="pt") as f:
+        for key in sorted(k for k in f.keys() if "vision_tower" in k):  # noqa: SIM118 (safe_open is no dict)
+            digest.update(key.encode())
+            digest.update(f.get_tensor(key).float().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _weight_diagnostic(model_dir: Path, pool: list[dict], rate: float, seed: int, n: int) -> dict[str, float]:
