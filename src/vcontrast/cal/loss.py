@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
 from vcontrast.conditions import VisualCondition
-from vcontrast.contrast import IGNORE_INDEX, gold_token_logits
+from vcontrast.contrast import IGNORE_INDEX, gold_token_logits, shift_labels
 from vcontrast.models import ModelAdapter, get_adapter
 
 CONTRAST_PREFIX = "contrast_"
@@ -497,7 +497,7 @@ def cal_loss(
         raise ValueError(f"`{WEIGHTS_KEY}` shape {tuple(precomputed.shape)} != labels shape {tuple(labels.shape)}")
 
     outputs = model(**{**_model_inputs(inputs), "position_ids": positions, "use_cache": False})
-    target = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # (B, T): predicted at p
+    target = shift_labels(labels)  # (B, T): predicted at p
     predicts = F.pad(mask[:, 1:], (0, 1), value=False)  # (B, T): p predicts a masked label at p + 1
     b_idx, p_idx = predicts.nonzero(as_tuple=True)
     logits = getattr(outputs, "logits", None)
