@@ -152,6 +152,7 @@ def score_tokens(
 
     The gold logit is a dot product with one row of the output embedding; the log-softmax normaliser is a
     log-sum-exp over the vocabulary computed `chunk_size` rows at a time, so no (N, V) tensor is kept alive.
+    Gradients flow unless called under `torch.no_grad()`.
     """
     weight, bias, softcap = get_adapter(model).output_head()
     h = hidden.float()
@@ -162,13 +163,28 @@ def score_tokens(
         gold = torch.tanh(gold / softcap) * softcap
     if not logprobs:
         return gold, None
-    lse = []
-    for start in range(0, h.shape[0], chunk_size):
-        logits = h[start : start + chunk_size] @ weight.float().T  # (chunk, V)
-        if bias is not None:
-            logits = logits + bias.float()
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        lse.append(torch.logsumexp(logits, dim=-1))
+    weight = weight.float()  # once, not once per chunk (a copy for half-precision models)
+    lse = [
+        torch.logsumexp(_head_logits(h[start : start + chunk_size], weight, bias, softcap), dim=-1)
+        for start in range(0, h.shape[0], chunk_size)
+    ]
     norm = torch.cat(lse) if lse else gold.new_zeros(0)
     return gold, gold - norm
+
+
+def head_logits(model: nn.Module | ModelAdapter, hidden: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary float32 logits (..., V) of final hidden states (..., H), with the head's bias and soft-cap."""
+    weight, bias, softcap = get_adapter(model).output_head()
+    return _head_logits(hidden.float(), weight.float(), bias, softcap)
+
+
+def _head_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> torch.Tensor:
+    # The output head in float32: h (..., H) float32, weight (V, H) float32 -> (..., V).
+    logits = h @ weight.T
+    if bias is not None:
+        logits = logits + bias.float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
 from vcontrast.conditions import VisualCondition
-from vcontrast.contrast import IGNORE_INDEX, gold_token_logits, shift_labels
+from vcontrast.contrast import IGNORE_INDEX, gold_token_logits, score_tokens, shift_labels
 from vcontrast.models import ModelAdapter, get_adapter
 
 CONTRAST_PREFIX = "contrast_"
@@ -427,20 +427,10 @@ def _scores_from_hidden(
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # For forwards that return no logits (fused LM heads): the same CE, from the last hidden states, in chunks.
-    weight, bias, softcap = adapter.output_head()
-    h = hidden[b_idx, p_idx]  # (N, H)
-    tokens = target[b_idx, p_idx]
-    ces, golds = [], []
-    for start in range(0, h.shape[0], chunk_size):
-        logits = (h[start : start + chunk_size] @ weight.T).float()
-        if bias is not None:
-            logits = logits + bias.float()
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        tok = tokens[start : start + chunk_size]
-        ces.append(F.cross_entropy(logits, tok, reduction="none"))
-        golds.append(logits.detach().gather(-1, tok.unsqueeze(-1)).squeeze(-1))
-    return torch.cat(ces), torch.cat(golds)
+    gold, logprobs = score_tokens(
+        adapter, hidden[b_idx, p_idx], target[b_idx, p_idx], logprobs=True, chunk_size=chunk_size
+    )
+    return -logprobs, gold.detach()
 
 
 def cal_loss(

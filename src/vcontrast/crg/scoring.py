@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vcontrast.contrast import head_logits
 from vcontrast.crg.decode import GENERATED_TOKEN_TYPE, batch_rows, model_inputs
 from vcontrast.crg.guidance import guided_logprobs
 from vcontrast.models import ModelAdapter, get_adapter
@@ -29,17 +30,6 @@ class ScoreJob:
     reference: int
     contrast: tuple[int, ...]
     tokens: tuple[int, ...]
-
-
-def head_logits(adapter: ModelAdapter, hidden: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary float32 logits (N, V) of final hidden states (N, H), with the model's bias and soft-cap."""
-    weight, bias, softcap = adapter.output_head()
-    logits = hidden.float() @ weight.float().T
-    if bias is not None:
-        logits = logits + bias.float()
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
 
 
 @torch.no_grad()
