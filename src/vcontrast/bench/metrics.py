@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from vcontrast.bench.items import Item
+from vcontrast.regions import _iou, box_iou  # noqa: F401 (box_iou is one of the plain functions listed above)
 
 logger = logging.getLogger(__name__)
 
@@ -184,30 +185,6 @@ def f1_at_threshold(labels: Sequence[int], probs: Sequence[float], threshold: fl
     return 0.0 if denom == 0 else 2 * tp / denom
 
 
-def box_iou(
-    boxes1: Sequence[Sequence[float]] | np.ndarray, boxes2: Sequence[Sequence[float]] | np.ndarray
-) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes.
-
-    Args:
-        boxes1 (`(N, 4)` array-like): boxes `(x0, y0, x1, y1)`.
-        boxes2 (`(M, 4)` array-like): boxes `(x0, y0, x1, y1)`.
-
-    Returns:
-        `np.ndarray` of shape `(N, M)`: IoU; 0 where the union is empty (degenerate boxes).
-    """
-    a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)  # (N, 4)
-    b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)  # (M, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)  # (N,)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (M,)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]  # (N, M)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 def acc_at_iou(
     pred_boxes: Sequence[Sequence[float]], gt_boxes: Sequence[Sequence[float]], threshold: float = 0.5
 ) -> float:
@@ -216,19 +193,8 @@ def acc_at_iou(
     g = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     if p.shape != g.shape or p.shape[0] == 0:
         raise ValueError(f"need equally many predicted ({p.shape[0]}) and gold ({g.shape[0]}) boxes, at least one")
-    ious = _paired_iou(p, g)
+    ious = _iou(p, g)
     return float((ious >= threshold).mean())
-
-
-def _paired_iou(p: np.ndarray, g: np.ndarray) -> np.ndarray:
-    # Row-wise IoU (the diagonal of box_iou) without building the (N, N) matrix.
-    lt = np.maximum(p[:, :2], g[:, :2])
-    rb = np.minimum(p[:, 2:], g[:, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(p) + area(g) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -415,8 +381,7 @@ def _f1_item(item: Item, prediction: dict) -> tuple[int, float]:
 def _acc_iou_item(item: Item, prediction: dict) -> float:
     if item.target is None:
         raise ValueError(f"refexp item {item.id!r} has no `target` box")
-    box = np.asarray([_refexp_box(item, prediction)])
-    return float(_paired_iou(box, np.asarray([item.target]))[0] >= IOU_THRESHOLD)
+    return acc_at_iou([_refexp_box(item, prediction)], [item.target], IOU_THRESHOLD)
 
 
 @register_metric("exact_match", aggregation="mean")

@@ -41,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from vcontrast import regions
 from vcontrast.crg.phrases import extract_noun_phrases
 
 logger = logging.getLogger(__name__)
@@ -178,23 +179,19 @@ def get_proposer(name: str, **kwargs: Any) -> RegionProposer:
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """
-    Pairwise intersection over union of two sets of `(x0, y0, x1, y1)` boxes.
+    Pairwise intersection over union of two sets of `(x0, y0, x1, y1)` boxes: [`vcontrast.regions.box_iou`] on
+    tensors.
 
     Args:
         boxes1 (`torch.Tensor` of shape `(N, 4)`): boxes.
         boxes2 (`torch.Tensor` of shape `(M, 4)`): boxes.
 
     Returns:
-        `torch.Tensor` of shape `(N, M)`: the IoUs; 0 where both boxes are empty.
+        `torch.Tensor` of shape `(N, M)`, on the device of `boxes1`, in its floating dtype (float32 for integer
+        boxes): the IoUs; 0 where both boxes are empty.
     """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)  # (N,)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)  # (M,)
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
-    wh = (bottom_right - top_left).clamp(min=0)  # (N, M, 2)
-    inter = wh[..., 0] * wh[..., 1]  # (N, M)
-    union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), torch.zeros_like(inter))
+    dtype = boxes1.dtype if boxes1.is_floating_point() else torch.float32
+    return torch.from_numpy(regions.box_iou(boxes1, boxes2)).to(device=boxes1.device, dtype=dtype)
 
 
 def nms(
