@@ -10,6 +10,7 @@ from vcontrast.regions import (
     blackout_mask,
     combined_box,
     draw_boxes,
+    open_image,
     parse_boxes,
     region_mask,
     to_rgb,
@@ -214,6 +215,17 @@ def test_alpha_is_composited_on_white():
     image.putpixel((0, 0), (0, 0, 255, 0))  # fully transparent blue
     image.putpixel((1, 0), (200, 0, 0, 255))  # opaque red
     assert list(to_rgb(image).getdata()) == [(255, 255, 255), (200, 0, 0)]
+
+
+def test_open_image_converts_like_to_rgb(tmp_path):
+    path = tmp_path / "rgba.png"
+    Image.new("RGBA", (4, 3), (10, 20, 30, 0)).save(path)
+    assert open_image(path).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white, as the processor would
+    with pytest.raises(ValueError, match="nope.png' not found"):
+        open_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+        open_image(tmp_path / "bad.png")
 
 
 def test_blackout_all():

@@ -16,7 +16,9 @@ This module needs only numpy and PIL (no torch), though it accepts torch tensors
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,7 @@ __all__ = [
     "box_iou",
     "combined_box",
     "draw_boxes",
+    "open_image",
     "parse_boxes",
     "region_mask",
     "to_rgb",
@@ -84,6 +87,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """
+    Read an image file as the model will see it: [`to_rgb`] of the decoded file (the one way vcontrast opens images).
+
+    Args:
+        path (`str` or `os.PathLike`):
+            The image file.
+
+    Returns:
+        `PIL.Image.Image`: a new 8-bit RGB image, decoded in full (the file is closed).
+
+    Raises:
+        `ValueError`: naming the path, if there is no such file or it cannot be decoded.
+
+    Examples:
+
+    ```python
+    >>> open_image("kitchen.png").mode  # doctest: +SKIP
+    'RGB'
+    ```
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"image file {str(path)!r} not found")
+    try:
+        with Image.open(path) as image:
+            return to_rgb(image)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
 
 
 def _to_numpy(value: Any) -> Any:

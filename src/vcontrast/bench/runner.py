@@ -46,11 +46,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import DEFAULT_PROPOSER, Method, get_method, method_config
 from vcontrast.bench.registry import Benchmark, check_limit, get_benchmark
+from vcontrast.regions import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -279,16 +278,6 @@ def _check_run(out_dir: Path, run: dict) -> bool:
     return False
 
 
-def _open_image(path: str) -> Image.Image:
-    from vcontrast.regions import to_rgb
-
-    try:
-        with Image.open(path) as image:
-            return to_rgb(image)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path!r}: {e}") from e
-
-
 def _build_method(
     method: str | Method,
     model: Any,
@@ -451,7 +440,7 @@ def evaluate(
         )
         with part.open("a", encoding="utf-8") as f, bar:
             for batch in todo:
-                images = [_open_image(item.image) for item in batch]
+                images = [open_image(item.image) for item in batch]
                 predictions = runner.predict(batch, images)
                 if len(predictions) != len(batch):
                     raise ValueError(f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items")

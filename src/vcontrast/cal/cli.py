@@ -180,15 +180,12 @@ def show(
     negative gains; the PNG is the paper's Figure 2a."""
     import sys
 
-    from PIL import Image
-
     from vcontrast.cal.show import token_report
+    from vcontrast.regions import open_image
     from vcontrast.viz import token_heatmap, token_heatmap_html
 
-    if not image.is_file():
-        raise typer.BadParameter(f"no image file at {str(image)!r}")
-    with Image.open(image) as f:
-        picture = f.convert("RGB")
+    with _usage_errors():
+        picture = open_image(image)
     config = _config(alpha, beta, window, contrast)
     vlm, processor = _load(model, device)
     with _usage_errors():

@@ -189,13 +189,11 @@ def read_conversations(
 
 
 def _open_image(image):
-    from PIL import Image
-
+    # Paths are opened when their batch is collated; PIL images pass through.
     if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise ValueError(f"image file {str(image)!r} not found")
-        with Image.open(image) as f:
-            return f.convert("RGB")
+        from vcontrast.regions import open_image
+
+        return open_image(image)
     return image
 
 

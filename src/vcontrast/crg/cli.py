@@ -48,12 +48,12 @@ def load_model(model: str | None = None, device: str | None = None) -> tuple[Any
 
 
 def _open_image(path: Path):
-    from PIL import Image
+    from vcontrast.regions import open_image
 
-    if not Path(path).is_file():
-        raise typer.BadParameter(f"no image file at {str(path)!r}")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        return open_image(path)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
 
 
 def _boxes(texts: list[str] | None) -> list[tuple[float, float, float, float]]:

@@ -402,7 +402,7 @@ class DetectorProposer:
         phrases = _clean_phrases(phrases)
         if not phrases:
             return []
-        image = image if image.mode == "RGB" else image.convert("RGB")
+        image = regions.to_rgb(image)
         if self.family == "grounding-dino":
             detections = [
                 d for chunk in self._grounding_dino_chunks(phrases) for d in self._grounding_dino(image, chunk)
