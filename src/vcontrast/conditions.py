@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from vcontrast.regions import _check_box, _check_fill, _check_size, _split_boxes, blackout, to_rgb
+from vcontrast.regions import _check_box, _check_fill, _check_size, _paint, _split_boxes, blackout, to_rgb
 
 __all__ = [
     "Blackout",
@@ -262,9 +262,7 @@ class PatchMask(VisualCondition):
         return chosen[row_of_y[:, None] * columns + column_of_x[None, :]]  # (H, W)
 
     def apply(self, image: Image.Image, key: int = 0) -> Image.Image:
-        pixels = np.array(to_rgb(image))  # (H, W, 3) uint8, a copy
-        pixels[self.mask(image.size, key)] = self.fill
-        return Image.fromarray(pixels, mode="RGB")
+        return _paint(image, self.mask(image.size, key), self.fill)
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Any
 
-from vcontrast.conditions import VisualCondition, parse_condition
+from vcontrast.conditions import VisualCondition, _is_int, _is_real, parse_condition
 
 ATTENTION_MASK = "attention_mask"  # the paper's own no-image form (same name as in `vcontrast.contrast`)
 NORMALIZE = ("batch", "sample")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_contrast(spec: str | VisualCondition) -> VisualCondition | str:
@@ -108,12 +101,7 @@ class CALConfig:
             raise ValueError(f"`alpha` (={self.alpha!r}) has to be a finite number >= 0")
         if not _is_real(self.beta) or self.beta <= self.alpha:
             raise ValueError(f"`beta` (={self.beta!r}) has to be a finite number > alpha (={self.alpha!r})")
-        if (
-            not isinstance(self.window, numbers.Integral)
-            or isinstance(self.window, bool)
-            or self.window < 1
-            or self.window % 2 == 0
-        ):
+        if not _is_int(self.window) or self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"`window` (={self.window!r}) has to be an odd integer >= 1")
         if self.normalize not in NORMALIZE:
             raise ValueError(f"`normalize` (={self.normalize!r}) has to be one of {', '.join(NORMALIZE)}")
