@@ -9,7 +9,8 @@ Three conditions act on an already processed batch:
   position ids kept (for exact reproduction and as the reference the cheap form is tested against).
 
 Image-space conditions (`Blackout`, `PatchMask`, ...) change pixels, not tokens: apply them to the images, run the
-processor, and pass the contrast batch here as the reference (`contrast_batch` does that).
+processor, and pass the contrast batch here as the reference (`CRG.build_inputs` builds such a batch for CRG,
+`vcontrast.cal.add_contrast_pixels` and `ContrastCollator` for CAL).
 
 Only the logits of the gold tokens are computed (`hidden @ lm_head.weight[token]`), never a second
 vocabulary-sized tensor; log-probabilities need a log-sum-exp over the vocabulary, done in chunks of positions.
@@ -74,7 +75,7 @@ def hidden_states(model: nn.Module | ModelAdapter, inputs: dict, condition=None)
     if not getattr(condition, "drops_image", False):
         raise ValueError(
             f"condition {condition!r} changes pixels, not tokens: apply it to the images and process them "
-            "(vcontrast.contrast.contrast_batch), then pass that batch with condition=None"
+            "(e.g. vcontrast.cal.add_contrast_pixels), then pass that batch with condition=None"
         )
     keep = inputs["attention_mask"].bool() & ~adapter.image_token_mask(input_ids)  # (B, T)
     kept = keep.sum(1)

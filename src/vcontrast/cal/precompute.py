@@ -11,7 +11,8 @@ is negative (the image argues against them: candidates for hallucinated or misma
 
 Both write JSON lines (one record per sample, keyed by the sample's id), append as they go and skip the ids already
 in the file when restarted, so an interrupted run resumes where it stopped. A path ending in `.safetensors` is
-written through a `.partial.jsonl` sidecar and converted at the end.
+written through a `.partial.jsonl` sidecar and converted at the end (so only an unfinished run resumes; a rerun
+after a finished one recomputes the file).
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ def precompute_weights(
         show_progress (`bool`, *optional*, defaults to `True`): show a tqdm progress bar.
 
     Returns:
-        `Path`: the written file. Rerunning with the same path skips the ids already stored (resume).
+        `Path`: the written file. Rerunning with the same path skips the ids already stored (resume); for a
+        `.safetensors` path that holds for an interrupted run only (its `.partial.jsonl`), a finished file is
+        recomputed.
 
     Examples:
 
