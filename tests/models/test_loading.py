@@ -1,5 +1,7 @@
 """The real loading code (`from_pretrained` on a local folder) on tiny models we save ourselves."""
 
+import copy
+
 import pytest
 import torch
 
@@ -44,3 +46,16 @@ def get_images(model, family):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_model(tmp_path / "nope")
+
+
+def test_dtype_applies_to_the_toy_model(monkeypatch):
+    # The shipped toy model is what `path=None` loads; a tiny LLaVA stands in for it here.
+    import vcontrast.toy
+
+    model, proc = tm.build("llava")
+    model = copy.deepcopy(model)  # the builder's model is cached
+    monkeypatch.setattr(vcontrast.toy, "load", lambda device=None: (model, proc))
+    loaded, _ = load_model(None, dtype="bfloat16")
+    assert loaded.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="`dtype` \\(='half-ish'\\)"):
+        load_model(None, dtype="half-ish")

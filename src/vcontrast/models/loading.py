@@ -23,7 +23,8 @@ def load_model(
     Args:
         path (`str | Path | None`): a folder written by `save_pretrained` (or a hub name where the hub is
             reachable). None loads the toy model shipped with vcontrast.
-        dtype (`torch.dtype | str | None`, *optional*): e.g. `torch.bfloat16`; None keeps the checkpoint's dtype.
+        dtype (`torch.dtype | str | None`, *optional*): e.g. `torch.bfloat16` or `"bfloat16"`; None (or `"auto"`)
+            keeps the checkpoint's dtype. Applies to the toy model too.
         device (`str | torch.device | None`, *optional*): where to put the model; None leaves it on the CPU.
 
     Raises:
@@ -40,7 +41,10 @@ def load_model(
     if path is None:
         from vcontrast.toy import load
 
-        return load(device=device) if device is not None else load()
+        model, processor = load(device=device)
+        if dtype is not None and dtype != "auto":
+            model = model.to(_torch_dtype(dtype))
+        return model, processor
     local = Path(path)
     if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
         raise ValueError(f"model path {str(path)!r} does not exist")
@@ -52,3 +56,11 @@ def load_model(
         model = model.to(device)
     logger.info("loaded %s (%s) from %s", type(model).__name__, model.config.model_type, path)
     return model.eval(), processor
+
+
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    # `from_pretrained` reads dtype names itself; `Module.to` needs the torch.dtype.
+    value = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"`dtype` (={dtype!r}) has to be a torch dtype or its name, such as 'bfloat16'")  # noqa: TRY004 (one error type for bad input)
+    return value
