@@ -102,6 +102,15 @@ def test_clamp_and_closed_forms():
     assert weighted_loss(ce, w, mask, num_items=10).item() == pytest.approx(15 / 10)
 
 
+def test_pure_functions_name_bad_parameters():
+    delta, mask = torch.zeros(1, 3), torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"`alpha` \(=5.0\) has to be <= `beta` \(=1.0\)"):
+        clamp_weights(delta, mask, alpha=5.0, beta=1.0)
+    for window in (2, 3.0):
+        with pytest.raises(ValueError, match=rf"`window` \(={window}\)"):
+            token_weights(delta, mask, window=window)
+
+
 def test_sample_normalisation_closed_form():
     ce = torch.tensor([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
-from vcontrast.conditions import VisualCondition
+from vcontrast.conditions import VisualCondition, _is_int
 from vcontrast.contrast import IGNORE_INDEX, gold_token_logits, score_tokens, shift_labels
 from vcontrast.models import ModelAdapter, get_adapter
 
@@ -85,6 +85,8 @@ def clamp_weights(delta: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0, b
     tensor([[1., 3., 0.]])
     ```
     """
+    if not alpha <= beta:  # torch's clamp would silently give `beta` everywhere (and NaN bounds, NaN weights)
+        raise ValueError(f"`alpha` (={alpha!r}) has to be <= `beta` (={beta!r})")
     return torch.where(mask, delta.clamp(alpha, beta), torch.zeros_like(delta))
 
 
@@ -108,7 +110,7 @@ def pool_weights(weights: torch.Tensor, mask: torch.Tensor, window: int = 3) -> 
     tensor([[0., 2., 3., 4., 0.]])
     ```
     """
-    if window < 1 or window % 2 == 0:
+    if not _is_int(window) or window < 1 or window % 2 == 0:
         raise ValueError(f"`window` (={window!r}) has to be an odd integer >= 1")
     m = mask.to(weights.dtype)
     half = window // 2
