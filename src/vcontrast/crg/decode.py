@@ -112,7 +112,7 @@ def two_stream_generate(
     return adapter.model.generate(
         input_ids=ids,
         attention_mask=reference["attention_mask"],
-        position_ids=adapter.position_ids(reference),
+        position_ids=positions,
         custom_generate=decode,
         **generate_kwargs,
     )
