@@ -115,7 +115,8 @@ def token_heatmap(
         low, high (`float`): the colour scale's ends (CAL's clamp range by default); below `low` is blue.
         width (`int`): text width in pixels before wrapping.
         title (`str`, *optional*): a line above the tokens.
-        image (`PIL.Image`, *optional*): shown on the left, up-scaled to the text block's height.
+        image (`PIL.Image`, *optional*): shown on the left, scaled (nearest) to the text block's height, at least
+            128 px.
     """
     _check_tokens(tokens, values)
     pad, line_h = 8, _text_size("Ag")[1] + 8
