@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 Box = tuple[float, float, float, float]
@@ -63,10 +63,16 @@ class Item:
 
     @classmethod
     def from_json(cls, data: dict) -> Item:
-        """Build an item from a dict, rejecting unknown keys so typos in hand-written files are caught."""
+        """Build an item from a dict, rejecting unknown and missing keys so typos in hand-written files are caught."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an item has to be a JSON object, got {data!r}")  # noqa: TRY004 (one error type)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"Item {data.get('id')!r}: unknown keys {sorted(unknown)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"Item {data.get('id')!r}: missing keys {missing}")
         return cls(**data)
 
 
@@ -81,6 +87,8 @@ def read_items(path: str | Path) -> Iterator[Item]:
                 item = Item.from_json(json.loads(line))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from e
             if not Path(item.image).is_absolute():
                 item.image = str(path.parent / item.image)
             yield item
