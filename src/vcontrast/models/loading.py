@@ -41,7 +41,7 @@ def load_model(
     if path is None:
         from vcontrast.toy import load
 
-        model, processor = load(device=device)
+        model, processor = load(device=device) if device is not None else load()
         if dtype is not None and dtype != "auto":
             model = model.to(_torch_dtype(dtype))
         return model, processor
