@@ -49,6 +49,20 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
+def check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
+    """Raise a ValueError naming the first label token id outside `[0, vocab_size)`.
+
+    Indexing the output head with such an id either crashes deep in torch (a device-side assert on CUDA) or, for a
+    negative id such as an ignore index of -1 instead of -100, silently scores the last rows of the vocabulary.
+    """
+    bad = (tokens < 0) | (tokens >= vocab_size)
+    if bool(bad.any()):
+        raise ValueError(
+            f"label token id {int(tokens[bad][0])} is outside the vocabulary [0, {vocab_size}); ignored labels have "
+            f"to be {IGNORE_INDEX}"
+        )
+
+
 def hidden_states(model: nn.Module | ModelAdapter, inputs: dict, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states of the language model under `condition`, and where each input position landed.
 
@@ -156,6 +170,7 @@ def score_tokens(
     Gradients flow unless called under `torch.no_grad()`.
     """
     weight, bias, softcap = get_adapter(model).output_head()
+    check_token_ids(tokens, weight.shape[0])
     h = hidden.float()
     gold = (h * weight[tokens].float()).sum(-1)
     if bias is not None:

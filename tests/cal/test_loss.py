@@ -397,6 +397,13 @@ def test_all_labels_ignored_raises():
         cal_weights(model, batch)
 
 
+def test_label_ids_outside_the_vocabulary_raise():
+    model, _, batch = cal_batch("llava")
+    batch["labels"] = batch["labels"].masked_fill(batch["labels"] == -100, -1)  # not the ignore index
+    with pytest.raises(ValueError, match="label token id -1 is outside the vocabulary"):
+        cal_loss(model, batch)
+
+
 def test_missing_labels_and_shape_mismatch_raise():
     model, _, batch = cal_batch("llava")
     with pytest.raises(ValueError, match="needs `labels`"):

@@ -140,6 +140,13 @@ def test_labels_shape_mismatch_raises():
         gold_token_logits(model, batch, labels[:, :-1])
 
 
+def test_label_ids_outside_the_vocabulary_raise():
+    model, _, batch, labels = make_batch("llava")
+    labels = labels.masked_fill(labels == -100, -1)  # an ignore index of -1 would silently score the last rows
+    with pytest.raises(ValueError, match=r"label token id -1 is outside the vocabulary \[0, "):
+        gold_token_logits(model, batch, labels)
+
+
 def test_unsupported_model_type_lists_supported():
     import transformers as tf
 
