@@ -104,6 +104,7 @@ def test_trainer_consumes_precomputed_weights(tmp_path):
     trainer.train()
     assert len(calls) == 2  # one forward per step: no contrast pass
     assert all("cal/mean_weight" in log for log in trainer.state.log_history if "loss" in log)
+    assert not any("cal/mean_delta" in log for log in trainer.state.log_history)  # no gain measured, none logged
 
 
 def test_audit_sorts_the_most_suspicious_first_and_resumes(tmp_path):

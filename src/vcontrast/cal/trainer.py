@@ -13,6 +13,7 @@ exactly the one of a single batch holding every sample of the step.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,21 +119,26 @@ class CALTrainerMixin:
     @staticmethod
     def _sums(out: CALOutput) -> list[torch.Tensor]:
         mask = out.mask
-        delta = out.delta if out.delta is not None else torch.zeros_like(out.weights)
+        if out.delta is None:
+            # Precomputed weights: no gain was measured. NaN (not 0) survives the sums, so no delta metric is logged.
+            delta_sum = negative = torch.tensor(math.nan, dtype=torch.float64, device=out.weights.device)
+        else:
+            delta_sum, negative = out.delta[mask].sum().double(), (out.delta[mask] < 0).sum().double()
         return [
             out.weights.sum().double(),
             (out.weights * out.token_loss.detach()).sum().double(),
             mask.sum().double(),
-            delta[mask].sum().double(),
-            (delta[mask] < 0).sum().double(),
+            delta_sum,
+            negative,
         ]
 
     def _record(self, mode: str, sums: torch.Tensor) -> None:
         weight_sum, _, tokens, delta_sum, negative = sums.tolist()
         if tokens > 0:
             self._cal_metrics[mode]["cal/mean_weight"].append(weight_sum / tokens)
-            self._cal_metrics[mode]["cal/mean_delta"].append(delta_sum / tokens)
-            self._cal_metrics[mode]["cal/frac_negative_delta"].append(negative / tokens)
+            if not math.isnan(delta_sum):
+                self._cal_metrics[mode]["cal/mean_delta"].append(delta_sum / tokens)
+                self._cal_metrics[mode]["cal/frac_negative_delta"].append(negative / tokens)
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -191,7 +197,7 @@ class CALTrainer(CALTrainerMixin, Trainer):
     is over the whole optimizer step: with gradient accumulation and several processes the update equals that of one
     big batch (see the module docstring). Evaluation with labels reports the CAL loss of each eval batch. The mean
     weight, mean logit gain and share of negative gains are logged as `cal/mean_weight`, `cal/mean_delta` and
-    `cal/frac_negative_delta`.
+    `cal/frac_negative_delta` (the last two only for steps that ran a contrast pass, not with precomputed weights).
 
     Batches need `labels` (-100 = ignored) aligned with `input_ids`. A batch may carry precomputed weights under
     `cal_weights` (from [`vcontrast.cal.precompute_weights`]): then no contrast pass runs. Image-space contrast
