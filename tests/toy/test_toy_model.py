@@ -10,7 +10,7 @@ from PIL import Image
 from vcontrast.toy import train as toy_train
 from vcontrast.toy.grammar import PROMPTS, vocabulary, words
 from vcontrast.toy.model import WEIGHTS_DIR, build_model, load, toy_config
-from vcontrast.toy.scenes import make_scene
+from vcontrast.toy.scenes import COLORS, SHAPES, make_scene
 from vcontrast.toy.tokenizer import NUM_IMAGE_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS, build_tokenizer, chat_prompt
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "vision_hidden_size": 32, "vision_layers": 2}
@@ -225,6 +225,36 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(p, q, msg=name)
 
 
+def test_patch_labels_cover_objects_and_outline():
+    _, scene = make_scene(3, n_objects=2)
+    labels = toy_train.patch_labels(scene, 8, boxed=scene.objects[0].box)
+    assert {k: v.shape for k, v in labels.items()} == dict.fromkeys(
+        ["shape", "color", "size", "text", "kind", "boxed"], (64,)
+    )
+    for obj in scene.objects:
+        x0, y0, x1, y1 = obj.box
+        cx, cy = int((x0 + x1) / 2 * 8 / scene.size), int((y0 + y1) / 2 * 8 / scene.size)
+        patch = cy * 8 + cx  # the patch holding the object's centre
+        assert toy_train.VISION_KINDS[labels["kind"][patch]] == "shape"
+        assert SHAPES[labels["shape"][patch]] == obj.shape and list(COLORS)[labels["color"][patch]] == obj.color
+    background = labels["kind"] == 0
+    assert background.sum() > 32 and (labels["shape"][background] == -100).all()
+    assert labels["boxed"].sum() >= 1 and (labels["boxed"].bool() <= (labels["kind"] > 0)).all()
+
+
+def test_vision_stage_trains_only_the_vision_tower_and_later_stages_freeze_it(tmp_path):
+    vision = toy_train.pretrain_vision(tmp_path / "vision", steps=2, batch_size=4, model_kwargs=TINY, log_every=1)
+    torch.manual_seed(0)
+    fresh = build_model(toy_train.toy_processor(), **TINY)
+    stage0, _ = load(vision)
+    for (name, p), q in zip(stage0.named_parameters(), fresh.parameters(), strict=True):
+        assert p.equal(q) != ("vision_tower" in name and "post_layernorm" not in name), name
+    kw = {**TRAIN_KW, "model_kwargs": None}
+    pt, _ = load(toy_train.train(tmp_path / "pt", steps=2, init=vision, trainable="projector+lm", **kw))
+    for (name, p), q in zip(pt.named_parameters(), stage0.parameters(), strict=True):
+        assert p.equal(q) == ("vision_tower" in name), name
+
+
 def test_train_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         toy_train.train(tmp_path, steps=0)
@@ -279,3 +309,17 @@ def test_shipped_model_names_the_colour_and_shape_of_a_single_object():
     answers = toy_train.generate_answers(model, processor, examples)
     right = [a == ex["answer"] for a, ex in zip(answers, examples, strict=True)]
     assert sum(right[0::2]) >= 4 and sum(right[1::2]) >= 4, answers
+
+
+@pytest.mark.slow
+def test_short_recipe_learns_colours(tmp_path):
+    # The whole three-stage recipe at a small budget (~5 min on 2 cores): enough to name the one colour in a scene.
+    out = toy_train.train_recipe(tmp_path, vision_steps=300, pt_steps=200, it_steps=300, log_every=100)
+    model, processor = load(out)
+    examples = []
+    for seed in range(20):
+        image, scene = make_scene(seed, n_objects=1)
+        (obj,) = scene.objects
+        examples.append({"image": image, "prompt": PROMPTS["color"].format(shape=obj.shape), "answer": obj.color})
+    answers = toy_train.generate_answers(model, processor, examples)
+    assert sum(a == ex["answer"] for a, ex in zip(answers, examples, strict=True)) >= 16, answers

@@ -1,22 +1,26 @@
-"""The toy VLM's training recipe: a plain torch loop over batches of toy task items generated on the fly.
+"""The toy VLM's training recipe: plain torch loops over toy-world batches generated on the fly.
 
-The recipe follows LLaVA's two stages, adapted to a model whose parts are all randomly initialised:
+The recipe follows LLaVA's stages, adapted to a model whose parts all start random:
 
-1. **PT** (`stage="pt"`): image-caption pairs ("describe the image ." -> caption, `PT_MIX`). LLaVA trains only the
-   projector here because its vision tower and LM come pretrained; ours are random, so PT trains everything (vision
-   tower, projector and LM) and is where the image-text alignment and the language itself are learnt.
+0. **Vision** (`pretrain_vision`): real LLaVA starts from a pretrained CLIP tower, so ours is pretrained first, on
+   dense per-patch object attributes of random scenes (`patch_labels`), standing in for CLIP's own pretraining.
+   Trained through the LM alone, the tower learnt colours and positions but never shapes (see `docs/toy_model.md`).
+1. **PT** (`stage="pt"`): image-caption pairs ("describe the image ." -> caption, `PT_MIX`). As in LLaVA the vision
+   tower is frozen; the projector and, unlike LLaVA (whose LM comes pretrained), the random LM are trained: this is
+   where the image-text alignment and the language itself are learnt.
 2. **IT** (`stage="it"`): instruction tuning from the PT weights on the mixed toy tasks (`IT_MIX`: captions, VQA,
-   region VQA, spatial relations, attribute-swap choices, image-text match, "where is ..." questions), again
-   training everything.
+   region VQA, spatial relations, attribute-swap choices, image-text match, "where is ..." questions), projector and
+   LM trained, vision tower frozen.
 
-Both stages draw the "train" split of `vcontrast.toy.tasks`, which carries the toy world's language priors (e.g. most
-circles are red); evaluation uses the balanced "test" split.
+PT and IT draw the "train" split of `vcontrast.toy.tasks`, which carries the toy world's language priors (e.g. most
+circles are red); the vision stage uses unbiased scenes; evaluation uses the balanced "test" split.
 
-`train` runs one stage (AdamW, linear warm-up then cosine decay, gradient clipping, checkpoints that resume);
-`train_recipe` runs PT then IT and writes the final model where `vcontrast.toy.load` can read it. The loss is
-pluggable (`loss_fn(model, batch) -> loss`) so CAL's loss can replace plain MLE; `collate`, `item_example` and
-`task_examples` are the reusable pieces for CAL's trainer and the experiments. `evaluate` measures teacher-forced
-accuracy on the colour, shape and position words of clean captions and greedy-generation exact match on VQA.
+`train` runs one language stage (AdamW, linear warm-up then cosine decay, gradient clipping, checkpoints that resume);
+`train_recipe` runs all three and writes the final model where `vcontrast.toy.load` can read it. The loss is
+pluggable (`loss_fn(model, batch) -> loss`) so CAL's loss can replace plain MLE; `collate`, `item_example`,
+`read_examples` and `task_examples` are the reusable pieces for CAL's trainer and the experiments. `evaluate`
+measures teacher-forced accuracy on the colour, shape and position words of clean captions and greedy-generation
+exact match on VQA.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ def collate(
     Examples:
 
     ```python
-    >>> batch = collate(processor, [{"image": img, "prompt": "what color is the circle?", "answer": "red"}])
+    >>> batch = collate(processor, [{"image": img, "prompt": "what color is the circle ?", "answer": "red"}])
     >>> processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][batch["labels"] != -100])
     ['red', '</s>']
     ```
@@ -613,7 +617,7 @@ def pretrain_vision(
 def train_recipe(
     out_dir: str | Path,
     *,
-    vision_steps: int = 800,
+    vision_steps: int = 2000,
     pt_steps: int = 600,
     it_steps: int = 1400,
     batch_size: int = 32,
@@ -631,7 +635,7 @@ def train_recipe(
 
     Args:
         out_dir (`str | Path`): final output folder (loadable with `vcontrast.toy.load(out_dir)`).
-        vision_steps (`int`, *optional*, defaults to 800): stage-0 steps.
+        vision_steps (`int`, *optional*, defaults to 2000): stage-0 steps.
         pt_steps (`int`, *optional*, defaults to 600): stage-1 steps.
         it_steps (`int`, *optional*, defaults to 1400): stage-2 steps.
         batch_size (`int`, *optional*, defaults to 32): examples per step in every stage.
