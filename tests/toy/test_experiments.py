@@ -1,6 +1,7 @@
 """The toy experiments: each runs end to end on a tiny budget and a tiny fresh model, writing table, plot and JSON."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,10 +141,12 @@ def test_noisy_pool_swaps_captions_only():
     assert noisy_pool(pool, 0.0, seed=0)[0] == pool
 
 
-def test_proposed_items_come_from_pixels(tmp_path):
-    path = make_split("refexp", 6, seed=0, split="test", out_dir=tmp_path)
-    out = proposed_items(path, tmp_path / "proposed" / path.name)
+def test_proposed_items_come_from_pixels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative folders, as the CLI's defaults
+    path = make_split("refexp", 6, seed=0, split="test", out_dir="data")
+    out = proposed_items(path, Path("proposed") / path.name)
     for true, proposed in zip(read_items(path), read_items(out), strict=True):
+        assert Path(proposed.image).is_file()
         assert proposed.regions == [] and proposed.meta["boxes"] == "proposed"
         assert sorted(proposed.proposals) == sorted(true.proposals)  # exact proposer: the same boxes
         assert proposed.proposals[proposed.answer] == true.target

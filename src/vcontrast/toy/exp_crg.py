@@ -145,7 +145,8 @@ def proposed_items(path: Path, out_path: Path) -> Path:
     proposer = ToyProposer()
     items = []
     for item in read_items(path):
-        item = replace(item, regions=[], meta={**item.meta, "boxes": "proposed"})
+        image = str(Path(item.image).resolve())  # the new file lives elsewhere: point at the original image
+        item = replace(item, image=image, regions=[], meta={**item.meta, "boxes": "proposed"})
         if item.task == "refexp":
             with Image.open(item.image) as f:
                 boxes = [p.box for p in proposer(f.convert("RGB"), ["object"])]
