@@ -6,7 +6,7 @@ nor `transformers.Trainer` nor trl until a name is needed.
 
 from __future__ import annotations
 
-import importlib
+from vcontrast._lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -71,14 +71,4 @@ __all__ = [
     "weighted_loss",
 ]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

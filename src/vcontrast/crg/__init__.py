@@ -6,8 +6,9 @@ in torch and transformers before a command runs.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from vcontrast._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from vcontrast.crg.crg import CRG, CRGInputs
@@ -36,14 +37,4 @@ __all__ = [
     "two_stream_generate",
 ]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vcontrast.crg' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,26 @@
+"""Package exports resolved on first access (PEP 562), so importing a package stays free of torch/transformers."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """`(__getattr__, __dir__)` for `package` whose public names live in the modules `exports` maps them to.
+
+    A resolved name is stored in the package's namespace, so later lookups do not come back here.
+    """
+
+    def __getattr__(name: str) -> object:
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
