@@ -47,6 +47,7 @@ def _register() -> None:
     from vcontrast.bench.cli import eval_command
     from vcontrast.cal.cli import cal_app, train
     from vcontrast.crg.cli import ask, rerank, score
+    from vcontrast.toy.cli import experiment_command, train_command
 
     app.command("ask")(ask)
     app.command("score")(score)
@@ -54,6 +55,10 @@ def _register() -> None:
     app.command("eval")(eval_command)
     app.command("train")(train)
     app.add_typer(cal_app, name="cal")
+    toy_app = typer.Typer(help="The toy world: retrain the shipped model, run the measured experiments.")
+    toy_app.command("train")(train_command)
+    toy_app.command("experiment")(experiment_command)
+    app.add_typer(toy_app, name="toy")
 
 
 _register()
