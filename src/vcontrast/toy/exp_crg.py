@@ -27,6 +27,7 @@ expressions (the expression scored as a caption, "describe the image .").
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -238,7 +239,7 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     items = load(data_dir, split=f"{task}_test")
     predictions = read_predictions(out_dir / PREDICTIONS_FILE)
     pairs = [(item, predictions[item.id]) for item in items]
-    out: dict[str, Any] = {"ids": [item.id for item in items]}
+    out: dict[str, Any] = {"ids": [item.id for item in items], "kinds": [item.meta.get("kind") for item in items]}
     if task == "match":
         out["labels"] = np.array([item.label for item, _ in pairs])
         out["p_yes"] = np.array([p["p_yes"] for _, p in pairs])
@@ -306,7 +307,11 @@ class _Evaluator:
             proposer=proposer,
             max_new_tokens=max_new,
         )
-        self.timings[f"{tag}/{task}"] = round(time.perf_counter() - start, 1)
+        # The time of the run that made the predictions: a rerun that only reads them keeps the first measurement.
+        timing = out_dir / "timing.json"
+        if not timing.is_file():
+            timing.write_text(json.dumps({"eval_s": round(time.perf_counter() - start, 1)}) + "\n")
+        self.timings[f"{tag}/{task}"] = json.loads(timing.read_text())["eval_s"]
         summary["scores"] = item_scores(task, data_dir, out_dir)
         return summary
 
@@ -363,6 +368,7 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
         "model_summary": exp_cal.model_summary(model_path),
         "summary": summary,
         "timings_s": run.timings,
+        "eval_s_total": round(sum(run.timings.values()), 1),
         "metrics": {cond: {task: r["metrics"] for task, r in by.items()} for cond, by in results.items()},
     }
     return _crg_table(summary, budget), data, partial(_plot_crg, summary=summary, budget=budget)
@@ -405,6 +411,8 @@ def _crg_summary(results: dict, budget: ExperimentBudget, work: Path, true_dir: 
         entry["proposer"] = _region_agreement(task, true_dir, work / "proposed-crg" / task)
         if "prior_consistent" in base["scores"]:
             entry["by_prior"] = _by_prior(results, task)
+        if "correct" in base["scores"] and len(set(base["scores"]["kinds"])) > 1:
+            entry["by_kind"] = _by_kind(results, task)
         summary[task] = entry
     return summary
 
@@ -423,6 +431,18 @@ def _by_prior(results: dict, task: str) -> dict[str, dict[str, float]]:
             else float("nan"),
             "n_consistent": int(consistent.sum()),
         }
+    return out
+
+
+def _by_kind(results: dict, task: str) -> dict[str, dict[str, float]]:
+    # Accuracy per question kind (region VQA: colour / shape / size; swap: the kind of hard negative).
+    out: dict[str, dict[str, float]] = {}
+    for cond, by in results.items():
+        if task not in by:
+            continue
+        scores = by[task]["scores"]
+        kinds = np.array(scores["kinds"], dtype=object)
+        out[cond] = {str(k): float(scores["correct"][kinds == k].mean()) for k in sorted(set(scores["kinds"]))}
     return out
 
 
@@ -473,6 +493,10 @@ def _crg_table(summary: dict, budget: ExperimentBudget) -> str:
                 f"boxes {pct(crg['prior_consistent'])} / {pct(crg['prior_inconsistent'])}."
             )
             lines += [text, ""]
+        if "by_kind" in e:
+            k = e["by_kind"]
+            cells = [f"{kind} {pct(k['base/true'][kind])} → {pct(k['crg/true'][kind])}" for kind in k["base/true"]]
+            lines += [f"{task} by kind, base → CRG (true boxes): " + ", ".join(cells) + ".", ""]
     lines.append("### crg: masking ablation (CRG paper Table 5), true boxes\n")
     rows = []
     for task, e in summary.items():
