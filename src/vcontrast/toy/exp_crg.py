@@ -316,6 +316,13 @@ class _Evaluator:
         return summary
 
 
+def _doc_paragraphs() -> tuple[list[str], list[str]]:
+    # The module docstring's description of "crg" and of "cal_crg" (stored with the results).
+    paragraphs = __doc__.split("\n\n")
+    split = next(i for i, p in enumerate(paragraphs) if p.startswith('"cal_crg"'))
+    return paragraphs[1:split], paragraphs[split:]
+
+
 def _load_model(model: str | Path | None):
     from vcontrast.toy.model import load
 
@@ -363,7 +370,7 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
 
     summary = _crg_summary(results, budget, work, true_dir)
     data = {
-        "setup": __doc__.split("\n\n")[1:3],
+        "setup": "\n\n".join(_doc_paragraphs()[0]),
         "model": str(model_path),
         "model_summary": exp_cal.model_summary(model_path),
         "summary": summary,
@@ -599,7 +606,7 @@ def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | No
             timings |= {f"{method}-seed{seed}/{k}": v for k, v in run.timings.items()}
     summary = _cal_crg_summary(records, budget)
     data = {
-        "setup": __doc__.split("\n\n")[3],
+        "setup": "\n\n".join(_doc_paragraphs()[1]),
         "noise": rate,
         "records": records,
         "summary": summary,
