@@ -113,7 +113,7 @@ class RegionProposer(Protocol):
 PROPOSERS: dict[str, str | Callable[..., RegionProposer]] = {
     "grounding-dino": "vcontrast.crg.proposals:load_grounding_dino",
     "owlv2": "vcontrast.crg.proposals:load_owlv2",
-    "toy": "vcontrast.toy.proposer:_factory",
+    "toy": "vcontrast.toy.proposer:load_toy_proposer",
 }
 
 
