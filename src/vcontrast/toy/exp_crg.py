@@ -137,10 +137,10 @@ def proposed_items(path: Path, out_path: Path) -> Path:
     Returns:
         `Path`: `out_path`.
     """
-    from PIL import Image
 
     from vcontrast.bench.items import read_items, write_items
     from vcontrast.bench.metrics import box_iou
+    from vcontrast.regions import open_image
     from vcontrast.toy.proposer import ToyProposer
 
     proposer = ToyProposer()
@@ -149,8 +149,7 @@ def proposed_items(path: Path, out_path: Path) -> Path:
         image = str(Path(item.image).resolve())  # the new file lives elsewhere: point at the original image
         item = replace(item, image=image, regions=[], meta={**item.meta, "boxes": "proposed"})
         if item.task == "refexp":
-            with Image.open(item.image) as f:
-                boxes = [p.box for p in proposer(f.convert("RGB"), ["object"])]
+            boxes = [p.box for p in proposer(open_image(item.image), ["object"])]
             random.Random(item.id).shuffle(boxes)
             ious = box_iou(boxes, [item.target])[:, 0] if boxes else np.zeros(0)
             best = int(ious.argmax()) if len(ious) and ious.max() >= 0.5 else None

@@ -162,14 +162,13 @@ def read_examples(path: str | Path) -> list[Example]:
         `list[dict]`: one example per item that carries an answer (see `item_example`), in file order; pass it as
         `train(..., data=...)`.
     """
-    from PIL import Image
 
     from vcontrast.bench.items import read_items
+    from vcontrast.regions import open_image
 
     out = []
     for item in read_items(path):
-        with Image.open(item.image) as f:
-            example = item_example(f.convert("RGB"), item)
+        example = item_example(open_image(item.image), item)
         if example is not None:
             out.append(example)
     return out
