@@ -38,7 +38,6 @@ Items: one per (ref, sentence), task "refexp", `prompt` = the expression, `targe
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -46,8 +45,16 @@ from pathlib import Path
 import numpy as np
 
 from vcontrast.bench.items import Box, Item
-from vcontrast.bench.metrics import box_iou
-from vcontrast.bench.registry import Benchmark, check_limit, find_image, read_json, require_dir, select_splits
+from vcontrast.bench.metrics import IOU_THRESHOLD, box_iou
+from vcontrast.bench.registry import (
+    Benchmark,
+    check_limit,
+    find_image,
+    read_json,
+    read_jsonl_rows,
+    require_dir,
+    select_splits,
+)
 
 DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     # dataset folder -> (refs file, splits)
@@ -78,41 +85,33 @@ def _best_index(proposals: list[Box], target: Box) -> int | None:
         return None
     ious = box_iou(np.asarray(proposals), np.asarray([target]))[:, 0]
     best = int(np.argmax(ious))
-    return best if ious[best] >= 0.5 else None
+    return best if ious[best] >= IOU_THRESHOLD else None
 
 
 def _load_jsonl(path: Path, split: str, limit: int | None) -> list[Item]:
     items = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if limit is not None and len(items) >= limit:
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"refcoco: {path}:{lineno} is not valid JSON ({e})") from e
-            if not (isinstance(row, dict) and {"image", "expression", "target"} <= set(row)):
-                raise ValueError(f"refcoco: {path}:{lineno} needs keys image, expression, target ([x0, y0, x1, y1])")
-            image = Path(row["image"])
-            image = image if image.is_absolute() else path.parent / image
-            proposals = [tuple(map(float, b)) for b in row.get("proposals", [])]
-            target = tuple(map(float, row["target"]))
-            if len(target) != 4 or any(len(b) != 4 for b in proposals):
-                raise ValueError(f"refcoco: {path}:{lineno}: boxes must be [x0, y0, x1, y1]")
-            items.append(
-                Item(
-                    id=f"{split}/{row.get('id', lineno)}",
-                    task="refexp",
-                    image=str(image),
-                    prompt=row["expression"],
-                    proposals=proposals,
-                    target=target,
-                    answer=_best_index(proposals, target),
-                    meta={"split": split},
-                )
+    shape = "image, expression, target ([x0, y0, x1, y1])"
+    for lineno, row in read_jsonl_rows(path, "refcoco", ("image", "expression", "target"), shape):
+        if limit is not None and len(items) >= limit:
+            break
+        image = Path(row["image"])
+        image = image if image.is_absolute() else path.parent / image
+        proposals = [tuple(map(float, b)) for b in row.get("proposals", [])]
+        target = tuple(map(float, row["target"]))
+        if len(target) != 4 or any(len(b) != 4 for b in proposals):
+            raise ValueError(f"refcoco: {path}:{lineno}: boxes must be [x0, y0, x1, y1]")
+        items.append(
+            Item(
+                id=f"{split}/{row.get('id', lineno)}",
+                task="refexp",
+                image=str(image),
+                prompt=row["expression"],
+                proposals=proposals,
+                target=target,
+                answer=_best_index(proposals, target),
+                meta={"split": split},
             )
+        )
     return items
 
 

@@ -140,6 +140,24 @@ def find_image(candidates: Iterable[Path], benchmark: str, layout: str) -> Path:
     raise ValueError(f"{benchmark}: image not found (looked for {tried}). Expected layout:\n{layout}")
 
 
+def read_jsonl_rows(path: Path, benchmark: str, required: tuple[str, ...], shape: str = ""):
+    """Yield `(line number, row)` for each non-empty line of a JSONL file, with `ValueError`s that name the file and
+    line: invalid JSON, or a row that is not an object holding the `required` keys (`shape` describes them)."""
+    import json
+
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{benchmark}: {path}:{lineno} is not valid JSON ({e})") from e
+            if not (isinstance(row, dict) and set(required) <= set(row)):
+                raise ValueError(f"{benchmark}: {path}:{lineno} needs keys {shape or ', '.join(required)}")
+            yield lineno, row
+
+
 def read_json(path: Path, benchmark: str, expect: type | None = None, shape: str = "") -> object:
     """`json.load` with `ValueError`s that name the file: invalid JSON, or a top level that is not `expect`.
 

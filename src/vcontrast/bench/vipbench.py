@@ -46,6 +46,7 @@ from vcontrast.bench.registry import (
     check_limit,
     find_image,
     read_json,
+    read_jsonl_rows,
     require_dir,
     require_file,
     select_splits,
@@ -93,19 +94,8 @@ def _regions(root: Path, entry: dict) -> list[Box]:
 
 
 def _read_questions(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"vipbench: {path}:{lineno} is not valid JSON ({e})") from e
-            if not (isinstance(row, dict) and {"question_id", "image", "text"} <= set(row)):
-                raise ValueError(f"vipbench: {path}:{lineno} must have question_id, image and text")
-            rows.append(row)
-    return rows
+    shape = "question_id, image and text"
+    return [row for _, row in read_jsonl_rows(path, "vipbench", ("question_id", "image", "text"), shape)]
 
 
 def load(data_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Item]:
