@@ -17,6 +17,7 @@ import functools
 import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from vcontrast._compat import cache_from_output, cache_kwargs
 from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
 from vcontrast.models import ModelAdapter, get_adapter
 
@@ -145,7 +146,7 @@ def _decode(
     mask = stacked["attention_mask"]  # (2B, T)
     with torch.no_grad():
         out = model(**stacked, position_ids=positions, use_cache=True, logits_to_keep=1, return_dict=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]  # (2B, V)
+    cache, logits = cache_from_output(out), out.logits[:, -1]  # (2B, V)
     positions = positions[..., -1:]  # (2B, 1) or (3, 2B, 1): the last prompt position of each row
     if repeats > 1:
         one = torch.arange(batch, device=mask.device).repeat_interleave(repeats)
@@ -186,7 +187,7 @@ def _decode(
                 input_ids=step_ids,
                 attention_mask=mask if keep_mask else None,
                 position_ids=positions,
-                past_key_values=cache,
+                **cache_kwargs(cache),
                 use_cache=True,
                 logits_to_keep=1,
                 return_dict=True,
@@ -196,5 +197,5 @@ def _decode(
     if streamer is not None:
         streamer.end()
     if generation_config.return_dict_in_generate:
-        return GenerateDecoderOnlyOutput(sequences=input_ids, scores=all_scores, past_key_values=None)
+        return GenerateDecoderOnlyOutput(sequences=input_ids, scores=all_scores)
     return input_ids

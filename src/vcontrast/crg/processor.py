@@ -23,13 +23,15 @@ import torch
 from transformers import LogitsProcessor
 from typing_extensions import Self
 
+from vcontrast._compat import CACHE_NAMES, cache_from_kwargs, cache_from_output, cache_kwargs
 from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
 from vcontrast.models import get_adapter
 
 logger = logging.getLogger(__name__)
 
-# Arguments of the reference forward that never go to the contrast forward: the reference cache and image features.
-_REFERENCE_ONLY = ("past_key_values", "mm_encoder_outputs")
+# Arguments of the reference forward that never go to the contrast forward: the reference cache (under either of its
+# names, see `vcontrast._compat`) and the pre-encoded reference image features.
+_REFERENCE_ONLY = (*CACHE_NAMES, "mm_encoder_outputs")
 
 
 def _capture(ref: weakref.ref, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -37,7 +39,7 @@ def _capture(ref: weakref.ref, module: torch.nn.Module, args: tuple, kwargs: dic
     processor = ref()
     if processor is None or processor._in_contrast:
         return
-    cache = kwargs.get("past_key_values")
+    cache = cache_from_kwargs(kwargs)
     prefill = cache is None or cache.get_seq_length() == 0
     processor._captured = (dict(kwargs), prefill, bool(args))
     return
@@ -159,7 +161,7 @@ class CRGLogitsProcessor(LogitsProcessor):
             raise ValueError(
                 "CRGLogitsProcessor needs the forward's inputs as keyword arguments, as `generate` passes"
             )
-        if kwargs.get("use_cache") is False or (not prefill and kwargs.get("past_key_values") is None):
+        if kwargs.get("use_cache") is False or (not prefill and cache_from_kwargs(kwargs) is None):
             raise ValueError("CRG generation needs `use_cache=True`: the contrast stream keeps its own KV cache")
         contrast = self._prefill(kwargs, input_ids) if prefill else self._step(kwargs, input_ids)
         self._previous = input_ids
@@ -202,9 +204,9 @@ class CRGLogitsProcessor(LogitsProcessor):
             if value is not None:
                 call[key] = value.to(device) if isinstance(value, torch.Tensor) else value
         call["use_cache"] = True
-        call["past_key_values"] = None  # the model builds a fresh cache of its own kind
+        call.update(cache_kwargs(None))  # the model builds a fresh cache of its own kind
         out = self._forward(call)
-        self._cache = out.past_key_values
+        self._cache = cache_from_output(out)
         self._group_size = repeats
         logits = out.logits[:, -1]  # (B, V)
         if repeats > 1:
@@ -230,6 +232,6 @@ class CRGLogitsProcessor(LogitsProcessor):
             for key, value in kwargs.items()
             if key not in _REFERENCE_ONLY and key not in self.adapter.pixel_keys
         }
-        call["past_key_values"] = self._cache
+        call.update(cache_kwargs(self._cache))
         out = self._forward(call)
         return out.logits[:, -1]

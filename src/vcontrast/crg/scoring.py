@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vcontrast._compat import cache_from_output, cache_kwargs
 from vcontrast.contrast import head_logits
 from vcontrast.crg.decode import GENERATED_TOKEN_TYPE, batch_rows, model_inputs
 from vcontrast.crg.guidance import guided_logprobs
@@ -71,7 +72,7 @@ def score_jobs(
         for row in (job.reference, *job.contrast):
             pairs.setdefault((row, job.tokens), len(pairs))
     pair_list = list(pairs)
-    suffix_hidden = _suffix_hidden(adapter, out.past_key_values, mask, positions, prefix, pair_list)
+    suffix_hidden = _suffix_hidden(adapter, cache_from_output(out), mask, positions, prefix, pair_list)
 
     results = []
     for job in jobs:
@@ -121,8 +122,8 @@ def _suffix_hidden(
         "input_ids": ids,
         "attention_mask": torch.cat([mask[rows], suffix_mask.to(mask.dtype)], dim=-1),
         "position_ids": batch_rows(positions[..., -1:], rows) + steps,  # (S, L) or (3, S, L)
-        "past_key_values": cache,
         "use_cache": True,
+        **cache_kwargs(cache),
     }
     for key, value in GENERATED_TOKEN_TYPE.items():
         if key in adapter.token_keys and prefix.get(key) is not None:
