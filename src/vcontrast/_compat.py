@@ -8,9 +8,11 @@ so a rename costs one edit here, and the suite runs on both the locked and the n
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import transformers
 from packaging.version import Version
 
@@ -45,3 +47,26 @@ def cache_from_output(output: Mapping[str, Any]) -> Any:
         if output.get(name) is not None:
             return output[name]
     return None
+
+
+def select_cache_rows(cache: Any, rows: Any) -> Any:
+    """A new cache holding rows `rows` (a 1-D index tensor, repeats allowed) of `cache`; `cache` is left as it is.
+
+    `Cache.batch_select_indices` edits a cache in place, and every layer of transformers' dynamic caches does it by
+    rebinding its tensors (`self.keys = self.keys[indices]`), never by writing into them. So a shallow copy of the
+    cache and of its layers, narrowed in place, shares nothing with the original that either side changes later.
+    """
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    return selected
+
+
+def cache_nbytes(cache: Any) -> int:
+    """Bytes held by the tensors of a cache's layers (keys, values and any other per-layer state)."""
+    total = 0
+    for layer in getattr(cache, "layers", ()):
+        for value in vars(layer).values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+    return total

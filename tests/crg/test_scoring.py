@@ -147,37 +147,98 @@ def test_plausibility_cutoff():
     assert all(s == -math.inf for s in strict[2:])  # only the reference argmax survives beta = 1
 
 
+def brute_loglik(model, crg, image, prompt, text):
+    """log p(text | image, prompt) from one full forward of prompt + text."""
+    batch = crg._process([image], [crg.prompt_text(prompt)])
+    tokens = crg.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return brute.candidate_scores(model, batch, batch, tokens, alpha=0.0, normalize=False).sum().item()
+
+
 @pytest.mark.parametrize("family", ["llava", "idefics3"])
 def test_rerank(family):
+    """Re-ranking scores proposal i by the paper's log-ratio log p(y | I) - log p(y | I with box i blacked out)."""
     model, processor = tm.build(family)
     crg = CRG(model, processor)
     image = tm.image(0)
     proposals = [(2, 2, 12, 10), (14, 4, 24, 16), (0, 10, 8, 20)]
     text = "a red cup"
     best, scores = crg.rerank(image, text, proposals, prompt=PROMPT)
+    full = brute_loglik(model, crg, image, PROMPT, text)
+    drops = [full - brute_loglik(model, crg, blackout(image, [box]), PROMPT, text) for box in proposals]
+    assert scores == pytest.approx(drops, abs=1e-4)
+    assert best == max(range(3), key=drops.__getitem__)
+    # the option: the renormalised guided log-likelihood of the text, contrast = only box i blacked out
+    best, scores = crg.rerank(image, text, proposals, prompt=PROMPT, normalize=True)
     expected = [
         brute_scores(model, crg, image, PROMPT, [text], [blackout(image, [box])])[0].sum().item() for box in proposals
     ]
     assert scores == pytest.approx(expected, abs=1e-4)
     assert best == max(range(3), key=expected.__getitem__)
-    # unnormalised, the score is a constant plus the drop in log-likelihood that blacking out the proposal causes
-    plain = CRG(model, processor, alpha=0.0)
-    ref = plain.score(image, PROMPT, [text], proposals[:1])[0]
-    drops = [ref - plain.score(blackout(image, [box]), PROMPT, [text], [box])[0] for box in proposals]
-    best, _ = crg.rerank(image, text, proposals, prompt=PROMPT, normalize=False)
-    assert best == max(range(3), key=drops.__getitem__)
 
 
-def test_match_is_guided_probability_of_yes():
+@pytest.mark.parametrize(("family", "text"), [("llava", "blue"), ("qwen2_vl", "a red cup")])
+def test_rerank_follows_the_log_ratio_where_normalised_disagrees(family, text):
+    """Items where the renormalised guided score picks another proposal: the default follows the log-ratio."""
+    model, processor = tm.build(family)
+    image = tm.image(0)
+    proposals = [(2, 2, 12, 10), (14, 4, 24, 16), (0, 10, 8, 20), (10, 0, 20, 8)]
+    crg = CRG(model, processor, alpha=1.0)
+    full = brute_loglik(model, crg, image, PROMPT, text)
+    drops = [full - brute_loglik(model, crg, blackout(image, [box]), PROMPT, text) for box in proposals]
+    best, _ = crg.rerank(image, text, proposals, prompt=PROMPT)
+    normalised, _ = crg.rerank(image, text, proposals, prompt=PROMPT, normalize=True)
+    assert best == max(range(len(proposals)), key=drops.__getitem__)
+    assert normalised != best  # the case does tell the two rules apart
+    # the log-ratio does not depend on alpha, and the unnormalised guided score (sum lp_ref + alpha * log-ratio)
+    # ranks the same
+    assert CRG(model, processor, alpha=3.0).rerank(image, text, proposals, prompt=PROMPT)[0] == best
+    guided = crg.score_batch(
+        [image] * len(proposals), [PROMPT] * len(proposals), [[text]] * len(proposals), [[b] for b in proposals],
+        normalize=False,
+    )  # fmt: skip
+    assert max(range(len(proposals)), key=lambda i: guided[i][0]) == best
+
+
+def test_rerank_batch_equals_single():
+    """Two examples with images of different sizes (left padding in Qwen2-VL) and different proposal counts."""
+    model, processor = tm.build("qwen2_vl")
+    crg = CRG(model, processor)
+    images = [tm.image(0), tm.image(1, size=(28, 16))]
+    texts = ["a red cup", "the cat is left of the dog"]
+    proposals = [[(2, 2, 12, 10), (14, 4, 24, 16)], [(0, 0, 10, 8), (10, 2, 20, 12), (18, 0, 28, 16)]]
+    batched = crg.rerank_batch(images, texts, proposals, prompt=PROMPT)
+    for i in range(2):
+        best, scores = crg.rerank(images[i], texts[i], proposals[i], prompt=PROMPT)
+        assert batched[i][0] == best
+        assert batched[i][1] == pytest.approx(scores, abs=1e-4)
+    with pytest.raises(ValueError, match="as many texts"):
+        crg.rerank_batch(images, texts[:1], proposals)
+
+
+def test_match_is_guided_yes_over_yes_plus_no():
     model, processor = tm.build("llava")
     crg = CRG(model, processor)
     image = tm.image(0)
-    p = crg.match(image, "a red cup", REGIONS)
     prompt = "Does this image match: a red cup?"
-    expected = brute_scores(model, crg, image, prompt, ["yes"], [blackout(image, REGIONS)])[0].sum().exp().item()
-    assert 0 < p < 1
-    assert p == pytest.approx(expected, rel=1e-4)
+    yes, no = (
+        s.sum().item() for s in brute_scores(model, crg, image, prompt, ["yes", "no"], [blackout(image, REGIONS)])
+    )
+    p = crg.match(image, "a red cup", REGIONS)
+    assert p == pytest.approx(math.exp(yes) / (math.exp(yes) + math.exp(no)), rel=1e-4)
+    raw = crg.match(image, "a red cup", REGIONS, normalize_yes_no=False)
+    assert raw == pytest.approx(math.exp(yes), rel=1e-4)
+    assert raw < p  # the guided distribution puts mass on other words too
     assert crg.match_batch([image, image], ["a red cup", "a blue dog"], [REGIONS, REGIONS])[0] == pytest.approx(p)
+    with pytest.raises(ValueError, match="answers"):
+        crg.match(image, "a red cup", REGIONS, answers=("yes",))
+
+
+def test_yes_probability_is_stable():
+    from vcontrast.crg.crg import yes_probability
+
+    assert yes_probability(-1000.0, -1001.0) == pytest.approx(1 / (1 + math.exp(-1)))
+    assert yes_probability(-math.inf, -math.inf) == 0.5
+    assert yes_probability(0.0, -math.inf) == 1.0
 
 
 def test_bad_input():

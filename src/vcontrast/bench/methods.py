@@ -13,13 +13,14 @@ What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
   `pred_index`.
 - "match": `score_batch` of the answers "yes" and "no" to CRG's `MATCH_TEMPLATE` ("Does this image match: {text}?")
   -> `p_yes` = P(yes) / (P(yes) + P(no)), `logprobs` (of "yes" and "no").
-- "refexp": "crg" re-ranks with `CRG.rerank` (each proposal blacked out in turn); "base" scores the expression given
-  each proposal's crop -> `scores`, `pred_index`, `pred_box`.
+- "refexp": "crg" re-ranks with `CRG.rerank_batch` by the paper's rule (proposal i scores the drop in the
+  expression's log-likelihood when only box i is blacked out); "base" scores the expression given each proposal's
+  crop -> `scores`, `pred_index`, `pred_box`.
 - "vqa", "region_vqa", "caption": `generate_batch`, greedy, `max_new_tokens` -> `text`.
 
 P(yes) is renormalised over "yes" and "no", so that F1 at 0.5 means "yes is more likely than no" whatever mass the
-model puts on other words. The "base" re-ranking scores crops because the plain model has no other way to tell
-proposals apart (CRG's re-ranking at `alpha=0` scores every proposal the same).
+model puts on other words. The "base" re-ranking scores crops because the plain model, with no contrast image,
+has no other way to tell proposals apart.
 
 Regions (what CRG blacks out), recorded in each prediction as `regions` and `regions_source`:
 
@@ -70,7 +71,6 @@ __all__ = [
     "region_phrases",
 ]
 
-MATCH_ANSWERS = ("yes", "no")
 DEFAULT_PROPOSER = "grounding-dino"
 # Proposers that register themselves when their module is imported (so that `--proposer toy` works from the CLI).
 _SELF_REGISTERING = {"toy": "vcontrast.toy.proposer"}
@@ -276,18 +276,17 @@ class ModelMethod:
         return [{"scores": s, "pred_index": _argmax(s), **e} for s, e in zip(scores, extra, strict=True)]
 
     def match(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
-        """P("yes") renormalised over "yes"/"no" for CRG's `MATCH_TEMPLATE` ("match" items)."""
-        from vcontrast.crg.crg import MATCH_TEMPLATE
+        """P("yes") renormalised over "yes"/"no" for CRG's `MATCH_TEMPLATE` ("match" items), as `CRG.match` computes
+        it (`yes_probability` of the guided log-probs of the two answers)."""
+        from vcontrast.crg.crg import MATCH_ANSWERS, MATCH_TEMPLATE, yes_probability
 
         regions, extra = self._guided_regions(items, images)
         prompts = [MATCH_TEMPLATE.format(text=it.prompt) for it in items]
         scores = self.crg.score_batch(images, prompts, [list(MATCH_ANSWERS)] * len(items), regions)
-        out = []
-        for (yes, no), e in zip(scores, extra, strict=True):
-            top = max(yes, no)
-            p_yes = 0.5 if math.isinf(top) else math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))
-            out.append({"p_yes": p_yes, "logprobs": [yes, no], **e})
-        return out
+        return [
+            {"p_yes": yes_probability(yes, no), "logprobs": [yes, no], **e}
+            for (yes, no), e in zip(scores, extra, strict=True)
+        ]
 
     def answer(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
         """Greedy answers ("vqa", "region_vqa", "caption" items)."""
@@ -298,11 +297,11 @@ class ModelMethod:
         return [{"text": t, **e} for t, e in zip(texts, extra, strict=True)]
 
     def refexp(self, items: list[Item], images: list[Image.Image]) -> list[dict]:
-        """Scores of every proposal ("refexp" items); see `rerank`."""
+        """Scores of every proposal ("refexp" items), all items of the batch at once; see `rerank_batch`."""
+        found = [self.proposals(item, image) for item, image in zip(items, images, strict=True)]
+        all_scores = self.rerank_batch(items, images, [boxes for boxes, _ in found])
         out = []
-        for item, image in zip(items, images, strict=True):
-            boxes, source = self.proposals(item, image)
-            scores = self.rerank(item, image, boxes)
+        for (boxes, source), scores in zip(found, all_scores, strict=True):
             best = _argmax(scores)
             out.append(
                 {"scores": scores, "pred_index": best, "pred_box": boxes[best], "proposals_source": source}
@@ -310,8 +309,10 @@ class ModelMethod:
             )
         return out
 
-    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
-        """One score per proposal box, higher is better."""
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        """Per item, one score per proposal box, higher is better."""
         raise NotImplementedError
 
 
@@ -338,12 +339,19 @@ class BaseMethod(ModelMethod):
         # "whole": no regions needed; with alpha 0 the contrast image never changes a score or a token.
         self.crg = CRG(model, processor, alpha=0.0, mode="whole")
 
-    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
         from vcontrast.crg.crg import RERANK_PROMPT
 
-        crops = [_crop(image, box) for box in boxes]
-        scores = self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), [[item.prompt]] * len(crops))
-        return [s[0] for s in scores]
+        crops = [_crop(image, box) for image, item_boxes in zip(images, boxes, strict=True) for box in item_boxes]
+        texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
+        flat = [s[0] for s in self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), texts)]
+        out, start = [], 0
+        for item_boxes in boxes:
+            out.append(flat[start : start + len(item_boxes)])
+            start += len(item_boxes)
+        return out
 
 
 class CRGMethod(ModelMethod):
@@ -379,9 +387,12 @@ class CRGMethod(ModelMethod):
             extra.append({"regions": boxes, "regions_source": source})
         return regions, extra
 
-    def rerank(self, item: Item, image: Image.Image, boxes: list[list[float]]) -> list[float]:
-        _, scores = self.crg.rerank(image, item.prompt, boxes)
-        return scores
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        """The CRG paper's re-ranking (`CRG.rerank_batch`): proposal i scores the drop in the expression's
+        log-likelihood when only box i is blacked out."""
+        return [scores for _, scores in self.crg.rerank_batch(images, [item.prompt for item in items], boxes)]
 
 
 METHODS: dict[str, type[ModelMethod]] = {"base": BaseMethod, "crg": CRGMethod}

@@ -16,7 +16,7 @@ from transformers import LogitsProcessorList
 from vcontrast.crg.decode import stack_streams, two_stream_generate
 from vcontrast.crg.guidance import check_alpha, check_beta
 from vcontrast.crg.processor import CRGLogitsProcessor
-from vcontrast.crg.scoring import ScoreJob, score_jobs
+from vcontrast.crg.scoring import ScoreJob, check_chunk_bytes, score_jobs
 from vcontrast.models import get_adapter
 from vcontrast.regions import (
     _check_fill,
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 MODES = ("union", "each", "combined", "whole")
 IMPLEMENTATIONS = ("auto", "batched", "processor")
 MATCH_TEMPLATE = "Does this image match: {text}?"
+MATCH_ANSWERS = ("yes", "no")
 RERANK_PROMPT = "Describe the image."
 # Decoding modes CRG runs: one token per sequence and step, from the guided scores.
 _SUPPORTED_MODES = ("greedy_search", "sample", "beam_search", "beam_sample")
@@ -73,6 +74,10 @@ class CRG:
         proposer (`str` or `RegionProposer`, *optional*):
             Where regions come from when a call passes none: a `vcontrast.crg.proposals` detector name or proposer,
             run on the noun phrases of the prompt. Without one, regions are required (except in `"whole"` mode).
+        chunk_bytes (`int`, *optional*):
+            Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
+            take at once (`vcontrast.crg.scoring`); `None` (default) allows as much as the prompts' own cache, so
+            scoring needs about twice that whatever the number of candidates.
 
     Examples:
 
@@ -95,6 +100,7 @@ class CRG:
         mode: str = "union",
         plausibility_beta: float | None = None,
         proposer: Any = None,
+        chunk_bytes: int | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"`mode` (={mode!r}) has to be one of {MODES}")
@@ -106,6 +112,7 @@ class CRG:
         self.mode = mode
         self.plausibility_beta = check_beta(plausibility_beta)
         self.proposer = proposer
+        self.chunk_bytes = check_chunk_bytes(chunk_bytes)
 
     # ------------------------------------------------------------------ inputs
 
@@ -396,7 +403,7 @@ class CRG:
             for example, example_candidates in enumerate(candidates)
             for candidate in example_candidates
         ]
-        scores = self._run(prepared, jobs, normalize)
+        scores = self._run(prepared, jobs, "normalized" if normalize else "guided")
         out, start = [], 0
         for example_candidates in candidates:
             chunk = scores[start : start + len(example_candidates)]
@@ -404,9 +411,9 @@ class CRG:
             out.append([float(s.sum() if reduce == "sum" else s.mean()) for s in chunk])
         return out
 
-    def _run(self, prepared: CRGInputs, jobs: list[ScoreJob], normalize: bool) -> list[torch.Tensor]:
+    def _run(self, prepared: CRGInputs, jobs: list[ScoreJob], score: str) -> list[torch.Tensor]:
         prefix = stack_streams(prepared.reference, prepared.contrast)
-        return score_jobs(self.model, prefix, jobs, self.alpha, self.plausibility_beta, normalize)
+        return score_jobs(self.model, prefix, jobs, self.alpha, self.plausibility_beta, score, self.chunk_bytes)
 
     def _check_candidates(self, candidates: Sequence[str]) -> list[str]:
         if isinstance(candidates, str) or not isinstance(candidates, Sequence) or len(candidates) == 0:
@@ -430,20 +437,28 @@ class CRG:
         proposals: Sequence[Any],
         prompt: str = RERANK_PROMPT,
         reduce: str = "sum",
-        normalize: bool = True,
+        normalize: bool = False,
     ) -> tuple[int, list[float]]:
-        """Pick the region proposal that `text` refers to: `argmax_i score(text | I, I with only box i blacked out)`.
+        """Pick the region proposal that `text` refers to, by the CRG paper's rule: the proposal whose blackout
+        lowers the likelihood of `text` the most.
 
-        The proposal whose blackout lowers the likelihood of `text` the most gets the highest guided score. The
-        reference prompt is prefilled once and all K contrast images in one batch.
+        Proposal i scores `sum_t [lp(y_t | I) - lp(y_t | I with only box i blacked out)]` (default). The
+        unnormalised guided score `sum_t [(1 + alpha) lp(y_t | I) - alpha lp(y_t | I_i)]` is that times `alpha` plus
+        a constant, so it ranks the same for any `alpha > 0`; the log-ratio itself does not depend on `alpha`. The
+        renormalised guided score (`normalize=True`, the log-likelihood of `text` under `log_softmax` of the guided
+        scores) subtracts from it a per-token divergence between the two distributions, which is not the paper's
+        rule and picks a different proposal on some items (docs/crg.md). The reference prompt is prefilled once
+        and all K contrast images run in one batch.
 
         Args:
             image (`PIL.Image.Image`): the image.
             text (`str`): the referring expression or phrase, scored as the answer to `prompt`.
-            proposals (`Sequence`): boxes `(x0, y0, x1, y1)` in pixels, or objects with a `.box` (`Proposal`).
+            proposals (`Sequence`): boxes `(x0, y0, x1, y1)` in pixels, masks (see `vcontrast.regions`), or objects
+                with a `.box` (`Proposal`).
             prompt (`str`, *optional*, defaults to `"Describe the image."`): the prompt `text` answers.
             reduce (`str`, *optional*, defaults to `"sum"`): `"sum"` or `"mean"` over the tokens of `text`.
-            normalize (`bool`, *optional*, defaults to `True`): renormalise the guided distribution.
+            normalize (`bool`, *optional*, defaults to `False`): score by the renormalised guided log-likelihood
+                instead of the log-ratio.
 
         Returns:
             `tuple[int, list[float]]`: the best proposal's index and every proposal's score.
@@ -454,33 +469,82 @@ class CRG:
         >>> best, scores = crg.rerank(image, "the red cup on the left", [(0, 0, 40, 40), (50, 0, 90, 40)])
         ```
         """
+        return self.rerank_batch([image], [text], [proposals], prompt=prompt, reduce=reduce, normalize=normalize)[0]
+
+    def rerank_batch(
+        self,
+        images: Sequence[Image.Image],
+        texts: Sequence[str],
+        proposals: Sequence[Sequence[Any]],
+        prompt: str = RERANK_PROMPT,
+        reduce: str = "sum",
+        normalize: bool = False,
+    ) -> list[tuple[int, list[float]]]:
+        """`rerank` for lists of images, texts and per-example proposals, in one prefill (the eval runner's path).
+
+        Returns:
+            `list[tuple[int, list[float]]]`: per example, the best proposal's index and every proposal's score.
+        """
         if reduce not in ("sum", "mean"):
             raise ValueError(f"`reduce` (={reduce!r}) has to be 'sum' or 'mean'")
-        boxes = [getattr(p, "box", p) for p in proposals] if isinstance(proposals, Sequence) else proposals
-        if boxes is None or len(boxes) == 0:
-            raise ValueError(f"`proposals` (={proposals!r}) is empty: nothing to re-rank")
-        prepared = self.prepare([image], [prompt], [boxes], mode="each")
-        tokens = self._tokens(text)
-        jobs = [ScoreJob(0, (1 + row,), tokens) for row in prepared.groups[0]]
-        scores = [float(s.sum() if reduce == "sum" else s.mean()) for s in self._run(prepared, jobs, normalize)]
-        return max(range(len(scores)), key=scores.__getitem__), scores
+        images, texts, proposals = list(images), list(texts), list(proposals)
+        if not (len(images) == len(texts) == len(proposals)):
+            raise ValueError(
+                f"need as many texts and proposal lists as images; got {len(images)} images, {len(texts)} texts and "
+                f"{len(proposals)} proposal lists"
+            )
+        boxes = [_proposal_regions(p) for p in proposals]
+        prepared = self.prepare(images, [prompt] * len(images), boxes, mode="each")
+        count = len(images)
+        jobs = [
+            ScoreJob(example, (count + row,), self._tokens(text))
+            for example, text in enumerate(texts)
+            for row in prepared.groups[example]
+        ]
+        scores = self._run(prepared, jobs, "normalized" if normalize else "log_ratio")
+        out, start = [], 0
+        for group in prepared.groups:
+            chunk = [float(s.sum() if reduce == "sum" else s.mean()) for s in scores[start : start + len(group)]]
+            start += len(group)
+            out.append((max(range(len(chunk)), key=chunk.__getitem__), chunk))
+        return out
 
     def match(
-        self, image: Image.Image, text: str, regions: Any = None, template: str = MATCH_TEMPLATE, answer: str = "yes"
+        self,
+        image: Image.Image,
+        text: str,
+        regions: Any = None,
+        template: str = MATCH_TEMPLATE,
+        answers: tuple[str, str] = MATCH_ANSWERS,
+        normalize_yes_no: bool = True,
     ) -> float:
-        """Image-text agreement (SeeTRUE style): the guided probability of `answer` to `template` filled with `text`.
+        """Image-text agreement (SeeTRUE style): `P(yes) / (P(yes) + P(no))` for `template` filled with `text`,
+        under the guided distribution.
 
         Args:
             image (`PIL.Image.Image`): the image.
             text (`str`): the text to check against the image.
-            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels.
+            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels, or masks (see `vcontrast.regions`).
             template (`str`, *optional*, defaults to `"Does this image match: {text}?"`): the question.
-            answer (`str`, *optional*, defaults to `"yes"`): the answer whose probability is returned.
+            answers (`tuple[str, str]`, *optional*, defaults to `("yes", "no")`): the positive and the negative
+                answer, tokenized as the model would produce them after the generation prompt.
+            normalize_yes_no (`bool`, *optional*, defaults to `True`): renormalise over the two answers, as image-text
+                match benchmarks do; `False` gives the raw `P(yes)` under the guided distribution (a product over its
+                tokens), which also counts the mass on every other word.
 
         Returns:
-            `float`: P(answer) in [0, 1] under the renormalised guided distribution (a product over its tokens).
+            `float`: a probability in [0, 1].
+
+        Examples:
+
+        ```python
+        >>> crg.match(image, "a red cup left of a plate", regions=[(10, 10, 60, 40)])
+        0.73
+        ```
         """
-        return self.match_batch([image], [text], [regions], template=template, answer=answer)[0]
+        return self.match_batch(
+            [image], [text], [regions], template=template, answers=answers, normalize_yes_no=normalize_yes_no
+        )[0]
 
     def match_batch(
         self,
@@ -488,14 +552,27 @@ class CRG:
         texts: Sequence[str],
         regions: Sequence[Any] | None = None,
         template: str = MATCH_TEMPLATE,
-        answer: str = "yes",
+        answers: tuple[str, str] = MATCH_ANSWERS,
+        normalize_yes_no: bool = True,
     ) -> list[float]:
-        """`match` for lists of images, texts and per-example regions."""
+        """`match` for lists of images, texts and per-example regions, in one prefill."""
         if "{text}" not in template:
             raise ValueError(f"`template` (={template!r}) needs a '{{text}}' field")
+        if isinstance(answers, str) or len(answers) != 2 or not all(isinstance(a, str) and a for a in answers):
+            raise ValueError(f"`answers` (={answers!r}) has to be two non-empty strings: (positive, negative)")
         prompts = [template.format(text=text) for text in texts]
-        scores = self.score_batch(images, prompts, [[answer]] * len(prompts), regions, reduce="sum", normalize=True)
-        return [math.exp(s[0]) for s in scores]
+        scores = self.score_batch(images, prompts, [list(answers)] * len(prompts), regions, reduce="sum")
+        if not normalize_yes_no:
+            return [math.exp(yes) for yes, _ in scores]
+        return [yes_probability(yes, no) for yes, no in scores]
+
+
+def yes_probability(yes: float, no: float) -> float:
+    """`P(yes) / (P(yes) + P(no))` from the two log-probabilities, computed stably; 0.5 when both are `-inf`."""
+    top = max(yes, no)
+    if top == -math.inf:
+        return 0.5
+    return math.exp(yes - top) / (math.exp(yes - top) + math.exp(no - top))
 
 
 @dataclass
@@ -504,6 +581,14 @@ class GeneratedIds:
 
     sequences: torch.Tensor
     prompt_length: int
+
+
+def _proposal_regions(proposals: Any) -> Any:
+    # Proposals as regions: `Proposal` objects give their `.box`; boxes and masks pass through.
+    regions = [getattr(p, "box", p) for p in proposals] if isinstance(proposals, Sequence) else proposals
+    if _is_empty(regions):
+        raise ValueError(f"`proposals` (={proposals!r}) is empty: nothing to re-rank")
+    return regions
 
 
 def _is_empty(regions: Any) -> bool:
