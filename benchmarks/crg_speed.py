@@ -1,23 +1,39 @@
-"""CRG speed on a LLaVA-1.5-shaped tiny model, side by side with the plain path, in one run.
+"""CRG speed and memory on LLaVA-1.5-shaped tiny models, side by side with the plain path, in one run.
 
-The model has LLaVA-1.5's shape where it sets the cost pattern: CLIP at 336 px with patch 14 (576 image tokens per
-image), a LLaVA projector, a Llama text model and a 32k vocabulary, but small widths and depths so that it runs on a
-laptop CPU. Random weights: only speed (and exact agreement of scores and tokens) is measured.
+Both models have LLaVA-1.5's image geometry (CLIP at 336 px with patch 14: 576 image tokens per image), a LLaVA
+projector and a Llama text model, with small widths and depths so that they run on a CPU. Random weights: only
+speed, memory (and exact agreement of scores and tokens) are measured. Two shapes, because the cost ratios decide
+what a speed-up means:
 
-1. Scoring 4 candidates: `CRG.score` (prompt + image prefilled once per condition, candidates batched on the cached
-   prefix) vs the naive way (two full forwards per candidate, full log-softmax), same scores.
-2. Generation: tokens/s of CRG greedy decoding (both streams batched in one forward, and `CRGLogitsProcessor`) vs
+- "lm" (default): the LM body dominates, as in LLaVA-1.5-7B (the output head is about 2% of a forward's FLOPs);
+- "head": a 32k-vocabulary head over a narrow LM, so that the head dominates (the shape of earlier measurements,
+  which overstate what prefix caching saves on a real model).
+
+The script prints each shape's FLOP shares (vision tower + projector / LM body / output head) next to
+LLaVA-1.5-7B's, counted from the parameters (2 FLOPs per parameter per token; attention's T^2 term left out).
+
+1. Scoring K = 1, 4, 16, 64 candidates: `CRG.score` (prompt + image prefilled once per condition, candidates on
+   the cached prefix) vs the naive way (two full forwards per candidate, full log-softmax), same scores.
+2. Memory: peak resident memory added by one `CRG.score` call with K = 4 and K = 64 candidates, under the default
+   memory budget and unbounded (`chunk_bytes` larger than everything), each in a fresh process.
+3. Generation: tokens/s of CRG greedy decoding (both streams batched in one forward, and `CRGLogitsProcessor`) vs
    plain greedy `generate`, the same number of new tokens (EOS suppressed until then), prefill included.
 
-Run: `python benchmarks/crg_speed.py [--threads N] [--repeats R] [--new-tokens T]`. Each timing is the median of R
-runs, the methods interleaved so that load from other processes hits them alike.
+Run: `python benchmarks/crg_speed.py [--shape lm|head] [--threads N] [--repeats R] [--new-tokens T]`. Each timing
+is the median of R runs, the methods interleaved so that load from other processes hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import re
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,8 +58,52 @@ TEMPLATE = (
 )
 
 
-def build_llava_15_shaped(vocab_size: int = 32000) -> tuple[tf.LlavaForConditionalGeneration, tf.LlavaProcessor]:
+# Text-model sizes of the two shapes (vision tower and projector are the same).
+SHAPES = {
+    "lm": {"vocab_size": 512, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 8},
+    "head": {"vocab_size": 32000, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4},
+}
+
+
+def llava_15_7b_config() -> tf.LlavaConfig:
+    """LLaVA-1.5-7B's architecture (CLIP ViT-L/14 at 336 px, Vicuna-7B), for counting its FLOP shares."""
+    return tf.LlavaConfig(
+        vision_config=tf.CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            image_size=336, patch_size=14, projection_dim=768,
+        ),
+        text_config=tf.LlamaConfig(
+            vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32,
+        ),
+        image_token_id=32000,
+    )  # fmt: skip
+
+
+def flop_shares(config: tf.LlavaConfig, text_tokens: int) -> dict[str, float]:
+    """Shares of one full forward's FLOPs (one image, its 576 image tokens plus `text_tokens`, output head at every
+    position as a plain forward runs it) in the vision tower + projector, the LM body and the output head: 2 FLOPs
+    per parameter per token, attention's T^2 term left out. Counted on a meta-device model (no memory)."""
+    with torch.device("meta"):
+        model = tf.LlavaForConditionalGeneration(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    vision_config = config.vision_config
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    tokens = patches + text_tokens
+    language = model.model.language_model
+    flops = {
+        "vision": 2
+        * (count(model.model.vision_tower) * (patches + 1) + count(model.model.multi_modal_projector) * patches),
+        "LM body": 2 * (count(language) - count(language.embed_tokens)) * tokens,
+        "head": 2 * count(model.lm_head) * tokens,
+    }
+    total = sum(flops.values())
+    return {name: value / total for name, value in flops.items()}
+
+
+def build_llava_15_shaped(shape: str = "lm") -> tuple[tf.LlavaForConditionalGeneration, tf.LlavaProcessor]:
     """A random LLaVA-1.5-shaped model (336 px, patch 14, 576 image tokens) with small widths, and its processor."""
+    sizes = SHAPES[shape]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(["<pad>", "<unk>", "<s>", "</s>", "<image>", *WORDS]))}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -73,10 +133,7 @@ def build_llava_15_shaped(vocab_size: int = 32000) -> tuple[tf.LlavaForCondition
             projection_dim=64,
         ),
         text_config=tf.LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=128,
-            intermediate_size=352,
-            num_hidden_layers=4,
+            **sizes,
             num_attention_heads=4,
             num_key_value_heads=4,
             max_position_embeddings=2048,
@@ -96,6 +153,14 @@ def build_llava_15_shaped(vocab_size: int = 32000) -> tuple[tf.LlavaForCondition
                 param.normal_(0.0, 1.0 if "embed" in name and "patch" not in name else 1.5 / param[0].numel() ** 0.5)
     model.generation_config.pad_token_id = 0
     return model, processor
+
+
+def make_candidates(k: int) -> list[str]:
+    """`k` distinct candidate answers of 2 to 4 words."""
+    colours, shapes = ("red", "green", "blue", "yellow"), ("cup", "plate", "cat", "dog", "circle", "square")
+    places = ("", " on the left", " near a box", " under the plate")
+    phrases = [f"a {c} {s}{p}" for p in places for c in colours for s in shapes]
+    return phrases[:k]
 
 
 def naive_scores(crg: CRG, image: Image.Image, prompt: str, candidates: list[str], regions) -> list[float]:
@@ -142,41 +207,105 @@ def interleaved(fns: dict, repeats: int) -> dict:
     return {name: (statistics.median(times[name]), results[name]) for name in fns}
 
 
+IMAGE_SIZE = (640, 480)
+REGIONS = [(100, 80, 300, 260), (400, 200, 560, 400)]
+PROMPT = "what is left of the red cup ?"
+KS = (1, 4, 16, 64)
+
+
+def scene() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, IMAGE_SIZE[::-1] + (3,), dtype=np.uint8))
+
+
+def peak_rss_kib() -> tuple[int, int]:
+    """(peak, current) resident set size of this process in KiB (Linux `/proc/self/status`)."""
+    status = Path("/proc/self/status").read_text()
+    value = lambda key: int(re.search(rf"{key}:\s+(\d+)", status).group(1))  # noqa: E731
+    return value("VmHWM"), value("VmRSS")
+
+
+def memory_child(shape: str, k: int, chunk_bytes: int | None) -> None:
+    """Print (JSON) the peak resident memory one `CRG.score` call of `k` candidates adds, in a fresh process."""
+    model, processor = build_llava_15_shaped(shape)
+    crg = CRG(model, processor, alpha=1.0, chunk_bytes=chunk_bytes)
+    image, candidates = scene(), make_candidates(k)
+    crg.prepare([image], [PROMPT], [REGIONS])  # warm the processor's code paths before measuring
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    _, before = peak_rss_kib()
+    crg.score(image, PROMPT, candidates, REGIONS)
+    peak, _ = peak_rss_kib()
+    print(json.dumps({"k": k, "peak_added_mib": (peak - before) / 1024}))
+
+
+def measure_memory(shape: str, k: int, chunk_bytes: int | None, threads: int | None) -> float:
+    cmd = [sys.executable, __file__, "--shape", shape, "--memory-child", str(k)]
+    cmd += ["--chunk-bytes", str(chunk_bytes)] if chunk_bytes is not None else []
+    cmd += ["--threads", str(threads)] if threads else []
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_added_mib"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="lm", help="text-model shape (see the doc)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens to generate")
+    parser.add_argument("--skip-generation", action="store_true", help="only scoring and memory")
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-bytes", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        memory_child(args.shape, args.memory_child, args.chunk_bytes)
+        return
 
-    model, processor = build_llava_15_shaped()
+    model, processor = build_llava_15_shaped(args.shape)
     crg = CRG(model, processor, alpha=1.0)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    regions = [(100, 80, 300, 260), (400, 200, 560, 400)]
-    prompt = "what is left of the red cup ?"
-    candidates = ["a blue plate", "the yellow cat", "a small green square", "two dogs"]
+    image, regions, prompt = scene(), REGIONS, PROMPT
     reference, _ = crg.build_inputs(image, prompt, regions)
     image_tokens = int((reference["input_ids"] == model.config.image_token_id).sum())
-    print(f"model: LLaVA-1.5-shaped, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"{image_tokens} image tokens, prompt {reference['input_ids'].shape[1]} tokens, "
+    length = reference["input_ids"].shape[1]
+    print(f"model: LLaVA-1.5-shaped, shape {args.shape!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+          f"parameters, {image_tokens} image tokens, prompt {length} tokens, "
           f"vocab {model.config.text_config.vocab_size}; torch threads {torch.get_num_threads()}")  # fmt: skip
+    print("\nFLOP shares of one full forward of the prompt (vision tower + projector / LM body / output head):")
+    for name, config in (("this model", model.config), ("LLaVA-1.5-7B", llava_15_7b_config())):
+        shares = flop_shares(config, length - image_tokens)
+        print(f"  {name:14s} " + "  ".join(f"{part} {share:6.1%}" for part, share in shares.items()))
 
     # 1. scoring
-    results = interleaved(
-        {
-            "naive": lambda: naive_scores(crg, image, prompt, candidates, regions),
-            "crg": lambda: crg.score(image, prompt, candidates, regions),
-        },
-        args.repeats,
-    )
-    (t_naive, s_naive), (t_crg, s_crg) = results["naive"], results["crg"]
-    diff = max(abs(a - b) for a, b in zip(s_naive, s_crg, strict=True))
-    print(f"\nscoring {len(candidates)} candidates (median of {args.repeats}):")
-    print(f"  naive (2 full forwards per candidate): {t_naive * 1000:8.1f} ms")
-    print(f"  CRG.score (prefix cache, batched):     {t_crg * 1000:8.1f} ms   speed-up {t_naive / t_crg:.2f}x")
-    print(f"  max |score difference|: {diff:.2e}")
+    print(f"\nscoring K candidates of 2-4 tokens (median of {args.repeats}):")
+    print(f"  {'K':>3s} {'naive (2K full forwards)':>26s} {'CRG.score':>12s} {'speed-up':>9s} {'max |diff|':>11s}")
+    for k in KS:
+        candidates = make_candidates(k)
+        results = interleaved(
+            {
+                "naive": lambda c=candidates: naive_scores(crg, image, prompt, c, regions),
+                "crg": lambda c=candidates: crg.score(image, prompt, c, regions),
+            },
+            args.repeats,
+        )
+        (t_naive, s_naive), (t_crg, s_crg) = results["naive"], results["crg"]
+        diff = max(abs(a - b) for a, b in zip(s_naive, s_crg, strict=True))
+        print(f"  {k:3d} {t_naive * 1000:23.0f} ms {t_crg * 1000:9.0f} ms {t_naive / t_crg:8.2f}x {diff:11.1e}")
+
+    # 2. memory, each measurement in a fresh process
+    print("\npeak resident memory added by one CRG.score call (fresh process each):")
+    unbounded = 2**62
+    peaks = {
+        (k, name): measure_memory(args.shape, k, chunk, args.threads)
+        for k in (4, 64)
+        for name, chunk in (("default budget", None), ("unbounded", unbounded))
+    }
+    for name in ("default budget", "unbounded"):
+        four, sixty_four = peaks[4, name], peaks[64, name]
+        print(f"  {name:15s} K=4 {four:8.1f} MiB   K=64 {sixty_four:8.1f} MiB   ratio {sixty_four / four:5.2f}x")
+    if args.skip_generation:
+        return
 
     # 2. generation; the same with one new token measures the prefill, so that decoding alone can be read off too
     n = args.new_tokens
