@@ -273,3 +273,35 @@ def test_draw_boxes_outlines_only():
     outline = region_mask((10, 10), (2, 2, 8, 8)) & ~region_mask((10, 10), (3, 3, 7, 7))
     np.testing.assert_array_equal(drawn, outline)
     assert drawn.sum() == 20
+
+
+def test_masks_are_painted_exactly():
+    from vcontrast.regions import mask_box, region_masks
+
+    image = Image.new("RGB", (6, 4), "white")
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1, 1] = mask[2, 4] = True  # two separate pixels: a box would cover the pixels between them
+    out = np.array(blackout(image, mask))
+    assert (out[mask] == 0).all() and (out[~mask] == 255).all()
+    pil_mask = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    assert np.array_equal(np.array(blackout(image, pil_mask)), out)
+    assert np.array_equal(np.array(blackout(image, torch.from_numpy(mask))), out)
+    # mixed with a box: the union
+    mixed = np.array(blackout(image, [mask, (0, 3, 2, 4)]))
+    assert (mixed[3, :2] == 0).all() and (mixed[mask] == 0).all() and (mixed[0] == 255).all()
+    each = blackout_each(image, [mask, (0, 3, 2, 4)])
+    assert np.array_equal(np.array(each[0]), out) and (np.array(each[1])[mask] == 255).all()
+    assert mask_box(mask) == (1.0, 1.0, 5.0, 3.0)
+    assert [m.sum() for m in region_masks((6, 4), np.stack([mask, mask]))] == [2, 2]
+
+
+def test_bad_masks():
+    image = Image.new("RGB", (6, 4), "white")
+    with pytest.raises(ValueError, match="expected"):
+        blackout(image, np.ones((3, 6), dtype=bool))
+    with pytest.raises(ValueError, match="empty"):
+        blackout(image, np.zeros((4, 6), dtype=bool))
+    with pytest.raises(ValueError, match="binarise"):
+        blackout(image, Image.new("L", (6, 4), 128))
+    with pytest.raises(ValueError, match="mode"):
+        blackout(image, Image.new("RGB", (6, 4)))

@@ -10,7 +10,12 @@ Box convention: `(x0, y0, x1, y1)` in pixels (ints or floats), x to the right an
 `ceil(x1)`, `ceil(y1)`), so a float box covers every pixel it touches. With `normalized=True`, coordinates are
 fractions of the width and height in `[0, 1]`.
 
-This module needs only numpy and PIL (no torch), though it accepts torch tensors as boxes.
+Regions: a region is a box, or a mask of the image's size: a boolean (or 0/1) array or tensor of shape
+`(height, width)`, or a PIL mask image (mode `"1"`, or mode `"L"` with only the values 0 and 255, as segmentation
+models save them). `blackout` and `blackout_each` take boxes, masks or a mix of both and paint masks exactly, pixel
+for pixel ([`region_masks`]).
+
+This module needs only numpy and PIL (no torch), though it accepts torch tensors as boxes and masks.
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ __all__ = [
     "box_iou",
     "combined_box",
     "draw_boxes",
+    "mask_box",
     "open_image",
     "parse_boxes",
     "region_mask",
+    "region_masks",
+    "split_regions",
     "to_rgb",
 ]
 
@@ -286,6 +294,117 @@ def _check_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def _is_mask(region: Any) -> bool:
+    # A mask is a PIL image or a 2-D boolean array (a numeric 2-D array is a list of boxes).
+    if isinstance(region, Image.Image):
+        return True
+    value = _to_numpy(region)
+    return isinstance(value, np.ndarray) and value.dtype == bool and value.ndim == 2
+
+
+def _mask_image_array(mask: Image.Image) -> np.ndarray:
+    if mask.mode == "1":
+        return np.array(mask, dtype=bool)
+    if mask.mode != "L":
+        raise ValueError(f"a mask image has to be mode '1' or 'L' (0 = keep, 255 = region), got mode {mask.mode!r}")
+    values = np.array(mask)
+    extra = sorted(set(np.unique(values).tolist()) - {0, 255})
+    if extra:
+        raise ValueError(
+            f"a mode-'L' mask image may hold only 0 and 255, found {extra[:5]}: binarise it first, e.g. "
+            "`mask.point(lambda v: 255 if v >= 128 else 0)`"
+        )
+    return values == 255
+
+
+def split_regions(regions: Any) -> list[Any]:
+    """
+    Split a regions argument into a list of single regions (boxes and masks, unchecked).
+
+    Accepted: one box `(x0, y0, x1, y1)`; one mask (a PIL mask image or a 2-D boolean array/tensor); a `(K, H, W)`
+    boolean array of K masks; a `(K, 4)` array of boxes; or a sequence mixing boxes and masks.
+
+    Examples:
+
+    ```python
+    >>> import numpy as np
+    >>> len(split_regions([(0, 0, 2, 2), np.ones((4, 4), dtype=bool)]))
+    2
+    ```
+    """
+    if _is_mask(regions):
+        return [regions]
+    value = _to_numpy(regions)
+    if isinstance(value, np.ndarray) and value.dtype == bool:
+        if value.ndim == 3:
+            return list(value)
+        raise ValueError(f"boolean regions have to be one (H, W) mask or (K, H, W) masks, got shape {value.shape}")
+    if isinstance(regions, Sequence) and not isinstance(regions, (str, bytes)) and any(_is_mask(r) for r in regions):
+        return list(regions)
+    return _split_boxes(regions)
+
+
+def region_masks(size: tuple[int, int], regions: Any, normalized: bool = False) -> list[np.ndarray]:
+    """
+    One boolean mask per region (boxes and masks, see [`split_regions`]), each checked against the image size.
+
+    Args:
+        size (`tuple[int, int]`):
+            The image size `(width, height)`.
+        regions:
+            Boxes, masks, or a mix; see [`split_regions`].
+        normalized (`bool`, *optional*, defaults to `False`):
+            Whether box coordinates are fractions of the width and height (masks are in pixels).
+
+    Returns:
+        `list[np.ndarray]`: bool arrays of shape `(height, width)`, in the order of `regions`.
+
+    Raises:
+        `ValueError`: naming the region, for an invalid box, a mask of another size, a mask that is not binary, or
+        an empty mask.
+
+    Examples:
+
+    ```python
+    >>> [m.sum() for m in region_masks((4, 4), [(0, 0, 2, 2), (0, 0, 4, 1)])]
+    [4, 4]
+    ```
+    """
+    width, height = _check_size(size)
+    masks = []
+    for region in split_regions(regions):
+        if _is_mask(region):
+            mask = _mask_image_array(region) if isinstance(region, Image.Image) else region
+            mask = _check_mask(mask, (width, height))
+            if not mask.any():
+                raise ValueError("a region mask is empty: it marks no pixel to black out")
+        else:
+            mask = region_mask((width, height), [region], normalized=normalized)
+        masks.append(mask)
+    return masks
+
+
+def mask_box(mask: Any) -> Box:
+    """
+    The tight pixel box `(x0, y0, x1, y1)` of the True pixels of a (H, W) mask (x1, y1 exclusive).
+
+    Examples:
+
+    ```python
+    >>> import numpy as np
+    >>> mask = np.zeros((4, 5), dtype=bool)
+    >>> mask[1:3, 2] = True
+    >>> mask_box(mask)
+    (2.0, 1.0, 3.0, 3.0)
+    ```
+    """
+    mask = np.asarray(_to_numpy(mask), dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        raise ValueError("the mask is empty: it has no box")
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
 def _paint(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int]) -> Image.Image:
     pixels = np.array(to_rgb(image))  # (H, W, 3) uint8, a copy
     pixels[mask] = fill
@@ -301,8 +420,9 @@ def blackout(
     Args:
         image (`PIL.Image.Image`):
             The reference image, any mode [`to_rgb`] handles. It is not modified.
-        boxes (`Sequence[float]`, `Sequence[Sequence[float]]`, `np.ndarray` or `torch.Tensor`):
-            One box `(x0, y0, x1, y1)` or a sequence of boxes; see [`parse_boxes`].
+        boxes (`Sequence[float]`, `Sequence[Sequence[float]]`, `np.ndarray`, `torch.Tensor` or masks):
+            One box `(x0, y0, x1, y1)`, a sequence of boxes (see [`parse_boxes`]), or masks, alone or mixed with
+            boxes (see [`region_masks`]); masks are painted exactly.
         fill (`tuple[int, int, int]`, *optional*, defaults to `(0, 0, 0)`):
             The RGB colour painted over the regions.
         normalized (`bool`, *optional*, defaults to `False`):
@@ -324,22 +444,23 @@ def blackout(
     ```
     """
     fill = _check_fill(fill)
-    if not _split_boxes(boxes):
+    masks = region_masks(image.size, boxes, normalized=normalized)
+    if not masks:
         raise ValueError("`boxes` is empty: no regions to black out (CRG needs at least one region)")
-    return _paint(image, region_mask(image.size, boxes, normalized=normalized), fill)
+    return _paint(image, np.logical_or.reduce(masks), fill)
 
 
 def blackout_each(
     image: Image.Image, boxes: Any, fill: tuple[int, int, int] = (0, 0, 0), normalized: bool = False
 ) -> list[Image.Image]:
     """
-    One contrast image per region: image `i` has only box `i` painted black (used to re-rank region proposals).
+    One contrast image per region: image `i` has only region `i` painted black (used to re-rank region proposals).
 
     Args:
         image (`PIL.Image.Image`):
             The reference image, any mode [`to_rgb`] handles. It is not modified.
-        boxes (`Sequence[float]`, `Sequence[Sequence[float]]`, `np.ndarray` or `torch.Tensor`):
-            One box or a sequence of boxes; see [`parse_boxes`].
+        boxes (`Sequence[float]`, `Sequence[Sequence[float]]`, `np.ndarray`, `torch.Tensor` or masks):
+            One box, a sequence of boxes, or masks (alone or mixed with boxes); see [`region_masks`].
         fill (`tuple[int, int, int]`, *optional*, defaults to `(0, 0, 0)`):
             The RGB colour painted over each region.
         normalized (`bool`, *optional*, defaults to `False`):
@@ -361,14 +482,14 @@ def blackout_each(
     ```
     """
     fill = _check_fill(fill)
-    pixel_boxes = parse_boxes(boxes, image.size, normalized=normalized)
-    if len(pixel_boxes) == 0:
+    masks = region_masks(image.size, boxes, normalized=normalized)
+    if not masks:
         raise ValueError("`boxes` is empty: no regions to black out (CRG needs at least one region)")
     rgb = np.array(to_rgb(image))  # (H, W, 3) uint8, converted once
     images = []
-    for x0, y0, x1, y1 in pixel_boxes.tolist():
+    for mask in masks:
         pixels = rgb.copy()
-        pixels[y0:y1, x0:x1] = fill
+        pixels[mask] = fill
         images.append(Image.fromarray(pixels, mode="RGB"))
     return images
 

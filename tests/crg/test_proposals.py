@@ -374,3 +374,56 @@ def test_bad_input(grounding_dino, owlv2):
 
     with pytest.raises(ValueError, match="llava"):
         DetectorProposer(NotADetector(), None)
+
+
+# ---- proposer objects -----------------------------------------------------------------------------------------------
+
+
+def test_named_proposer_objects(grounding_dino_dir, owlv2_dir):
+    from vcontrast.crg.proposals import GroundingDinoProposer, Owlv2Proposer
+
+    dino = GroundingDinoProposer(grounding_dino_dir, threshold=0.0, text_threshold=0.0)
+    assert (dino.threshold, dino.text_threshold, dino.top_k) == (0.0, 0.0, 1)  # one box per phrase by default
+    found = dino(_image(), ["cat", "red plate"])
+    assert 1 <= len(found) <= 2 and len({p.phrase for p in found}) == len(found)
+    every = dino.with_options(top_k=None, nms_iou=None)
+    assert every.model is dino.model and len(every(_image(), ["cat", "red plate"])) > len(found)
+    owl = Owlv2Proposer(owlv2_dir, threshold=0.0)
+    assert owl.family == "owl" and owl.top_k == 1 and len(owl(_image(), ["cup"])) == 1
+    with pytest.raises(ValueError, match="not grounding-dino"):
+        GroundingDinoProposer(owlv2_dir)
+    with pytest.raises(ValueError, match="unknown proposer options"):
+        dino.with_options(box=1)
+    assert isinstance(get_proposer("owlv2", model=owlv2_dir), Owlv2Proposer)  # names build the same classes
+
+
+def test_crg_builds_a_named_proposer_once(monkeypatch):
+    from tests import tiny_models as tm
+    from vcontrast.crg import CRG
+
+    built = []
+
+    def factory(**kwargs):
+        built.append(kwargs)
+        return lambda image, phrases: [Proposal((2.0, 2.0, 12.0, 10.0), 0.9, p) for p in phrases]
+
+    monkeypatch.setitem(proposals.PROPOSERS, "counting", factory)
+    model, processor = tm.build("llava")
+    crg = CRG(model, processor, proposer="counting")
+    prompt = "which colour is the cup left of the plate ?"
+    for _ in range(3):
+        crg.score(tm.image(0), prompt, ["red", "blue"])
+    assert len(built) == 1
+    with pytest.raises(ValueError, match="proposer"):
+        CRG(model, processor, proposer=3)
+
+
+def test_owlv2_without_scipy_warns_once(owlv2, monkeypatch, caplog):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_scipy_available", lambda: False)
+    monkeypatch.setattr(proposals, "_SCIPY_WARNED", [])
+    with caplog.at_level("WARNING", logger="vcontrast.crg.proposals"):
+        owlv2(_image(), ["cup"])
+        owlv2(_image(), ["cat"])
+    assert sum("scipy is not installed" in r.getMessage() for r in caplog.records) == 1

@@ -202,8 +202,9 @@ class ModelMethod:
 
     # ------------------------------------------------------------------ regions
 
-    def propose(self, image: Image.Image, phrases: list[str]) -> list[list[float]]:
-        """Boxes the proposer finds for `phrases` (empty without a proposer or phrases)."""
+    def propose(self, image: Image.Image, phrases: list[str], every_box: bool = False) -> list[list[float]]:
+        """Boxes the proposer finds for `phrases` (empty without a proposer or phrases): its best per phrase for a
+        detector proposer (what CRG blacks out), or every box it finds with `every_box=True` (refexp proposals)."""
         if self.proposer is None or not phrases:
             return []
         from vcontrast.crg.proposals import PROPOSERS, get_proposer, propose_regions
@@ -223,7 +224,10 @@ class ModelMethod:
                     f"{e}. Pass a local checkpoint (proposer_model / --proposer-model) or proposer=None "
                     "(--proposer none) to black out the whole image instead"
                 ) from e
-        return [list(p.box) for p in propose_regions(image, phrases, detector=self._built_proposer)]
+        proposer = self._built_proposer
+        if every_box and hasattr(proposer, "with_options"):  # a DetectorProposer: all boxes above its threshold
+            proposer = proposer.with_options(top_k=None)
+        return [list(p.box) for p in propose_regions(image, phrases, detector=proposer)]
 
     def regions(self, item: Item, image: Image.Image) -> tuple[list[list[float]], str]:
         """`(boxes, source)` for what CRG blacks out: the item's regions ("item"), the proposer's ("proposer"), or
@@ -239,7 +243,7 @@ class ModelMethod:
         """`(boxes, source)` to re-rank for a "refexp" item, with the same sources as `regions`."""
         if item.proposals:
             return [list(b) for b in item.proposals], "item"
-        boxes = self.propose(image, [item.prompt])
+        boxes = self.propose(image, [item.prompt], every_box=True)
         if boxes:
             return boxes, "proposer"
         return _whole(image), "whole"

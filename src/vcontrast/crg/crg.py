@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import LogitsProcessorList
@@ -20,11 +21,15 @@ from vcontrast.crg.scoring import ScoreJob, check_chunk_bytes, score_jobs
 from vcontrast.models import get_adapter
 from vcontrast.regions import (
     _check_fill,
+    _is_mask,
     blackout,
     blackout_all,
     blackout_each,
     combined_box,
+    mask_box,
     parse_boxes,
+    region_masks,
+    split_regions,
     to_rgb,
 )
 
@@ -72,8 +77,10 @@ class CRG:
         plausibility_beta (`float`, *optional*):
             VCD's plausibility cutoff in (0, 1]; off by default.
         proposer (`str` or `RegionProposer`, *optional*):
-            Where regions come from when a call passes none: a `vcontrast.crg.proposals` detector name or proposer,
-            run on the noun phrases of the prompt. Without one, regions are required (except in `"whole"` mode).
+            Where regions come from when a call passes none, run on the noun phrases of the prompt: a proposer
+            object (`GroundingDinoProposer(path, threshold=..., text_threshold=..., top_k=1)`, `Owlv2Proposer`, any
+            `RegionProposer`) or a registered name (`"grounding-dino"`, `"owlv2"`), built with its defaults on first
+            use and kept by this CRG. Without one, regions are required (except in `"whole"` mode).
         chunk_bytes (`int`, *optional*):
             Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
             take at once (`vcontrast.crg.scoring`); `None` (default) allows as much as the prompts' own cache, so
@@ -111,7 +118,10 @@ class CRG:
         self.fill = _check_fill(fill)
         self.mode = mode
         self.plausibility_beta = check_beta(plausibility_beta)
+        if proposer is not None and not isinstance(proposer, str) and not callable(proposer):
+            raise ValueError(f"`proposer` (={proposer!r}) has to be a proposer name, a RegionProposer or None")
         self.proposer = proposer
+        self._built_proposer = None if isinstance(proposer, str) else proposer
         self.chunk_bytes = check_chunk_bytes(chunk_bytes)
 
     # ------------------------------------------------------------------ inputs
@@ -125,28 +135,46 @@ class CRG:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def regions_for(self, image: Image.Image, prompt: str, regions: Any = None) -> list[tuple[int, int, int, int]]:
-        """The pixel boxes of `regions` (validated and clipped to the image), or the proposer's boxes for `prompt`.
+    def regions_for(self, image: Image.Image, prompt: str, regions: Any = None) -> list[Any]:
+        """The regions of `image` to black out: `regions` checked against the image (boxes clipped to it, as pixel
+        tuples; masks as `(H, W)` bool arrays), or the proposer's boxes for `prompt` when `regions` is empty.
+
+        Regions may be boxes `(x0, y0, x1, y1)` in pixels, boolean masks `(H, W)` or mode-`"L"` mask images, alone or
+        mixed (see `vcontrast.regions.split_regions`).
 
         Raises:
-            `ValueError`: a box is malformed or lies entirely outside the image, or there are no regions (and no
-            proposer found any), except in `"whole"` mode, which needs none.
+            `ValueError`: a box is malformed or lies entirely outside the image, a mask has the wrong size or is
+            empty, or there are no regions (and no proposer found any), except in `"whole"` mode, which needs none.
         """
         if _is_empty(regions):
             if self.mode == "whole":
                 return []
             if self.proposer is None:
                 raise ValueError(
-                    f"no regions given (regions={regions!r}) for prompt {prompt!r}: pass boxes (x0, y0, x1, y1), a "
-                    "`proposer`, or use mode='whole'"
+                    f"no regions given (regions={regions!r}) for prompt {prompt!r}: pass boxes (x0, y0, x1, y1) or "
+                    "masks, a `proposer`, a `contrast_image`, or use mode='whole'"
                 )
             from vcontrast.crg.proposals import propose_regions
 
-            proposals = propose_regions(image, prompt, detector=self.proposer)
+            proposals = propose_regions(image, prompt, detector=self._get_proposer())
             if not proposals:
                 raise ValueError(f"no regions given and the proposer found none for prompt {prompt!r}")
             regions = [proposal.box for proposal in proposals]
-        return [tuple(box) for box in parse_boxes(regions, image.size).tolist()]
+        out = []
+        for region in split_regions(regions):
+            if _is_mask(region):
+                out += region_masks(image.size, [region])
+            else:
+                out.append(tuple(parse_boxes([region], image.size)[0].tolist()))
+        return out
+
+    def _get_proposer(self) -> Any:
+        # A named proposer loads its detector once per CRG, on first use.
+        if self._built_proposer is None:
+            from vcontrast.crg.proposals import get_proposer
+
+            self._built_proposer = get_proposer(self.proposer)
+        return self._built_proposer
 
     def contrast_images(
         self, image: Image.Image, regions: Any, prompt: str = "", mode: str | None = None
@@ -154,16 +182,17 @@ class CRG:
         """The contrast image(s) of `image` under `mode` (defaults to this CRG's): one, or one per region for
         `"each"`."""
         mode = self.mode if mode is None else mode
-        boxes = self.regions_for(image, prompt, regions)
+        found = self.regions_for(image, prompt, regions)
         if mode == "whole":
             return [blackout_all(image, fill=self.fill)]
-        if not boxes:
+        if not found:
             raise ValueError(f"no regions given (regions={regions!r}) for prompt {prompt!r}")
         if mode == "each":
-            return blackout_each(image, boxes, fill=self.fill)
+            return blackout_each(image, found, fill=self.fill)
         if mode == "combined":
+            boxes = [mask_box(r) if isinstance(r, np.ndarray) else r for r in found]
             return [blackout(image, combined_box(boxes), fill=self.fill)]
-        return [blackout(image, boxes, fill=self.fill)]
+        return [blackout(image, found, fill=self.fill)]
 
     def _process(self, images: list[Image.Image], texts: list[str]) -> dict:
         tokenizer = getattr(self.processor, "tokenizer", None)
@@ -195,31 +224,37 @@ class CRG:
         prompts: Sequence[str],
         regions: Sequence[Any] | None = None,
         mode: str | None = None,
+        contrast_images: Sequence[Image.Image | None] | None = None,
     ) -> CRGInputs:
         """Reference and contrast batches for lists of images, prompts and per-example regions (left-padded), with
-        the contrast images of `mode` (defaults to this CRG's)."""
+        the contrast images of `mode` (defaults to this CRG's), or the given `contrast_images` (one per example, of
+        its image's size; `None` entries fall back to the regions)."""
         images, prompts = list(images), list(prompts)
         if not images or len(images) != len(prompts):
             raise ValueError(f"need as many images as prompts, at least one; got {len(images)} and {len(prompts)}")
         regions = [None] * len(images) if regions is None else list(regions)
         if len(regions) != len(images):
             raise ValueError(f"need one region list per image; got {len(regions)} for {len(images)} images")
+        given = [None] * len(images) if contrast_images is None else list(contrast_images)
+        if len(given) != len(images):
+            raise ValueError(f"need one contrast image per image; got {len(given)} for {len(images)} images")
         for image in images:
             if not isinstance(image, Image.Image):
                 raise ValueError(f"images have to be PIL images; got {image!r}")  # noqa: TRY004
         texts = [self.prompt_text(prompt) for prompt in prompts]
-        contrast_images, contrast_texts, groups = [], [], []
-        for image, prompt, text, boxes in zip(images, prompts, texts, regions, strict=True):
-            masked = self.contrast_images(image, boxes, prompt, mode=mode)
-            groups.append(list(range(len(contrast_images), len(contrast_images) + len(masked))))
-            contrast_images += masked
+        contrast, contrast_texts, groups = [], [], []
+        for image, prompt, text, boxes, own in zip(images, prompts, texts, regions, given, strict=True):
+            masked = self.contrast_images(image, boxes, prompt, mode=mode) if own is None else [_check_own(own, image)]
+            groups.append(list(range(len(contrast), len(contrast) + len(masked))))
+            contrast += masked
             contrast_texts += [text] * len(masked)
         # The same RGB conversion as the contrast images get (transparency composited onto white).
         reference = self._process([to_rgb(image) for image in images], texts)
-        contrast = self._process(contrast_images, contrast_texts)
-        return CRGInputs(reference, contrast, groups)
+        return CRGInputs(reference, self._process(contrast, contrast_texts), groups)
 
-    def build_inputs(self, image: Image.Image, prompt: str, regions: Any = None) -> tuple[dict, dict]:
+    def build_inputs(
+        self, image: Image.Image, prompt: str, regions: Any = None, contrast_image: Image.Image | None = None
+    ) -> tuple[dict, dict]:
         """Model-ready `(reference, contrast)` batches for one image: identical `input_ids`, and the contrast
         pixels from the image with the regions blacked out (one row, or one row per region in `"each"` mode).
 
@@ -231,13 +266,19 @@ class CRG:
         True
         ```
         """
-        prepared = self.prepare([image], [prompt], [regions])
+        prepared = self.prepare([image], [prompt], [regions], contrast_images=[contrast_image])
         return prepared.reference, prepared.contrast
 
     # ------------------------------------------------------------------ generation
 
     def generate(
-        self, image: Image.Image, prompt: str, regions: Any = None, implementation: str = "auto", **generate_kwargs
+        self,
+        image: Image.Image,
+        prompt: str,
+        regions: Any = None,
+        implementation: str = "auto",
+        contrast_image: Image.Image | None = None,
+        **generate_kwargs,
     ) -> str:
         """Answer `prompt` about `image` with CRG decoding (greedy by default; sampling and beam search through the
         usual `generate` arguments).
@@ -245,10 +286,12 @@ class CRG:
         Args:
             image (`PIL.Image.Image`): the image.
             prompt (`str`): the question or instruction.
-            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels; see `regions_for`.
+            regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels or masks; see `regions_for`.
             implementation (`str`, *optional*, defaults to `"auto"`): `"batched"` runs both streams in one forward
                 per step (greedy and sampling), `"processor"` uses `CRGLogitsProcessor` (two forwards per step; also
                 beam search); `"auto"` picks `"batched"` unless beams are asked for.
+            contrast_image (`PIL.Image.Image`, *optional*): the contrast stream's image, given directly (e.g. an
+                inpainted one, or VCD's noised image), of the image's size; `regions` are then not used.
             **generate_kwargs: passed to `model.generate` (`max_new_tokens`, `do_sample`, `num_beams`, ...).
 
         Returns:
@@ -258,7 +301,10 @@ class CRG:
             `ValueError`: for decoding modes CRG does not support (assisted generation, contrastive search, DoLa,
             group or constrained beam search, `use_cache=False`), or the `"each"` mode.
         """
-        return self.generate_batch([image], [prompt], [regions], implementation=implementation, **generate_kwargs)[0]
+        return self.generate_batch(
+            [image], [prompt], [regions], implementation=implementation, contrast_images=[contrast_image],
+            **generate_kwargs,
+        )[0]  # fmt: skip
 
     def generate_batch(
         self,
@@ -266,6 +312,7 @@ class CRG:
         prompts: Sequence[str],
         regions: Sequence[Any] | None = None,
         implementation: str = "auto",
+        contrast_images: Sequence[Image.Image | None] | None = None,
         **generate_kwargs,
     ) -> list[str]:
         """`generate` for lists of images, prompts and per-example regions, as one left-padded batch.
@@ -273,7 +320,9 @@ class CRG:
         Returns:
             `list[str]`: one answer per example (the first of each example's `num_return_sequences`).
         """
-        ids = self.generate_ids(images, prompts, regions, implementation=implementation, **generate_kwargs)
+        ids = self.generate_ids(
+            images, prompts, regions, implementation=implementation, contrast_images=contrast_images, **generate_kwargs
+        )
         prompt_length = ids.prompt_length
         repeats = ids.sequences.shape[0] // len(images)
         new = ids.sequences[::repeats, prompt_length:]
@@ -285,6 +334,7 @@ class CRG:
         prompts: Sequence[str],
         regions: Sequence[Any] | None = None,
         implementation: str = "auto",
+        contrast_images: Sequence[Image.Image | None] | None = None,
         **generate_kwargs,
     ) -> GeneratedIds:
         """Token ids of CRG generation (prompt included), for callers that decode themselves."""
@@ -296,7 +346,7 @@ class CRG:
                 "needs one contrast stream: use mode 'union' or 'combined'"
             )
         decoding = self.decoding_mode(**generate_kwargs)
-        prepared = self.prepare(images, prompts, regions)
+        prepared = self.prepare(images, prompts, regions, contrast_images=contrast_images)
         reference, contrast = prepared.reference, prepared.contrast
         generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.model, self.processor))
         if implementation == "auto":
@@ -352,6 +402,7 @@ class CRG:
         regions: Any = None,
         reduce: str = "sum",
         normalize: bool = True,
+        contrast_image: Image.Image | None = None,
     ) -> list[float]:
         """Guided log-likelihood of each candidate answer to `prompt`.
 
@@ -368,6 +419,7 @@ class CRG:
             regions (*optional*): boxes `(x0, y0, x1, y1)` in pixels.
             reduce (`str`, *optional*, defaults to `"sum"`): `"sum"` or `"mean"` over the candidate's tokens.
             normalize (`bool`, *optional*, defaults to `True`): renormalise the guided distribution.
+            contrast_image (`PIL.Image.Image`, *optional*): the contrast image, given directly (see `generate`).
 
         Returns:
             `list[float]`: one score per candidate, higher is better.
@@ -379,7 +431,10 @@ class CRG:
         [-0.4, -2.1]
         ```
         """
-        return self.score_batch([image], [prompt], [candidates], [regions], reduce=reduce, normalize=normalize)[0]
+        return self.score_batch(
+            [image], [prompt], [candidates], [regions], reduce=reduce, normalize=normalize,
+            contrast_images=[contrast_image],
+        )[0]  # fmt: skip
 
     def score_batch(
         self,
@@ -389,6 +444,7 @@ class CRG:
         regions: Sequence[Any] | None = None,
         reduce: str = "sum",
         normalize: bool = True,
+        contrast_images: Sequence[Image.Image | None] | None = None,
     ) -> list[list[float]]:
         """`score` for lists of images, prompts, candidate lists and per-example regions, in one prefill."""
         if reduce not in ("sum", "mean"):
@@ -396,7 +452,7 @@ class CRG:
         candidates = [self._check_candidates(c) for c in candidates]
         if len(candidates) != len(images):
             raise ValueError(f"need one candidate list per image; got {len(candidates)} for {len(images)} images")
-        prepared = self.prepare(images, prompts, regions)
+        prepared = self.prepare(images, prompts, regions, contrast_images=contrast_images)
         count = prepared.reference["input_ids"].shape[0]
         jobs = [
             ScoreJob(example, tuple(count + row for row in prepared.groups[example]), self._tokens(candidate))
@@ -517,6 +573,7 @@ class CRG:
         template: str = MATCH_TEMPLATE,
         answers: tuple[str, str] = MATCH_ANSWERS,
         normalize_yes_no: bool = True,
+        contrast_image: Image.Image | None = None,
     ) -> float:
         """Image-text agreement (SeeTRUE style): `P(yes) / (P(yes) + P(no))` for `template` filled with `text`,
         under the guided distribution.
@@ -531,6 +588,7 @@ class CRG:
             normalize_yes_no (`bool`, *optional*, defaults to `True`): renormalise over the two answers, as image-text
                 match benchmarks do; `False` gives the raw `P(yes)` under the guided distribution (a product over its
                 tokens), which also counts the mass on every other word.
+            contrast_image (`PIL.Image.Image`, *optional*): the contrast image, given directly (see `generate`).
 
         Returns:
             `float`: a probability in [0, 1].
@@ -543,8 +601,9 @@ class CRG:
         ```
         """
         return self.match_batch(
-            [image], [text], [regions], template=template, answers=answers, normalize_yes_no=normalize_yes_no
-        )[0]
+            [image], [text], [regions], template=template, answers=answers, normalize_yes_no=normalize_yes_no,
+            contrast_images=[contrast_image],
+        )[0]  # fmt: skip
 
     def match_batch(
         self,
@@ -554,6 +613,7 @@ class CRG:
         template: str = MATCH_TEMPLATE,
         answers: tuple[str, str] = MATCH_ANSWERS,
         normalize_yes_no: bool = True,
+        contrast_images: Sequence[Image.Image | None] | None = None,
     ) -> list[float]:
         """`match` for lists of images, texts and per-example regions, in one prefill."""
         if "{text}" not in template:
@@ -561,7 +621,9 @@ class CRG:
         if isinstance(answers, str) or len(answers) != 2 or not all(isinstance(a, str) and a for a in answers):
             raise ValueError(f"`answers` (={answers!r}) has to be two non-empty strings: (positive, negative)")
         prompts = [template.format(text=text) for text in texts]
-        scores = self.score_batch(images, prompts, [list(answers)] * len(prompts), regions, reduce="sum")
+        scores = self.score_batch(
+            images, prompts, [list(answers)] * len(prompts), regions, reduce="sum", contrast_images=contrast_images
+        )
         if not normalize_yes_no:
             return [math.exp(yes) for yes, _ in scores]
         return [yes_probability(yes, no) for yes, no in scores]
@@ -581,6 +643,18 @@ class GeneratedIds:
 
     sequences: torch.Tensor
     prompt_length: int
+
+
+def _check_own(contrast: Any, image: Image.Image) -> Image.Image:
+    # A user's contrast image: a PIL image of the reference image's size (so both streams get the same token layout).
+    if not isinstance(contrast, Image.Image):
+        raise ValueError(f"`contrast_image` (={contrast!r}) has to be a PIL image")  # noqa: TRY004
+    if contrast.size != image.size:
+        raise ValueError(
+            f"`contrast_image` has size {contrast.size} but the image has {image.size}: both streams need the same "
+            "size (the same image-token layout); resize it to the image's size"
+        )
+    return to_rgb(contrast)
 
 
 def _proposal_regions(proposals: Any) -> Any:

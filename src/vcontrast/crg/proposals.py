@@ -13,7 +13,9 @@ Defaults (as `DetectorProposer` documents them):
 - GroundingDINO: box `threshold` 0.35 and `text_threshold` 0.25, the values of the GroundingDINO README; checkpoint
   `IDEA-Research/grounding-dino-tiny`.
 - OWLv2: `threshold` 0.1, the default of its post-processing; checkpoint `google/owlv2-base-patch16-ensemble`.
-- Both: non-maximum suppression across phrases at IoU 0.5, no `top_k` limit; boxes clipped to the image.
+- Both: non-maximum suppression across phrases at IoU 0.5; boxes clipped to the image. The named proposers
+  (`GroundingDinoProposer`, `Owlv2Proposer`, and the names `"grounding-dino"` and `"owlv2"`) keep the best box per
+  phrase (`top_k=1`), since CRG blacks out the union of what it gets; `DetectorProposer` keeps all by default.
 
 Examples:
 
@@ -50,6 +52,8 @@ __all__ = [
     "DEFAULT_CHECKPOINTS",
     "PROPOSERS",
     "DetectorProposer",
+    "GroundingDinoProposer",
+    "Owlv2Proposer",
     "Proposal",
     "RegionProposer",
     "box_iou",
@@ -279,7 +283,8 @@ class DetectorProposer:
     - The result is sorted by decreasing score.
 
     OWLv2's image processor resizes with scipy; without scipy, the image is padded and resized here with PIL
-    (bilinear, which also anti-aliases), the same geometry with slightly different pixels.
+    (bilinear, which also anti-aliases), the same geometry with slightly different pixels, and a warning says so
+    once per process.
 
     Args:
         model (`PreTrainedModel`):
@@ -364,15 +369,7 @@ class DetectorProposer:
         Returns:
             `DetectorProposer`: the proposer.
         """
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-        processor = AutoProcessor.from_pretrained(
-            pretrained_model_name_or_path,
-            **{k: v for k, v in model_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")},
-        )
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
-        if device is not None:
-            model = model.to(device)
+        model, processor = _load_detector(pretrained_model_name_or_path, device, model_kwargs)
         return cls(
             model,
             processor,
@@ -382,6 +379,23 @@ class DetectorProposer:
             nms_iou=nms_iou,
             nms_across_phrases=nms_across_phrases,
         )
+
+    def with_options(self, **options: Any) -> DetectorProposer:
+        """A proposer on the same loaded model with some options changed (`threshold`, `text_threshold`, `top_k`,
+        `nms_iou`, `nms_across_phrases`), e.g. `top_k=None` to re-rank every detection of one phrase.
+
+        Examples:
+
+        ```python
+        >>> every_box = proposer.with_options(top_k=None)  # doctest: +SKIP
+        ```
+        """
+        allowed = ("threshold", "text_threshold", "top_k", "nms_iou", "nms_across_phrases")
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown proposer options {unknown}; allowed: {allowed}")
+        current = {name: getattr(self, name) for name in allowed}
+        return DetectorProposer(self.model, self.processor, **(current | options))
 
     @torch.no_grad()
     def __call__(self, image: Image.Image, phrases: list[str]) -> list[Proposal]:
@@ -497,6 +511,7 @@ class DetectorProposer:
             from transformers.utils import is_scipy_available
 
             if not is_scipy_available():
+                _warn_no_scipy()
                 image = _owlv2_pad_and_resize(image, image_processor.size)
                 image_kwargs = {"do_resize": False, "do_pad": False}
         # One query per phrase; the processor pads each to the text model's length.
@@ -544,6 +559,20 @@ class DetectorProposer:
         return proposals
 
 
+_SCIPY_WARNED = []
+
+
+def _warn_no_scipy() -> None:
+    # Once per process: the boxes differ slightly from those of OWLv2's own (scipy) resize.
+    if not _SCIPY_WARNED:
+        _SCIPY_WARNED.append(True)
+        logger.warning(
+            "scipy is not installed: OWLv2's image processor needs it to resize, so vcontrast pads and resizes with "
+            "PIL instead (same geometry, slightly different pixels, so boxes can differ slightly from the reference "
+            "implementation). `pip install scipy` for the exact preprocessing."
+        )
+
+
 def _owlv2_pad_and_resize(image: Image.Image, size: Any) -> Image.Image:
     # What Owlv2ImageProcessor does before normalising, without scipy: pad to a square at the bottom and right with
     # black (its pad value 0 after rescaling), then resize to `size`. The post-processing scales boxes by the longer
@@ -555,39 +584,133 @@ def _owlv2_pad_and_resize(image: Image.Image, size: Any) -> Image.Image:
     return square.resize((size["width"], size["height"]), Image.BILINEAR)
 
 
+def _load_detector(path: str | os.PathLike[str], device: Any, model_kwargs: dict) -> tuple[Any, Any]:
+    # A zero-shot detector and its processor, from a local directory or a hub name.
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(
+        path, **{k: v for k, v in model_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
+    )
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **model_kwargs)
+    if device is not None:
+        model = model.to(device)
+    return model, processor
+
+
+class _NamedDetectorProposer(DetectorProposer):
+    # A DetectorProposer loaded from a checkpoint of one family, with that family's defaults and top_k = 1.
+    name = ""
+    family_name = ""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        threshold: float | None = None,
+        text_threshold: float | None = None,
+        top_k: int | None = 1,
+        nms_iou: float | None = 0.5,
+        nms_across_phrases: bool = True,
+        device: str | torch.device | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        self.checkpoint = str(model or DEFAULT_CHECKPOINTS[self.name])
+        detector, processor = _load_detector(self.checkpoint, device, model_kwargs)
+        family = _FAMILIES.get(getattr(detector.config, "model_type", None))
+        if family != self.family_name:
+            raise ValueError(
+                f"`model` (={self.checkpoint!r}) is a {detector.config.model_type!r} checkpoint, not {self.name}: "
+                "use the proposer class of its family (GroundingDinoProposer or Owlv2Proposer)"
+            )
+        super().__init__(detector, processor, threshold, text_threshold, top_k, nms_iou, nms_across_phrases)
+
+
+class GroundingDinoProposer(_NamedDetectorProposer):
+    """
+    GroundingDINO as a region proposer, loaded once: pass it to `CRG(..., proposer=...)` or the eval runner.
+
+    Args:
+        model (`str` or `os.PathLike`, *optional*):
+            Checkpoint directory or hub name; defaults to `IDEA-Research/grounding-dino-tiny`.
+        threshold (`float`, *optional*):
+            Box threshold in `[0, 1]`; defaults to 0.35 (GroundingDINO's README).
+        text_threshold (`float`, *optional*):
+            Phrase threshold in `[0, 1]`; defaults to 0.25.
+        top_k (`int`, *optional*, defaults to 1):
+            Boxes kept per phrase. One per phrase suits CRG's union contrast (blacking out every detection above the
+            threshold would hide much more than the things the prompt names); `None` keeps all (re-ranking).
+        nms_iou, nms_across_phrases, device, **model_kwargs:
+            As in `DetectorProposer.from_pretrained`.
+
+    Examples:
+
+    ```python
+    >>> proposer = GroundingDinoProposer("/models/grounding-dino-tiny", threshold=0.3, top_k=1)  # doctest: +SKIP
+    >>> crg = CRG(model, processor, proposer=proposer)  # doctest: +SKIP
+    ```
+    """
+
+    name = "grounding-dino"
+    family_name = "grounding-dino"
+
+
+class Owlv2Proposer(_NamedDetectorProposer):
+    """
+    OWLv2 as a region proposer, loaded once (see `GroundingDinoProposer`).
+
+    Args:
+        model (`str` or `os.PathLike`, *optional*):
+            Checkpoint directory or hub name; defaults to `google/owlv2-base-patch16-ensemble`.
+        threshold (`float`, *optional*):
+            Box threshold in `[0, 1]`; defaults to 0.1.
+        top_k (`int`, *optional*, defaults to 1):
+            Boxes kept per phrase; `None` keeps all.
+        text_threshold, nms_iou, nms_across_phrases, device, **model_kwargs:
+            As in `GroundingDinoProposer` (`text_threshold` is not used by OWL models).
+
+    Examples:
+
+    ```python
+    >>> crg = CRG(model, processor, proposer=Owlv2Proposer("/models/owlv2-base", threshold=0.2))  # doctest: +SKIP
+    ```
+    """
+
+    name = "owlv2"
+    family_name = "owl"
+
+
 def load_grounding_dino(model: str | os.PathLike[str] | None = None, **kwargs: Any) -> DetectorProposer:
     """
-    The `"grounding-dino"` proposer: `DetectorProposer.from_pretrained` with GroundingDINO's defaults.
+    The `"grounding-dino"` proposer: `GroundingDinoProposer` (one box per phrase by default).
 
     Args:
         model (`str` or `os.PathLike`, *optional*):
             Local directory or hub name; defaults to `DEFAULT_CHECKPOINTS["grounding-dino"]`
             (`IDEA-Research/grounding-dino-tiny`).
         **kwargs:
-            Passed to `DetectorProposer.from_pretrained` (`threshold` 0.35, `text_threshold` 0.25, `top_k`,
-            `nms_iou`, `device`, ...).
+            Passed to `GroundingDinoProposer` (`threshold` 0.35, `text_threshold` 0.25, `top_k` 1, `nms_iou`,
+            `device`, ...).
 
     Returns:
         `DetectorProposer`: the proposer.
     """
-    return DetectorProposer.from_pretrained(model or DEFAULT_CHECKPOINTS["grounding-dino"], **kwargs)
+    return GroundingDinoProposer(model, **kwargs)
 
 
 def load_owlv2(model: str | os.PathLike[str] | None = None, **kwargs: Any) -> DetectorProposer:
     """
-    The `"owlv2"` proposer: `DetectorProposer.from_pretrained` with OWLv2's defaults.
+    The `"owlv2"` proposer: `Owlv2Proposer` (one box per phrase by default).
 
     Args:
         model (`str` or `os.PathLike`, *optional*):
             Local directory or hub name; defaults to `DEFAULT_CHECKPOINTS["owlv2"]`
             (`google/owlv2-base-patch16-ensemble`).
         **kwargs:
-            Passed to `DetectorProposer.from_pretrained` (`threshold` 0.1, `top_k`, `nms_iou`, `device`, ...).
+            Passed to `Owlv2Proposer` (`threshold` 0.1, `top_k` 1, `nms_iou`, `device`, ...).
 
     Returns:
         `DetectorProposer`: the proposer.
     """
-    return DetectorProposer.from_pretrained(model or DEFAULT_CHECKPOINTS["owlv2"], **kwargs)
+    return Owlv2Proposer(model, **kwargs)
 
 
 def propose_regions(
