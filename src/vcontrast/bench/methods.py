@@ -7,6 +7,15 @@ both read prompts through the same chat template and score candidates the same w
 - "base" (`BaseMethod`): the plain model, `CRG` with `alpha=0` (no guidance).
 - "crg" (`CRGMethod`): Contrastive Region Guidance with the given `alpha`.
 
+and the baselines of the CRG paper's tables, named as there:
+
+- "overlay" (`OverlayMethod`): visual prompting, the plain model on the image with the regions drawn as red
+  rectangle outlines (ViP-Bench's bounding-box setting; `overlay_width`, `overlay_color`).
+- "crg+overlay" (`CRGOverlayMethod`): CRG whose reference image carries the overlay (the contrast image is the
+  overlaid image with the regions blacked out).
+- "vcd" (`VCDMethod`): Visual Contrastive Decoding, the contrast image is the diffusion-noised image (VCD's step
+  500 of 1000, `alpha=1` and plausibility cutoff `beta=0.1` by default), no regions.
+
 What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
 
 - "choice": `score_batch(images, prompts, candidates)`, each candidate's summed token log-probs -> `scores`,
@@ -52,7 +61,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -64,8 +73,11 @@ __all__ = [
     "METHODS",
     "BaseMethod",
     "CRGMethod",
+    "CRGOverlayMethod",
     "Method",
     "ModelMethod",
+    "OverlayMethod",
+    "VCDMethod",
     "get_method",
     "method_config",
     "region_phrases",
@@ -101,23 +113,52 @@ def method_config(
     proposer: Any = DEFAULT_PROPOSER,
     proposer_model: str | None = None,
     max_new_tokens: int = 32,
+    **options: Any,
 ) -> dict:
     """The `config` of a built-in method, computable before the model is loaded (the runner checks it on resume).
 
     Args:
-        name (`str`): "base" or "crg".
+        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd").
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (not part of "base").
         proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): the proposer.
         proposer_model (`str`, *optional*): the proposer's checkpoint.
         max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks.
+        **options: the method's own settings (`overlay_width`, `overlay_color`; `noise_step`, `plausibility_beta`).
     """
     if name not in METHODS:
         raise ValueError(f"`method` (={name!r}) has to be one of {sorted(METHODS)} or a Method object")
-    if name == "crg":
+    cls = METHODS[name]
+    unknown = sorted(set(options) - set(cls.defaults))
+    if unknown:
+        raise ValueError(f"method {name!r} takes no options {unknown}; its options: {sorted(cls.defaults)}")
+    settings = _check_options(cls.defaults | options)
+    if cls.guided:
         from vcontrast.crg.guidance import check_alpha
 
-        return _config(proposer, proposer_model, max_new_tokens, check_alpha(alpha))
-    return _config(proposer, proposer_model, max_new_tokens)
+        return _config(proposer, proposer_model, max_new_tokens, check_alpha(alpha)) | settings
+    return _config(proposer, proposer_model, max_new_tokens) | settings
+
+
+def _check_options(options: dict) -> dict:
+    # The baselines' settings, checked and JSON-ready (colours as lists).
+    out = dict(options)
+    if "overlay_width" in out:
+        width = out["overlay_width"]
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"`overlay_width` (={width!r}) has to be a positive integer")
+    if "overlay_color" in out:
+        from vcontrast.regions import _check_fill
+
+        out["overlay_color"] = list(_check_fill(out["overlay_color"]))
+    if "noise_step" in out:
+        from vcontrast.conditions import DiffusionNoise
+
+        DiffusionNoise(out["noise_step"])  # checks the step
+    if "plausibility_beta" in out:
+        from vcontrast.crg.guidance import check_beta
+
+        out["plausibility_beta"] = check_beta(out["plausibility_beta"])
+    return out
 
 
 def _config(proposer: Any, proposer_model: str | None, max_new_tokens: int, alpha: float | None = None) -> dict:
@@ -153,6 +194,15 @@ def _argmax(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (not math.isnan(scores[i]), scores[i]))
 
 
+def _regroup(flat: list, boxes: list[list]) -> list[list]:
+    # A flat list with one entry per proposal back into one list per item.
+    out, start = [], 0
+    for item_boxes in boxes:
+        out.append(flat[start : start + len(item_boxes)])
+        start += len(item_boxes)
+    return out
+
+
 def _crop(image: Image.Image, box: Sequence[float]) -> Image.Image:
     # Round outward and keep at least one pixel, so that a thin or out-of-image box still gives an image to score.
     x0 = min(max(math.floor(box[0]), 0), image.width - 1)
@@ -178,6 +228,8 @@ class ModelMethod:
     """
 
     name = "model"
+    guided = False  # whether `alpha` is a setting
+    defaults: ClassVar[dict] = {}  # the method's own options and their defaults
 
     def __init__(
         self,
@@ -198,7 +250,8 @@ class ModelMethod:
     @property
     def config(self) -> dict:
         """Settings that change predictions (see `method_config`)."""
-        return _config(self.proposer, self.proposer_model, self.max_new_tokens, getattr(self, "alpha", None))
+        options = _check_options({key: getattr(self, key) for key in self.defaults})
+        return _config(self.proposer, self.proposer_model, self.max_new_tokens, getattr(self, "alpha", None)) | options
 
     # ------------------------------------------------------------------ regions
 
@@ -319,6 +372,16 @@ class ModelMethod:
         """Per item, one score per proposal box, higher is better."""
         raise NotImplementedError
 
+    def _crop_scores(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        # Re-ranking without regions: the expression's score given each proposal's crop (see the module doc).
+        from vcontrast.crg.crg import RERANK_PROMPT
+
+        crops = [_crop(image, box) for image, item_boxes in zip(images, boxes, strict=True) for box in item_boxes]
+        texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
+        return _regroup([s[0] for s in self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), texts)], boxes)
+
 
 class BaseMethod(ModelMethod):
     """The plain model: `CRG` with `alpha=0`, so prompts and scores are built exactly as for "crg".
@@ -346,16 +409,7 @@ class BaseMethod(ModelMethod):
     def rerank_batch(
         self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
     ) -> list[list[float]]:
-        from vcontrast.crg.crg import RERANK_PROMPT
-
-        crops = [_crop(image, box) for image, item_boxes in zip(images, boxes, strict=True) for box in item_boxes]
-        texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
-        flat = [s[0] for s in self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), texts)]
-        out, start = [], 0
-        for item_boxes in boxes:
-            out.append(flat[start : start + len(item_boxes)])
-            start += len(item_boxes)
-        return out
+        return self._crop_scores(items, images, boxes)
 
 
 class CRGMethod(ModelMethod):
@@ -375,6 +429,7 @@ class CRGMethod(ModelMethod):
     """
 
     name = "crg"
+    guided = True
 
     def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
         from vcontrast.crg import CRG
@@ -399,7 +454,151 @@ class CRGMethod(ModelMethod):
         return [scores for _, scores in self.crg.rerank_batch(images, [item.prompt for item in items], boxes)]
 
 
-METHODS: dict[str, type[ModelMethod]] = {"base": BaseMethod, "crg": CRGMethod}
+class OverlayMethod(CRGMethod):
+    """The "overlay" baseline (visual prompting, ViP-Bench's bounding-box setting): the plain model on the image with
+    the regions drawn as rectangle outlines; `CRG` with `alpha=0` and `overlay=True`.
+
+    "refexp": proposal i scores the expression given the image with box i outlined.
+
+    Args:
+        model, processor: as `ModelMethod`.
+        overlay_width (`int`, *optional*, defaults to 2): outline width in pixels.
+        overlay_color (`tuple[int, int, int]`, *optional*, defaults to red): outline colour.
+        **kwargs: `proposer`, `proposer_model`, `max_new_tokens` (see `ModelMethod`).
+
+    Examples:
+
+    ```python
+    >>> method = OverlayMethod(model, processor, overlay_width=3, proposer=None)  # doctest: +SKIP
+    ```
+    """
+
+    name = "overlay"
+    guided = False
+    defaults: ClassVar[dict] = {"overlay_width": 2, "overlay_color": (255, 0, 0)}
+
+    def __init__(self, model: Any, processor: Any, overlay_width: int = 2, overlay_color=(255, 0, 0), **kwargs: Any):
+        from vcontrast.crg import CRG
+
+        ModelMethod.__init__(self, model, processor, **kwargs)
+        self.overlay_width, self.overlay_color = overlay_width, overlay_color
+        self.crg = CRG(
+            model, processor, alpha=self._alpha(), overlay=True, overlay_width=overlay_width,
+            overlay_color=overlay_color,
+        )  # fmt: skip
+
+    def _alpha(self) -> float:
+        return 0.0
+
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        from vcontrast.crg.crg import RERANK_PROMPT
+
+        flat_images = [image for image, item_boxes in zip(images, boxes, strict=True) for _ in item_boxes]
+        texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
+        regions = [[box] for item_boxes in boxes for box in item_boxes]
+        scores = self.crg.score_batch(flat_images, [RERANK_PROMPT] * len(flat_images), texts, regions)
+        return _regroup([s[0] for s in scores], boxes)
+
+
+class CRGOverlayMethod(OverlayMethod):
+    """The "crg+overlay" method: CRG (strength `alpha`) whose reference image carries the regions' outlines; the
+    contrast image is the overlaid image with the regions blacked out.
+
+    "refexp": proposal i scores the paper's log-ratio with box i outlined in the reference and blacked out in the
+    contrast image.
+
+    Args:
+        model, processor: as `ModelMethod`.
+        alpha (`float`, *optional*, defaults to 1.0): guidance strength, >= 0.
+        overlay_width, overlay_color: as `OverlayMethod`.
+        **kwargs: `proposer`, `proposer_model`, `max_new_tokens` (see `ModelMethod`).
+
+    Examples:
+
+    ```python
+    >>> method = CRGOverlayMethod(model, processor, alpha=1.0, proposer=None)  # doctest: +SKIP
+    ```
+    """
+
+    name = "crg+overlay"
+    guided = True
+
+    def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
+        from vcontrast.crg.guidance import check_alpha
+
+        self.alpha = check_alpha(alpha)
+        super().__init__(model, processor, **kwargs)
+
+    def _alpha(self) -> float:
+        return self.alpha
+
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        flat_images = [image for image, item_boxes in zip(images, boxes, strict=True) for _ in item_boxes]
+        texts = [item.prompt for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
+        proposals = [[box] for item_boxes in boxes for box in item_boxes]
+        return _regroup([scores[0] for _, scores in self.crg.rerank_batch(flat_images, texts, proposals)], boxes)
+
+
+class VCDMethod(ModelMethod):
+    """The "vcd" baseline, Visual Contrastive Decoding (arXiv 2311.16922): the contrast image is the image under
+    forward-diffusion noise (`vcontrast.conditions.DiffusionNoise`, VCD's schedule, step `noise_step` of 1000),
+    guidance `(1 + alpha) lp(. | I) - alpha lp(. | noised I)` with VCD's plausibility cutoff `plausibility_beta`.
+    No regions. "refexp": the expression's score given each proposal's crop, under the same guidance.
+
+    Args:
+        model, processor: as `ModelMethod`.
+        alpha (`float`, *optional*, defaults to 1.0): VCD's `cd_alpha`.
+        noise_step (`int`, *optional*, defaults to 500): VCD's noise step.
+        plausibility_beta (`float`, *optional*, defaults to 0.1): VCD's `cd_beta`.
+        **kwargs: `proposer`, `proposer_model`, `max_new_tokens` (see `ModelMethod`).
+
+    Examples:
+
+    ```python
+    >>> method = VCDMethod(model, processor, noise_step=500)  # doctest: +SKIP
+    ```
+    """
+
+    name = "vcd"
+    guided = True
+    defaults: ClassVar[dict] = {"noise_step": 500, "plausibility_beta": 0.1}
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        alpha: float = 1.0,
+        noise_step: int = 500,
+        plausibility_beta: float = 0.1,
+        **kwargs: Any,
+    ):
+        from vcontrast.conditions import DiffusionNoise
+        from vcontrast.crg import CRG
+
+        super().__init__(model, processor, **kwargs)
+        self.noise_step, self.plausibility_beta = noise_step, plausibility_beta
+        self.crg = CRG(
+            model, processor, alpha=alpha, plausibility_beta=plausibility_beta, contrast=DiffusionNoise(noise_step)
+        )
+        self.alpha = self.crg.alpha
+
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        return self._crop_scores(items, images, boxes)
+
+
+METHODS: dict[str, type[ModelMethod]] = {
+    "base": BaseMethod,
+    "crg": CRGMethod,
+    "overlay": OverlayMethod,
+    "crg+overlay": CRGOverlayMethod,
+    "vcd": VCDMethod,
+}
 
 
 def get_method(
@@ -410,15 +609,17 @@ def get_method(
     proposer: Any = DEFAULT_PROPOSER,
     proposer_model: str | None = None,
     max_new_tokens: int = 32,
+    **options: Any,
 ) -> ModelMethod:
     """Build a built-in method by name.
 
     Args:
-        name (`str`): "base" or "crg".
+        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd").
         model (`PreTrainedModel`): a supported VLM in eval mode.
         processor (`ProcessorMixin`): its processor.
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (ignored by "base").
         proposer, proposer_model, max_new_tokens: see `ModelMethod`.
+        **options: the method's own settings (see `method_config`).
 
     Examples:
 
@@ -428,7 +629,8 @@ def get_method(
     """
     if name not in METHODS:
         raise ValueError(f"`method` (={name!r}) has to be one of {sorted(METHODS)} or a Method object")
-    kwargs = {"proposer": proposer, "proposer_model": proposer_model, "max_new_tokens": max_new_tokens}
-    if name == "crg":
+    method_config(name, alpha, proposer, proposer_model, max_new_tokens, **options)  # checks every setting
+    kwargs = {"proposer": proposer, "proposer_model": proposer_model, "max_new_tokens": max_new_tokens, **options}
+    if METHODS[name].guided:
         kwargs["alpha"] = alpha
     return METHODS[name](model, processor, **kwargs)

@@ -26,6 +26,7 @@ from vcontrast.regions import (
     blackout_all,
     blackout_each,
     combined_box,
+    draw_boxes,
     mask_box,
     parse_boxes,
     region_masks,
@@ -81,6 +82,21 @@ class CRG:
             object (`GroundingDinoProposer(path, threshold=..., text_threshold=..., top_k=1)`, `Owlv2Proposer`, any
             `RegionProposer`) or a registered name (`"grounding-dino"`, `"owlv2"`), built with its defaults on first
             use and kept by this CRG. Without one, regions are required (except in `"whole"` mode).
+        overlay (`bool`, *optional*, defaults to `False`):
+            Draw the regions on the image as rectangle outlines (visual prompting, ViP-Bench's bounding-box setting)
+            before anything else: the reference image carries the overlay, and the contrast image is made from the
+            overlaid image. With `alpha=0` this is the paper's "overlay" baseline; with `alpha > 0`, "CRG + overlay".
+            A mask region is outlined by its bounding box.
+        overlay_color (`tuple[int, int, int]`, *optional*, defaults to `(255, 0, 0)`):
+            RGB colour of the overlay outlines.
+        overlay_width (`int`, *optional*, defaults to 2):
+            Outline width in pixels (drawn inside each box).
+        contrast (`VisualCondition`, *optional*):
+            Make the contrast image with a `vcontrast.conditions` condition instead of blacking out regions, e.g.
+            `DiffusionNoise(500)` for VCD (arXiv 2311.16922; with VCD's `alpha=1, plausibility_beta=0.1`), or
+            `GaussianBlur(10)`. Regions are then not needed (except for `overlay`). The noise is seeded by the
+            condition's `seed`, the same for every image of a call. `NoImage()` is not a pixel condition: use
+            `CRG(..., no_image=True)`.
         chunk_bytes (`int`, *optional*):
             Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
             take at once (`vcontrast.crg.scoring`); `None` (default) allows as much as the prompts' own cache, so
@@ -107,6 +123,10 @@ class CRG:
         mode: str = "union",
         plausibility_beta: float | None = None,
         proposer: Any = None,
+        overlay: bool = False,
+        overlay_color: tuple[int, int, int] = (255, 0, 0),
+        overlay_width: int = 2,
+        contrast: Any = None,
         chunk_bytes: int | None = None,
     ):
         if mode not in MODES:
@@ -123,6 +143,14 @@ class CRG:
         self.proposer = proposer
         self._built_proposer = None if isinstance(proposer, str) else proposer
         self.chunk_bytes = check_chunk_bytes(chunk_bytes)
+        if not isinstance(overlay, bool):
+            raise ValueError(f"`overlay` (={overlay!r}) has to be True or False")  # noqa: TRY004
+        self.overlay = overlay
+        self.overlay_color = _check_fill(overlay_color)
+        if isinstance(overlay_width, bool) or not isinstance(overlay_width, int) or overlay_width < 1:
+            raise ValueError(f"`overlay_width` (={overlay_width!r}) has to be a positive integer")
+        self.overlay_width = overlay_width
+        self.contrast = _check_condition(contrast)
 
     # ------------------------------------------------------------------ inputs
 
@@ -242,15 +270,25 @@ class CRG:
             if not isinstance(image, Image.Image):
                 raise ValueError(f"images have to be PIL images; got {image!r}")  # noqa: TRY004
         texts = [self.prompt_text(prompt) for prompt in prompts]
-        contrast, contrast_texts, groups = [], [], []
+        references, contrast, contrast_texts, groups = [], [], [], []
         for image, prompt, text, boxes, own in zip(images, prompts, texts, regions, given, strict=True):
-            masked = self.contrast_images(image, boxes, prompt, mode=mode) if own is None else [_check_own(own, image)]
+            # The same RGB conversion as the contrast images get (transparency composited onto white).
+            reference = to_rgb(image)
+            if self.overlay:
+                boxes = self.regions_for(image, prompt, boxes)
+                outlines = [mask_box(r) if isinstance(r, np.ndarray) else r for r in boxes]
+                reference = draw_boxes(reference, outlines, color=self.overlay_color, width=self.overlay_width)
+            if own is not None:
+                masked = [_check_own(own, image)]
+            elif self.contrast is not None:
+                masked = [self.contrast.apply(reference)]
+            else:
+                masked = self.contrast_images(reference, boxes, prompt, mode=mode)
+            references.append(reference)
             groups.append(list(range(len(contrast), len(contrast) + len(masked))))
             contrast += masked
             contrast_texts += [text] * len(masked)
-        # The same RGB conversion as the contrast images get (transparency composited onto white).
-        reference = self._process([to_rgb(image) for image in images], texts)
-        return CRGInputs(reference, self._process(contrast, contrast_texts), groups)
+        return CRGInputs(self._process(references, texts), self._process(contrast, contrast_texts), groups)
 
     def build_inputs(
         self, image: Image.Image, prompt: str, regions: Any = None, contrast_image: Image.Image | None = None
@@ -643,6 +681,19 @@ class GeneratedIds:
 
     sequences: torch.Tensor
     prompt_length: int
+
+
+def _check_condition(condition: Any) -> Any:
+    # A pixel-space visual condition (vcontrast.conditions), or None.
+    if condition is None:
+        return None
+    from vcontrast.conditions import VisualCondition
+
+    if not isinstance(condition, VisualCondition):
+        raise ValueError(f"`contrast` (={condition!r}) has to be a vcontrast.conditions.VisualCondition or None")  # noqa: TRY004
+    if condition.drops_image:
+        raise ValueError("`contrast=NoImage()` is not a pixel condition: use CRG(..., no_image=True)")
+    return condition
 
 
 def _check_own(contrast: Any, image: Image.Image) -> Image.Image:

@@ -1,0 +1,129 @@
+"""The CRG paper's baselines against brute force (two full forwards per candidate): "overlay" (visual prompting),
+"crg+overlay", "vcd" (diffusion-noise contrast with VCD's plausibility cutoff), through the API and the eval-runner
+methods."""
+
+import math
+
+import pytest
+import torch
+
+from tests import tiny_models as tm
+from tests.crg import brute as b
+from tests.crg.test_scoring import brute_loglik
+from vcontrast.bench.items import Item
+from vcontrast.bench.methods import METHODS, CRGOverlayMethod, OverlayMethod, VCDMethod, get_method, method_config
+from vcontrast.conditions import DiffusionNoise
+from vcontrast.crg import CRG
+from vcontrast.regions import blackout, draw_boxes
+
+PROMPT = "what is in the box ?"
+CANDIDATES = ["a red cup", "blue", "the cat is left of the dog"]
+REGIONS = [(2, 2, 12, 10), (14, 4, 24, 16)]
+
+
+def brute(model, crg, reference_image, contrast_image, candidates, alpha, beta=None, prompt=PROMPT):
+    """Summed renormalised guided log-probs from full forwards, with VCD's cutoff spelled out."""
+    text = crg.prompt_text(prompt)
+    reference = crg._process([reference_image], [text])
+    contrast = crg._process([contrast_image], [text])
+    out = []
+    for candidate in candidates:
+        tokens = crg.processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
+        n = len(tokens)
+        lp_ref = torch.log_softmax(b.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)
+        lp_con = torch.log_softmax(b.full_logits(model, contrast, ids)[0, -n - 1 : -1], -1)
+        g = (1 + alpha) * lp_ref - alpha * lp_con
+        if beta is not None:
+            g = g.masked_fill(lp_ref < math.log(beta) + lp_ref.max(-1, keepdim=True).values, -math.inf)
+        out.append(torch.log_softmax(g, -1)[torch.arange(n), torch.tensor(tokens)].sum().item())
+    return out
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_overlay_and_crg_overlay(family):
+    model, processor = tm.build(family)
+    image = tm.image(0)
+    overlaid = draw_boxes(image, REGIONS, color=(255, 0, 0), width=2)
+    plain = CRG(model, processor, alpha=0.0, overlay=True)
+    assert plain.score(image, PROMPT, CANDIDATES, REGIONS) == pytest.approx(
+        [brute_loglik(model, plain, overlaid, PROMPT, c) for c in CANDIDATES], abs=1e-4
+    )
+    guided = CRG(model, processor, alpha=1.0, overlay=True)
+    expected = brute(model, guided, overlaid, blackout(overlaid, REGIONS), CANDIDATES, alpha=1.0)
+    assert guided.score(image, PROMPT, CANDIDATES, REGIONS) == pytest.approx(expected, abs=1e-4)
+    thick = CRG(model, processor, alpha=0.0, overlay=True, overlay_width=4, overlay_color=(0, 255, 0))
+    green = draw_boxes(image, REGIONS, color=(0, 255, 0), width=4)
+    assert thick.score(image, PROMPT, CANDIDATES[:1], REGIONS)[0] == pytest.approx(
+        brute_loglik(model, thick, green, PROMPT, CANDIDATES[0]), abs=1e-4
+    )
+    with pytest.raises(ValueError, match="overlay_width"):
+        CRG(model, processor, overlay=True, overlay_width=0)
+
+
+def test_vcd_contrast_is_the_noised_image():
+    model, processor = tm.build("llava")
+    image = tm.image(0)
+    vcd = CRG(model, processor, alpha=1.0, plausibility_beta=0.1, contrast=DiffusionNoise(500))
+    noised = DiffusionNoise(500).apply(image)
+    expected = brute(model, vcd, image, noised, CANDIDATES, alpha=1.0, beta=0.1)
+    assert vcd.score(image, PROMPT, CANDIDATES) == pytest.approx(expected, abs=1e-4)  # no regions needed
+    text = vcd.generate(image, PROMPT, max_new_tokens=3)
+    assert isinstance(text, str)
+    with pytest.raises(ValueError, match="no_image"):
+        from vcontrast.conditions import NoImage
+
+        CRG(model, processor, contrast=NoImage())
+    with pytest.raises(ValueError, match="VisualCondition"):
+        CRG(model, processor, contrast="noise")
+
+
+def test_baseline_methods_match_the_api():
+    model, processor = tm.build("llava")
+    image = tm.image(0)
+    items = [
+        Item(id="c", task="choice", image="-", prompt=PROMPT, candidates=CANDIDATES, answer=0, regions=REGIONS),
+        Item(id="r", task="refexp", image="-", prompt="a red cup", proposals=REGIONS + [(0, 10, 8, 20)],
+             target=REGIONS[0], answer=0),
+    ]  # fmt: skip
+    overlaid = draw_boxes(image, REGIONS)
+    overlay = OverlayMethod(model, processor, proposer=None)
+    choice, refexp = overlay.predict(items, [image, image])
+    assert choice["scores"] == pytest.approx(
+        [brute_loglik(model, overlay.crg, overlaid, PROMPT, c) for c in CANDIDATES], abs=1e-4
+    )
+    marked = [draw_boxes(image, [box]) for box in items[1].proposals]
+    expected = [brute_loglik(model, overlay.crg, m, "Describe the image.", "a red cup") for m in marked]
+    assert refexp["scores"] == pytest.approx(expected, abs=1e-4)
+    crg_overlay = CRGOverlayMethod(model, processor, alpha=1.0, proposer=None)
+    choice, refexp = crg_overlay.predict(items, [image, image])
+    expected = brute(model, crg_overlay.crg, overlaid, blackout(overlaid, REGIONS), CANDIDATES, alpha=1.0)
+    assert choice["scores"] == pytest.approx(expected, abs=1e-4)
+    drops = []
+    for box in items[1].proposals:
+        marked = draw_boxes(image, [box])
+        full = brute_loglik(model, crg_overlay.crg, marked, "Describe the image.", "a red cup")
+        drops.append(
+            full - brute_loglik(model, crg_overlay.crg, blackout(marked, [box]), "Describe the image.", "a red cup")
+        )
+    assert refexp["scores"] == pytest.approx(drops, abs=1e-4)
+    vcd = VCDMethod(model, processor, proposer=None)
+    (choice,) = vcd.predict(items[:1], [image])
+    expected = brute(model, vcd.crg, image, DiffusionNoise(500).apply(image), CANDIDATES, alpha=1.0, beta=0.1)
+    assert choice["scores"] == pytest.approx(expected, abs=1e-4)
+    assert vcd.config == {"alpha": 1.0, "proposer": None, "proposer_model": None, "max_new_tokens": 32,
+                          "noise_step": 500, "plausibility_beta": 0.1}  # fmt: skip
+
+
+def test_method_registry_and_options():
+    assert {"base", "crg", "overlay", "crg+overlay", "vcd"} <= set(METHODS)
+    assert method_config("overlay", proposer=None, overlay_width=3)["overlay_width"] == 3
+    assert method_config("crg+overlay", alpha=2.0, proposer=None)["alpha"] == 2.0
+    assert "alpha" not in method_config("overlay", proposer=None)
+    with pytest.raises(ValueError, match="takes no options"):
+        method_config("crg", proposer=None, noise_step=10)
+    with pytest.raises(ValueError, match="step"):
+        method_config("vcd", proposer=None, noise_step=5000)
+    model, processor = tm.build("llava")
+    method = get_method("vcd", model, processor, alpha=2.0, proposer=None, noise_step=100)
+    assert (method.alpha, method.noise_step) == (2.0, 100)
