@@ -121,8 +121,8 @@ def test_method_arguments_are_checked():
         get_method("base", model, processor, max_new_tokens=0)
     with pytest.raises(ValueError, match="`proposer` \\(=3\\)"):
         get_method("base", model, processor, proposer=3)
-    with pytest.raises(ValueError, match="`method` \\(='vcd'\\)"):
-        get_method("vcd", model, processor)
+    with pytest.raises(ValueError, match="`method` \\(='dola'\\)"):
+        get_method("dola", model, processor)
 
     def unreachable(**kwargs):
         raise OSError("no such checkpoint offline")
