@@ -9,7 +9,8 @@ so a rename costs one edit here, and the suite runs on both the locked and the n
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -70,3 +71,32 @@ def cache_nbytes(cache: Any) -> int:
             if isinstance(value, torch.Tensor):
                 total += value.numel() * value.element_size()
     return total
+
+
+def run_logits_processor_first(model: Any, processor: Any) -> Callable[[], None]:
+    """Make `model.generate` run `processor` before every logits processor and warper it builds from its
+    generation config (repetition penalty, suppressed tokens, temperature, top-k, ...); returns the function that
+    undoes it.
+
+    `generate` puts the processors a caller passes after those it builds itself (`_merge_criteria_processor_list`),
+    so a guidance processor passed in the list would see scores that those already changed (a temperature, a
+    penalty on the reference stream only). `generate` builds its list in `_get_logits_processor`; this wraps that
+    method on the model instance. The wrapper holds the processor weakly and passes through once it is gone.
+    """
+    original = model._get_logits_processor
+    target = weakref.ref(processor)
+
+    def first(*args: Any, **kwargs: Any) -> Any:
+        built = original(*args, **kwargs)
+        current = target()
+        if current is None:
+            return built
+        return type(built)([current, *(p for p in built if p is not current)])
+
+    model._get_logits_processor = first
+
+    def restore() -> None:
+        if vars(model).get("_get_logits_processor") is first:
+            del model._get_logits_processor
+
+    return restore

@@ -59,9 +59,9 @@ def greedy(model, reference: dict, contrast: dict, alpha: float, max_new_tokens:
 
 def beam_search(model, reference: dict, contrast: dict, alpha: float, num_beams: int, steps: int, banned):
     """CRG beam search by brute force, with tokens `banned` (EOS, image placeholders) suppressed the way
-    `suppress_tokens` does it: in generate's beam search the processors see `log_softmax(logits)` with those tokens
-    at -inf, so the reference log-probs are renormalised over the other tokens before guidance. Without EOS every
-    beam runs `steps` tokens and the best summed score wins. Returns the best sequence per prompt row."""
+    `suppress_tokens` does it after the guidance (the CRG processor runs first in generate's list): the guided
+    scores of those tokens become -inf. Without EOS every beam runs `steps` tokens and the best summed score wins.
+    Returns the best sequence per prompt row."""
     best = []
     for row in range(reference["input_ids"].shape[0]):
         ref, con = dict(_row(reference, row)), dict(_row(contrast, row))
@@ -69,9 +69,10 @@ def beam_search(model, reference: dict, contrast: dict, alpha: float, num_beams:
         for _ in range(steps):
             candidates = []
             for score, seq in beams:
-                lp = torch.log_softmax(full_logits(model, ref, seq[None])[0, -1], -1)
-                lp[list(banned)] = -torch.inf
-                step = guided(lp, full_logits(model, con, seq[None])[0, -1], alpha)
+                step = guided(
+                    full_logits(model, ref, seq[None])[0, -1], full_logits(model, con, seq[None])[0, -1], alpha
+                )
+                step[list(banned)] = -torch.inf
                 values, tokens = step.topk(2 * num_beams)
                 candidates += [
                     (score + v, torch.cat([seq, t[None]])) for v, t in zip(values.tolist(), tokens, strict=True)

@@ -3,6 +3,7 @@ alpha = 0, the contrast stream's dependence on the regions, and the hook's clean
 
 import functools
 import gc
+import math
 
 import pytest
 import torch
@@ -43,8 +44,8 @@ def image_token(model):
     return get_adapter(model).image_token_id
 
 
-def processor_generate(model, reference, contrast, alpha=1.0, **kwargs):
-    with CRGLogitsProcessor(model, contrast, alpha=alpha) as crg:
+def processor_generate(model, reference, contrast, alpha=1.0, plausibility_beta=None, **kwargs):
+    with CRGLogitsProcessor(model, contrast, alpha=alpha, plausibility_beta=plausibility_beta) as crg:
         return model.generate(**reference, logits_processor=LogitsProcessorList([crg]), **kwargs)
 
 
@@ -215,3 +216,48 @@ def test_processor_input_errors():
         model.generate(**other_reference, logits_processor=LogitsProcessorList([crg]), max_new_tokens=2)
     with pytest.raises(ValueError, match="beam"):
         CRG(model, processor).generate(tm.image(0), PROMPTS[0], REGIONS[0], implementation="batched", num_beams=2)
+
+
+def test_generate_processors_act_on_guided_scores_on_every_path():
+    """Repetition penalty and temperature see the guided scores, in the processor path as in the batched one."""
+    from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
+
+    model, processor, reference, contrast = prepared("llava", 1)
+    _, pad = special_tokens(model, processor)
+    ids = reference["input_ids"]
+    guided = brute.guided(
+        brute.full_logits(model, reference, ids)[:, -1], brute.full_logits(model, contrast, ids)[:, -1], 1.0
+    )
+    expected = TemperatureLogitsWarper(0.7)(ids, RepetitionPenaltyLogitsProcessor(1.5)(ids, guided.clone()))
+    kwargs = {"max_new_tokens": 1, "repetition_penalty": 1.5, "temperature": 0.7, "do_sample": True, "top_k": 0}
+    kwargs |= {"output_scores": True, "return_dict_in_generate": True, "pad_token_id": pad}
+    by_processor = processor_generate(model, reference, contrast, **kwargs).scores[0]
+    batched = two_stream_generate(model, reference, contrast, 1.0, **kwargs).scores[0]
+    torch.testing.assert_close(by_processor, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batched, expected, atol=1e-4, rtol=1e-4)
+    # the processor runs first even when used without a context manager, and the model is left as it was
+    crg = CRGLogitsProcessor(model, contrast)
+    out = model.generate(**reference, logits_processor=LogitsProcessorList([crg]), **kwargs)
+    torch.testing.assert_close(out.scores[0], expected, atol=1e-4, rtol=1e-4)
+    crg.close()
+    assert "_get_logits_processor" not in vars(model)
+
+
+def test_plausibility_cutoff_is_off_at_alpha_zero_on_every_path():
+    model, processor, reference, contrast = prepared("llava", 2)
+    _, pad = special_tokens(model, processor)
+    kwargs = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": pad}
+    plain = model.generate(**reference, **kwargs)
+    cut = {"alpha": 0.0, "plausibility_beta": 1.0}
+    assert torch.equal(processor_generate(model, reference, contrast, **cut, **kwargs), plain)
+    assert torch.equal(two_stream_generate(model, reference, contrast, 0.0, 1.0, **kwargs), plain)
+    crg = CRG(model, processor, alpha=0.0, plausibility_beta=1.0)
+    plain_crg = CRG(model, processor, alpha=0.0)
+    image, prompt = tm.image(0), "what is in the box ?"
+    for implementation in ("batched", "processor"):
+        assert crg.generate(image, prompt, REGIONS[0], implementation=implementation, max_new_tokens=3) == (
+            plain_crg.generate(image, prompt, REGIONS[0], max_new_tokens=3)
+        )
+    scores = crg.score(image, prompt, ["a red cup", "blue"], REGIONS[0])
+    assert all(math.isfinite(s) for s in scores)  # beta = 1 would leave only the argmax token if it applied
+    assert scores == pytest.approx(plain_crg.score(image, prompt, ["a red cup", "blue"], REGIONS[0]), abs=1e-5)

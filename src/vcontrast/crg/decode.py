@@ -5,9 +5,9 @@ one batch of 2B rows through a single cache: one forward per step instead of two
 generation config, the logits processors and warpers (temperature, top-k, top-p, ...) and the stopping criteria; this
 loop does greedy decoding and sampling. Beam search goes through `CRGLogitsProcessor` instead.
 
-Difference from the processor path: here `generate`'s processors (repetition penalty, ...) see the guided scores,
-whereas a `CRGLogitsProcessor` placed in the list sees the scores of the processors before it. With none of those
-processors set (the default), the two paths give identical tokens.
+On both paths `generate`'s own processors and warpers (repetition penalty, suppressed tokens, temperature, top-k,
+...) act on the guided scores: here they get them from this loop, and a `CRGLogitsProcessor` puts itself at the
+head of `generate`'s list. So the two paths give identical tokens for the same settings (and seed).
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 `g = (1 + alpha) * log_softmax(l_ref) - alpha * log_softmax(l_con)` (DESIGN.md §1), optionally with VCD's
 plausibility cutoff: tokens whose reference log-probability is below `log(beta) + max lp_ref` get `-inf`.
+
+`alpha = 0` turns guidance off altogether, cutoff included: every path (scoring, the batched decoder, the logits
+processor, `CRG.generate`) then gives the plain model's log-probs and tokens. The cutoff belongs to the contrast
+(VCD applies it to keep the contrast from promoting implausible tokens); with no contrast there is nothing for it
+to guard against.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def guided_logprobs(
         contrast (`torch.Tensor`): (..., V) logits given the contrast image, or (..., K, V) for K contrast images
             whose log-probs are averaged (the `"each"` mode, one contrast image per region).
         alpha (`float`, *optional*, defaults to 1.0): guidance strength, >= 0.
-        plausibility_beta (`float`, *optional*): VCD's cutoff in (0, 1]; `None` (default) keeps every token.
+        plausibility_beta (`float`, *optional*): VCD's cutoff in (0, 1]; `None` (default) keeps every token. Not
+            applied at `alpha=0`.
 
     Returns:
         `torch.Tensor`: (..., V) float32, a new tensor; `-inf` for tokens removed by the cutoff.
@@ -59,6 +65,8 @@ def guided_logprobs(
     ```
     """
     lp_ref = torch.log_softmax(reference.float(), dim=-1)
+    if alpha == 0:  # guidance off: the plain model, on every path (no contrast, no cutoff; see the doc)
+        return lp_ref
     lp_con = torch.log_softmax(contrast.float(), dim=-1)
     if lp_con.dim() == lp_ref.dim() + 1:
         lp_con = lp_con.mean(-2)

@@ -23,7 +23,13 @@ import torch
 from transformers import LogitsProcessor
 from typing_extensions import Self
 
-from vcontrast._compat import CACHE_NAMES, cache_from_kwargs, cache_from_output, cache_kwargs
+from vcontrast._compat import (
+    CACHE_NAMES,
+    cache_from_kwargs,
+    cache_from_output,
+    cache_kwargs,
+    run_logits_processor_first,
+)
 from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
 from vcontrast.models import get_adapter
 
@@ -43,6 +49,12 @@ def _capture(ref: weakref.ref, module: torch.nn.Module, args: tuple, kwargs: dic
     prefill = cache is None or cache.get_seq_length() == 0
     processor._captured = (dict(kwargs), prefill, bool(args))
     return
+
+
+def _release(handle: Any, restore: Any) -> None:
+    # Undo what the processor did to its model: the forward hook, and its place at the head of generate's list.
+    handle.remove()
+    restore()
 
 
 def _unexpand(key: str, value: Any, rows: int, repeats: int) -> Any:
@@ -79,6 +91,11 @@ class CRGLogitsProcessor(LogitsProcessor):
     Contrastive Region Guidance (arXiv 2403.02325) as a logits processor: it runs the contrast stream (the same
     prompt with the key regions of the image blacked out) next to `generate`'s reference stream, with its own KV
     cache, and returns `(1 + alpha) * log_softmax(reference) - alpha * log_softmax(contrast)`.
+
+    It runs before every processor and warper `generate` builds from its generation config (repetition penalty,
+    suppressed tokens, temperature, top-k, ...), so that those act on the guided scores, as in CRG's batched decoder
+    (`generate` would otherwise put a processor passed in `logits_processor` after its own ones); while the
+    processor is alive, it takes that place in every `generate` call of its model.
 
     It works with greedy decoding, sampling and beam search (its cache follows the beams), for padded batches
     (left padding, as `generate` wants). Build it, pass it to `generate` of the same model, and let it go (or use it
@@ -133,7 +150,8 @@ class CRGLogitsProcessor(LogitsProcessor):
         self._group_size = 1
         hook = functools.partial(_capture, weakref.ref(self))
         self._handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
-        self._finalizer = weakref.finalize(self, self._handle.remove)
+        restore = run_logits_processor_first(self.model, self)
+        self._finalizer = weakref.finalize(self, _release, self._handle, restore)
 
     def close(self) -> None:
         """Remove the forward hook from the model and free the contrast cache (idempotent)."""
