@@ -6,14 +6,16 @@ import math
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from tests import tiny_models as tm
 from tests.crg import brute as b
 from tests.crg.test_scoring import brute_loglik
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import METHODS, CRGOverlayMethod, OverlayMethod, VCDMethod, get_method, method_config
-from vcontrast.conditions import DiffusionNoise
-from vcontrast.crg import CRG
+from vcontrast.conditions import DiffusionNoise, NoImage
+from vcontrast.contrast import head_logits, hidden_states
+from vcontrast.crg import CRG, CRGLogitsProcessor, two_stream_generate
 from vcontrast.regions import blackout, draw_boxes
 
 PROMPT = "what is in the box ?"
@@ -70,10 +72,6 @@ def test_vcd_contrast_is_the_noised_image():
     assert vcd.score(image, PROMPT, CANDIDATES) == pytest.approx(expected, abs=1e-4)  # no regions needed
     text = vcd.generate(image, PROMPT, max_new_tokens=3)
     assert isinstance(text, str)
-    with pytest.raises(ValueError, match="no_image"):
-        from vcontrast.conditions import NoImage
-
-        CRG(model, processor, contrast=NoImage())
     with pytest.raises(ValueError, match="VisualCondition"):
         CRG(model, processor, contrast="noise")
 
@@ -116,7 +114,7 @@ def test_baseline_methods_match_the_api():
 
 
 def test_method_registry_and_options():
-    assert {"base", "crg", "overlay", "crg+overlay", "vcd"} <= set(METHODS)
+    assert {"base", "crg", "overlay", "crg+overlay", "vcd", "no-image"} <= set(METHODS)
     assert method_config("overlay", proposer=None, overlay_width=3)["overlay_width"] == 3
     assert method_config("crg+overlay", alpha=2.0, proposer=None)["alpha"] == 2.0
     assert "alpha" not in method_config("overlay", proposer=None)
@@ -127,3 +125,58 @@ def test_method_registry_and_options():
     model, processor = tm.build("llava")
     method = get_method("vcd", model, processor, alpha=2.0, proposer=None, noise_step=100)
     assert (method.alpha, method.noise_step) == (2.0, 100)
+
+
+def no_image_logprobs(model, crg, image, prompt, tokens):
+    """log_softmax rows (n, V) predicting `tokens` after the prompt with the image tokens dropped from the sequence
+    (positions kept): `vcontrast.contrast`'s NoImage condition, a different mechanism from the masked attention."""
+    batch = crg._process([image], [crg.prompt_text(prompt)])
+    batch = b.with_tokens(batch, torch.cat([batch["input_ids"], torch.tensor([tokens])], dim=1))
+    with torch.no_grad():
+        hidden, index = hidden_states(model, batch, NoImage())
+    n = len(tokens)
+    rows = index[0, -n - 1 : -1]
+    return torch.log_softmax(head_logits(model, hidden[0, rows]), -1)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma", "idefics3"])
+def test_no_image_contrast(family):
+    model, processor = tm.build(family)
+    image = tm.image(0)
+    crg = CRG(model, processor, alpha=1.0, contrast=NoImage())
+    text = crg.prompt_text(PROMPT)
+    reference = crg._process([image], [text])
+    expected = []
+    for candidate in CANDIDATES:
+        tokens = processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        n = len(tokens)
+        ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
+        lp_ref = torch.log_softmax(b.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)
+        g = 2 * lp_ref - no_image_logprobs(model, crg, image, PROMPT, tokens)
+        expected.append(torch.log_softmax(g, -1)[torch.arange(n), torch.tensor(tokens)].sum().item())
+    assert crg.score(image, PROMPT, CANDIDATES) == pytest.approx(expected, abs=1e-4)
+    # generation: both paths agree, and the first step's guided scores are the brute-force ones
+    kwargs = {"max_new_tokens": 3, "do_sample": False, "output_scores": True, "return_dict_in_generate": True}
+    ref, con = crg.build_inputs(image, PROMPT)
+    assert not torch.equal(ref["attention_mask"], con["attention_mask"])
+
+    batched = two_stream_generate(model, ref, con, 1.0, **kwargs)
+    with CRGLogitsProcessor(model, con) as guidance:
+        by_processor = model.generate(**ref, logits_processor=LogitsProcessorList([guidance]), **kwargs)
+    assert torch.equal(batched.sequences, by_processor.sequences)
+    lp_ref = torch.log_softmax(b.full_logits(model, ref, ref["input_ids"])[0, -1], -1)
+    with torch.no_grad():
+        hidden, index = hidden_states(model, crg._process([image], [text]), NoImage())
+    lp_con = torch.log_softmax(head_logits(model, hidden[0, index[0, -1]]), -1)
+    for out in (batched, by_processor):
+        torch.testing.assert_close(out.scores[0][0], 2 * lp_ref - lp_con, atol=1e-4, rtol=1e-4)
+
+
+def test_no_image_method_scores_like_the_api():
+    model, processor = tm.build("llava")
+    image = tm.image(0)
+    item = Item(id="c", task="choice", image="-", prompt=PROMPT, candidates=CANDIDATES, answer=0)
+    method = get_method("no-image", model, processor, alpha=1.5, proposer=None)
+    (choice,) = method.predict([item], [image])
+    expected = CRG(model, processor, alpha=1.5, contrast=NoImage()).score(image, PROMPT, CANDIDATES)
+    assert choice["scores"] == pytest.approx(expected, abs=1e-6) and method.config["alpha"] == 1.5

@@ -15,6 +15,8 @@ and the baselines of the CRG paper's tables, named as there:
   overlaid image with the regions blacked out).
 - "vcd" (`VCDMethod`): Visual Contrastive Decoding, the contrast image is the diffusion-noised image (VCD's step
   500 of 1000, `alpha=1` and plausibility cutoff `beta=0.1` by default), no regions.
+- "no-image" (`NoImageMethod`): the contrast stream without the image (its image tokens masked out of the
+  attention, text positions kept), no regions.
 
 What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
 
@@ -76,6 +78,7 @@ __all__ = [
     "CRGOverlayMethod",
     "Method",
     "ModelMethod",
+    "NoImageMethod",
     "OverlayMethod",
     "VCDMethod",
     "get_method",
@@ -118,7 +121,7 @@ def method_config(
     """The `config` of a built-in method, computable before the model is loaded (the runner checks it on resume).
 
     Args:
-        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd").
+        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd", "no-image").
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (not part of "base").
         proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): the proposer.
         proposer_model (`str`, *optional*): the proposer's checkpoint.
@@ -592,12 +595,47 @@ class VCDMethod(ModelMethod):
         return self._crop_scores(items, images, boxes)
 
 
+class NoImageMethod(ModelMethod):
+    """The "no-image" contrast: CRG's guidance `(1 + alpha) lp(. | I) - alpha lp(. | no image)`, where the contrast
+    stream has the image tokens masked out of the attention (text positions kept), like classifier-free guidance on
+    the image. No regions. "refexp": the expression's score given each proposal's crop, under the same guidance.
+
+    Args:
+        model, processor: as `ModelMethod`.
+        alpha (`float`, *optional*, defaults to 1.0): guidance strength, >= 0.
+        **kwargs: `proposer`, `proposer_model`, `max_new_tokens` (see `ModelMethod`).
+
+    Examples:
+
+    ```python
+    >>> method = NoImageMethod(model, processor, alpha=1.0, proposer=None)  # doctest: +SKIP
+    ```
+    """
+
+    name = "no-image"
+    guided = True
+
+    def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
+        from vcontrast.conditions import NoImage
+        from vcontrast.crg import CRG
+
+        super().__init__(model, processor, **kwargs)
+        self.crg = CRG(model, processor, alpha=alpha, contrast=NoImage())
+        self.alpha = self.crg.alpha
+
+    def rerank_batch(
+        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
+    ) -> list[list[float]]:
+        return self._crop_scores(items, images, boxes)
+
+
 METHODS: dict[str, type[ModelMethod]] = {
     "base": BaseMethod,
     "crg": CRGMethod,
     "overlay": OverlayMethod,
     "crg+overlay": CRGOverlayMethod,
     "vcd": VCDMethod,
+    "no-image": NoImageMethod,
 }
 
 
@@ -614,7 +652,7 @@ def get_method(
     """Build a built-in method by name.
 
     Args:
-        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd").
+        name (`str`): a key of `METHODS` ("base", "crg", "overlay", "crg+overlay", "vcd", "no-image").
         model (`PreTrainedModel`): a supported VLM in eval mode.
         processor (`ProcessorMixin`): its processor.
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (ignored by "base").

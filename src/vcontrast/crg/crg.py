@@ -95,8 +95,9 @@ class CRG:
             Make the contrast image with a `vcontrast.conditions` condition instead of blacking out regions, e.g.
             `DiffusionNoise(500)` for VCD (arXiv 2311.16922; with VCD's `alpha=1, plausibility_beta=0.1`), or
             `GaussianBlur(10)`. Regions are then not needed (except for `overlay`). The noise is seeded by the
-            condition's `seed`, the same for every image of a call. `NoImage()` is not a pixel condition: use
-            `CRG(..., no_image=True)`.
+            condition's `seed`, the same for every image of a call. `NoImage()` is the "no image" contrast: the
+            contrast stream has the same tokens, but its image tokens are masked out of the attention (every text
+            token keeps its position), as the CAL paper's attention-mask ablation does.
         chunk_bytes (`int`, *optional*):
             Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
             take at once (`vcontrast.crg.scoring`); `None` (default) allows as much as the prompts' own cache, so
@@ -280,6 +281,8 @@ class CRG:
                 reference = draw_boxes(reference, outlines, color=self.overlay_color, width=self.overlay_width)
             if own is not None:
                 masked = [_check_own(own, image)]
+            elif self.contrast is not None and self.contrast.drops_image:
+                masked = [reference]  # the same pixels; the image tokens leave the attention below
             elif self.contrast is not None:
                 masked = [self.contrast.apply(reference)]
             else:
@@ -288,7 +291,13 @@ class CRG:
             groups.append(list(range(len(contrast), len(contrast) + len(masked))))
             contrast += masked
             contrast_texts += [text] * len(masked)
-        return CRGInputs(self._process(references, texts), self._process(contrast, contrast_texts), groups)
+        contrast_batch = self._process(contrast, contrast_texts)
+        if self.contrast is not None and self.contrast.drops_image:
+            image_tokens = self.adapter.image_token_mask(contrast_batch["input_ids"])
+            own_rows = torch.tensor([own is not None for own in given], device=image_tokens.device)
+            hide = image_tokens & ~own_rows[:, None]  # one contrast row per example here
+            contrast_batch["attention_mask"] = contrast_batch["attention_mask"].masked_fill(hide, 0)
+        return CRGInputs(self._process(references, texts), contrast_batch, groups)
 
     def build_inputs(
         self, image: Image.Image, prompt: str, regions: Any = None, contrast_image: Image.Image | None = None
@@ -691,8 +700,6 @@ def _check_condition(condition: Any) -> Any:
 
     if not isinstance(condition, VisualCondition):
         raise ValueError(f"`contrast` (={condition!r}) has to be a vcontrast.conditions.VisualCondition or None")  # noqa: TRY004
-    if condition.drops_image:
-        raise ValueError("`contrast=NoImage()` is not a pixel condition: use CRG(..., no_image=True)")
     return condition
 
 

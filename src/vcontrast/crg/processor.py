@@ -221,6 +221,8 @@ class CRGLogitsProcessor(LogitsProcessor):
             value = self.contrast_inputs.get(key)
             if value is not None:
                 call[key] = value.to(device) if isinstance(value, torch.Tensor) else value
+        # The contrast's own mask (image tokens hidden for "no image"); generate leaves an all-ones mask out.
+        call["attention_mask"] = self.contrast_inputs["attention_mask"].to(device)
         call["use_cache"] = True
         call.update(cache_kwargs(None))  # the model builds a fresh cache of its own kind
         out = self._forward(call)
@@ -250,6 +252,14 @@ class CRGLogitsProcessor(LogitsProcessor):
             for key, value in kwargs.items()
             if key not in _REFERENCE_ONLY and key not in self.adapter.pixel_keys
         }
+        prompt = self.contrast_inputs["attention_mask"].to(input_ids.device)
+        mask = call.get("attention_mask")
+        if mask is None and not bool(prompt.all()):  # generate left out an all-ones mask; the contrast needs its own
+            mask = prompt.new_ones(input_ids.shape)
+        if mask is not None and mask.dim() == 2:  # the prompt columns from the contrast's own mask
+            mask = mask.clone()
+            mask[:, : prompt.shape[1]] = prompt.repeat_interleave(self._group_size, dim=0)
+            call["attention_mask"] = mask
         call.update(cache_kwargs(self._cache))
         out = self._forward(call)
         return out.logits[:, -1]

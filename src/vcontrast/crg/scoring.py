@@ -107,7 +107,9 @@ def score_jobs(
         raise ValueError("a candidate has no tokens: every candidate needs at least one token")
     mask = prefix["attention_mask"]
     check_left_padded(mask)
-    positions = adapter.position_ids(prefix)  # (P, T) or (3, P, T)
+    # Positions as with the image, also on rows whose image tokens are masked out of the attention ("no image").
+    full = mask.masked_fill(adapter.image_token_mask(prefix["input_ids"]), 1)
+    positions = adapter.position_ids({**prefix, "attention_mask": full})  # (P, T) or (3, P, T)
     out = adapter.backbone()(**model_inputs(adapter, prefix), position_ids=positions, use_cache=True)
     last_hidden = out.last_hidden_state[:, -1]  # (P, H): left padding puts every prompt's last token here
     cache = cache_from_output(out)
