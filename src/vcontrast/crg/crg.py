@@ -100,8 +100,8 @@ class CRG:
             token keeps its position), as the CAL paper's attention-mask ablation does.
         chunk_bytes (`int`, *optional*):
             Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
-            take at once (`vcontrast.crg.scoring`); `None` (default) allows as much as the prompts' own cache, so
-            scoring needs about twice that whatever the number of candidates.
+            take at once (`vcontrast.crg.scoring`); `None` (default) allows four times the prompts' own cache, so
+            scoring needs about five times that whatever the number of candidates.
 
     Examples:
 

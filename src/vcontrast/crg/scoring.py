@@ -7,9 +7,10 @@ hidden state, so single-token candidates ("yes") need no second forward at all.
 
 Memory. A pair's cache copy is as large as its prompt's cache (image tokens included), so copying all pairs at once
 would grow with the number of candidates times the image length. The jobs run in chunks instead: a chunk takes as
-many jobs as fit their pairs' copies into `chunk_bytes` (by default the size of the prefill cache itself, so scoring
-needs about twice the prompts' cache whatever the number of candidates; at least one job per chunk). Chunking
-changes no score: every pair attends to the same cached prefix.
+many jobs as fit their pairs' copies into `chunk_bytes` (by default `DEFAULT_CHUNK_FACTOR` = 4 times the prefill
+cache, so scoring needs about five times the prompts' cache whatever the number of candidates, and four candidates of
+one prompt still run in one chunk; at least one job per chunk). Chunking changes no score: every pair attends to the
+same cached prefix. Each chunk costs one more (short) forward, so a larger budget is faster where memory allows.
 
 Full-vocabulary log-probs are needed for both streams (the guided distribution is renormalised over the
 vocabulary), but only at the candidate positions: `n` rows of `V` per pair, computed from the hidden states with
@@ -28,6 +29,8 @@ from vcontrast.crg.decode import GENERATED_TOKEN_TYPE, batch_rows, model_inputs
 from vcontrast.crg.guidance import guided_logprobs
 from vcontrast.models import ModelAdapter, get_adapter
 
+# The default memory budget of one chunk's cache copies, in multiples of the prefill cache (see the module doc).
+DEFAULT_CHUNK_FACTOR = 4
 # What a job's per-token score is (see `score_jobs`).
 SCORES = ("normalized", "guided", "log_ratio")
 
@@ -90,7 +93,7 @@ def score_jobs(
             `"guided"`: `g[y]`, with `g = (1 + alpha) * lp_ref - alpha * lp_con`; `"log_ratio"`:
             `lp_ref[y] - lp_con[y]` (CRG's re-ranking score, independent of `alpha`).
         chunk_bytes (`int`, *optional*): the most bytes the pairs' cache copies of one chunk may take (see the
-            module doc); `None` (default): the size of the prefill cache.
+            module doc); `None` (default): `DEFAULT_CHUNK_FACTOR` times the size of the prefill cache.
 
     Returns:
         `list[torch.Tensor]`: per job, float32 (n,) scores of its n tokens.
@@ -116,7 +119,7 @@ def score_jobs(
     del out  # the prefill's hidden states (P, T, H) are not needed any more
     rows, length = mask.shape
     token_bytes = cache_nbytes(cache) / (rows * length)  # cache bytes of one token of one row
-    budget = cache_nbytes(cache) if chunk_bytes is None else chunk_bytes
+    budget = DEFAULT_CHUNK_FACTOR * cache_nbytes(cache) if chunk_bytes is None else chunk_bytes
 
     results: list[torch.Tensor] = []
     for chunk in _chunks(jobs, token_bytes, length, budget):
