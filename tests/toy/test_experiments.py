@@ -100,11 +100,12 @@ def test_crg_end_to_end(tmp_path, tiny_model_dir):
     summary = result.data["summary"]
     assert list(summary) == ["region_vqa", "spatial", "swap", "match", "refexp"]
     for task, entry in summary.items():
-        assert {"base/true", "crg/true", "crg/proposed"} <= set(entry)
+        assert {"base/true", "crg/true", "crg/proposed", "overlay/true", "crg+overlay/true", "vcd/true"} <= set(entry)
         assert ("crg-whole/true" in entry) == (task != "refexp")
+        assert "vcd/true/delta_ci" in entry
     assert summary["spatial"]["proposer"]["same_boxes"] == 1.0  # the proposer finds exactly the two named objects
     assert summary["refexp"]["proposer"]["same_boxes"] == 1.0  # every object, found from the pixels
-    assert "masking ablation" in result.table
+    assert "masking ablation" in result.table and "baselines" in result.table
     # the runner's folders say which regions each CRG run used
     metrics = json.loads((work / "crg" / "proposed-crg" / "spatial" / "metrics.json").read_text())
     assert metrics["config"]["proposer"] == "toy" and metrics["regions_source"] == {"proposer": TINY.n_items}

@@ -16,7 +16,10 @@ method "base" (the plain model: `CRG` with alpha 0) or "crg" (alpha 1, the paper
 - masking ablation (the CRG paper's Table 5), true boxes: union of the boxes (the default), one box enclosing them
   all ("combined"), the whole image black ("whole", no regions at all). Refexp re-ranking blacks out one proposal at
   a time whatever the mode, so it is left out of the ablation.
-- CRG − base differences come with a 95% paired bootstrap interval over items.
+- the CRG paper's baselines, true boxes, each method of the eval runner: "overlay" (the plain model on the image
+  with the regions outlined in red, visual prompting), "crg+overlay" (CRG on that image) and "vcd" (contrast = the
+  diffusion-noised image, VCD's alpha 1 and plausibility cutoff 0.1, no regions).
+- CRG − base (and baseline − base) differences come with a 95% paired bootstrap interval over items.
 
 "cal_crg": the caption models of "cal_noise" at one noise rate (`budget.cal_crg_noise`), CAL and MLE, every seed,
 with and without CRG, on what a caption-only model can do: greedy captions (attribute and object F1, `caption_f1`;
@@ -84,6 +87,7 @@ METRIC_LABELS = {
     "caption": "exact match",
 }
 ABLATION_MODES = ("union", "combined", "whole")
+BASELINES = ("overlay", "crg+overlay", "vcd")  # eval-runner methods compared with base and crg (true boxes)
 VQA_MAX_NEW_TOKENS = 8  # region-VQA answers are one word and </s>
 
 
@@ -366,6 +370,9 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
     for mode in ABLATION_MODES[1:]:
         for task in CRG_TASKS[:-1]:
             results.setdefault(f"crg-{mode}/true", {})[task] = run(f"true-crg-{mode}", task, true_dir, "crg", mode)
+    for name in BASELINES:
+        for task in CRG_TASKS:
+            results.setdefault(f"{name}/true", {})[task] = run(f"true-{name}", task, true_dir, name)
 
     summary = _crg_summary(results, budget, work, true_dir)
     data = {
@@ -408,7 +415,7 @@ def _crg_summary(results: dict, budget: ExperimentBudget, work: Path, true_dir: 
                 continue
             entry[cond] = task_metric(task, by[task])
             reference = results["base/proposed"][task] if cond == "crg/proposed" and task == "refexp" else base
-            if cond.startswith("crg"):
+            if not cond.startswith("base"):
                 diff = entry[cond] - task_metric(task, reference)
                 entry[f"{cond}/delta"] = diff
                 entry[f"{cond}/delta_ci"] = _delta_interval(
@@ -518,6 +525,16 @@ def _crg_table(summary: dict, budget: ExperimentBudget) -> str:
             ["task", "metric", "base", "union of boxes", "one combined box (Δ)", "whole image black (Δ)"], rows
         )
     )
+    if all(f"{name}/true" in e for e in summary.values() for name in BASELINES):
+        lines += ["", "### crg: the CRG paper's baselines, true boxes (Δ vs base)\n"]
+        rows = []
+        for task, e in summary.items():
+            cells = [task, e["metric"], pct(e["base/true"])]
+            for key in ("overlay/true", "crg/true", "crg+overlay/true", "vcd/true"):
+                cells.append(f"{pct(e[key])} ({pct_delta(e[f'{key}/delta'], e[f'{key}/delta_ci'])})")
+            rows.append(cells)
+        head = ["task", "metric", "base", "overlay", "crg", "crg+overlay", "vcd"]
+        lines.append(markdown_table(head, rows))
     return "\n".join(lines)
 
 
