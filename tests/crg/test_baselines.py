@@ -2,7 +2,6 @@
 "crg+overlay", "vcd" (diffusion-noise contrast with VCD's plausibility cutoff), through the API and the eval-runner
 methods."""
 
-import math
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from transformers import LogitsProcessorList
 
 from tests import tiny_models as tm
 from tests.crg import brute as b
-from tests.crg.test_scoring import brute_loglik
+from tests.crg.test_scoring import brute_guided, brute_loglik
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import METHODS, CRGOverlayMethod, OverlayMethod, VCDMethod, get_method, method_config
 from vcontrast.conditions import DiffusionNoise, NoImage
@@ -23,23 +22,10 @@ CANDIDATES = ["a red cup", "blue", "the cat is left of the dog"]
 REGIONS = [(2, 2, 12, 10), (14, 4, 24, 16)]
 
 
-def brute(model, crg, reference_image, contrast_image, candidates, alpha, beta=None, prompt=PROMPT):
-    """Summed renormalised guided log-probs from full forwards, with VCD's cutoff spelled out."""
-    text = crg.prompt_text(prompt)
-    reference = crg._process([reference_image], [text])
-    contrast = crg._process([contrast_image], [text])
-    out = []
-    for candidate in candidates:
-        tokens = crg.processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
-        ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
-        n = len(tokens)
-        lp_ref = torch.log_softmax(b.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)
-        lp_con = torch.log_softmax(b.full_logits(model, contrast, ids)[0, -n - 1 : -1], -1)
-        g = (1 + alpha) * lp_ref - alpha * lp_con
-        if beta is not None:
-            g = g.masked_fill(lp_ref < math.log(beta) + lp_ref.max(-1, keepdim=True).values, -math.inf)
-        out.append(torch.log_softmax(g, -1)[torch.arange(n), torch.tensor(tokens)].sum().item())
-    return out
+def brute(model, crg, reference_image, contrast_image, candidates, beta=None, prompt=PROMPT):
+    """Summed renormalised guided log-probs from full forwards (`crg.alpha`), with VCD's cutoff if `beta`."""
+    guided = brute_guided(model, crg, reference_image, prompt, candidates, [contrast_image], beta=beta)
+    return [torch.log_softmax(g, -1)[torch.arange(len(t)), t].sum().item() for g, t in guided]
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -52,7 +38,7 @@ def test_overlay_and_crg_overlay(family):
         [brute_loglik(model, plain, overlaid, PROMPT, c) for c in CANDIDATES], abs=1e-4
     )
     guided = CRG(model, processor, alpha=1.0, overlay=True)
-    expected = brute(model, guided, overlaid, blackout(overlaid, REGIONS), CANDIDATES, alpha=1.0)
+    expected = brute(model, guided, overlaid, blackout(overlaid, REGIONS), CANDIDATES)
     assert guided.score(image, PROMPT, CANDIDATES, REGIONS) == pytest.approx(expected, abs=1e-4)
     thick = CRG(model, processor, alpha=0.0, overlay=True, overlay_width=4, overlay_color=(0, 255, 0))
     green = draw_boxes(image, REGIONS, color=(0, 255, 0), width=4)
@@ -68,7 +54,7 @@ def test_vcd_contrast_is_the_noised_image():
     image = tm.image(0)
     vcd = CRG(model, processor, alpha=1.0, plausibility_beta=0.1, contrast=DiffusionNoise(500))
     noised = DiffusionNoise(500).apply(image)
-    expected = brute(model, vcd, image, noised, CANDIDATES, alpha=1.0, beta=0.1)
+    expected = brute(model, vcd, image, noised, CANDIDATES, beta=0.1)
     assert vcd.score(image, PROMPT, CANDIDATES) == pytest.approx(expected, abs=1e-4)  # no regions needed
     text = vcd.generate(image, PROMPT, max_new_tokens=3)
     assert isinstance(text, str)
@@ -95,7 +81,7 @@ def test_baseline_methods_match_the_api():
     assert refexp["scores"] == pytest.approx(expected, abs=1e-4)
     crg_overlay = CRGOverlayMethod(model, processor, alpha=1.0, proposer=None)
     choice, refexp = crg_overlay.predict(items, [image, image])
-    expected = brute(model, crg_overlay.crg, overlaid, blackout(overlaid, REGIONS), CANDIDATES, alpha=1.0)
+    expected = brute(model, crg_overlay.crg, overlaid, blackout(overlaid, REGIONS), CANDIDATES)
     assert choice["scores"] == pytest.approx(expected, abs=1e-4)
     drops = []
     for box in items[1].proposals:
@@ -107,7 +93,7 @@ def test_baseline_methods_match_the_api():
     assert refexp["scores"] == pytest.approx(drops, abs=1e-4)
     vcd = VCDMethod(model, processor, proposer=None)
     (choice,) = vcd.predict(items[:1], [image])
-    expected = brute(model, vcd.crg, image, DiffusionNoise(500).apply(image), CANDIDATES, alpha=1.0, beta=0.1)
+    expected = brute(model, vcd.crg, image, DiffusionNoise(500).apply(image), CANDIDATES, beta=0.1)
     assert choice["scores"] == pytest.approx(expected, abs=1e-4)
     assert vcd.config == {"alpha": 1.0, "proposer": None, "proposer_model": None, "max_new_tokens": 32,
                           "noise_step": 500, "plausibility_beta": 0.1}  # fmt: skip

@@ -25,8 +25,9 @@ def brute_scores(model, crg, image, prompt, candidates, contrast_images, normali
     ]
 
 
-def brute_guided(model, crg, image, prompt, candidates, contrast_images):
-    """Per candidate: the guided scores (n, V) at its n positions from two full forwards, and its tokens (n,)."""
+def brute_guided(model, crg, image, prompt, candidates, contrast_images, beta=None):
+    """Per candidate: the guided scores (n, V) at its n positions from two full forwards, and its tokens (n,);
+    with VCD's plausibility cutoff at `beta` if given."""
     text = crg.prompt_text(prompt)
     reference = crg._process([image], [text])
     contrasts = [crg._process([im], [text]) for im in contrast_images]
@@ -39,7 +40,10 @@ def brute_guided(model, crg, image, prompt, candidates, contrast_images):
         con = torch.stack(
             [torch.log_softmax(brute.full_logits(model, c, ids)[0, -n - 1 : -1], -1) for c in contrasts]
         ).mean(0)
-        out.append(((1 + crg.alpha) * ref - crg.alpha * con, torch.tensor(tokens)))
+        guided = (1 + crg.alpha) * ref - crg.alpha * con
+        if beta is not None:
+            guided = guided.masked_fill(ref < math.log(beta) + ref.max(-1, keepdim=True).values, -math.inf)
+        out.append((guided, torch.tensor(tokens)))
     return out
 
 

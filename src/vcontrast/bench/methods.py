@@ -372,13 +372,8 @@ class ModelMethod:
     def rerank_batch(
         self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
     ) -> list[list[float]]:
-        """Per item, one score per proposal box, higher is better."""
-        raise NotImplementedError
-
-    def _crop_scores(
-        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
-    ) -> list[list[float]]:
-        # Re-ranking without regions: the expression's score given each proposal's crop (see the module doc).
+        """Per item, one score per proposal box, higher is better. By default (methods without regions: "base",
+        "vcd", "no-image"), the expression's score given each proposal's crop (see the module doc)."""
         from vcontrast.crg.crg import RERANK_PROMPT
 
         crops = [_crop(image, box) for image, item_boxes in zip(images, boxes, strict=True) for box in item_boxes]
@@ -408,11 +403,6 @@ class BaseMethod(ModelMethod):
         super().__init__(model, processor, **kwargs)
         # "whole": no regions needed; with alpha 0 the contrast image never changes a score or a token.
         self.crg = CRG(model, processor, alpha=0.0, mode="whole")
-
-    def rerank_batch(
-        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
-    ) -> list[list[float]]:
-        return self._crop_scores(items, images, boxes)
 
 
 class CRGMethod(ModelMethod):
@@ -589,11 +579,6 @@ class VCDMethod(ModelMethod):
         )
         self.alpha = self.crg.alpha
 
-    def rerank_batch(
-        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
-    ) -> list[list[float]]:
-        return self._crop_scores(items, images, boxes)
-
 
 class NoImageMethod(ModelMethod):
     """The "no-image" contrast: CRG's guidance `(1 + alpha) lp(. | I) - alpha lp(. | no image)`, where the contrast
@@ -622,11 +607,6 @@ class NoImageMethod(ModelMethod):
         super().__init__(model, processor, **kwargs)
         self.crg = CRG(model, processor, alpha=alpha, contrast=NoImage())
         self.alpha = self.crg.alpha
-
-    def rerank_batch(
-        self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
-    ) -> list[list[float]]:
-        return self._crop_scores(items, images, boxes)
 
 
 METHODS: dict[str, type[ModelMethod]] = {
