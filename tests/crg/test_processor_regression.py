@@ -142,6 +142,7 @@ def test_prefix_cached_scores_equal_brute_force_at_alpha(family, alpha, normaliz
     tokens = reference["input_ids"][0, -4:].tolist()  # any in-vocabulary ids will do; these are not image tokens
     assert get_adapter(model).image_token_id not in tokens
     prefix = stack_streams(reference, contrast)  # row 0: reference, row 1: contrast
-    [scores] = score_jobs(model, prefix, [ScoreJob(0, (1,), tuple(tokens))], alpha=alpha, normalize=normalize)
+    score = "normalized" if normalize else "guided"
+    [scores] = score_jobs(model, prefix, [ScoreJob(0, (1,), tuple(tokens))], alpha=alpha, score=score)
     expected = brute.candidate_scores(model, reference, contrast, tokens, alpha, normalize)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
