@@ -2,7 +2,6 @@
 "crg+overlay", "vcd" (diffusion-noise contrast with VCD's plausibility cutoff), through the API and the eval-runner
 methods."""
 
-
 import pytest
 import torch
 from transformers import LogitsProcessorList
