@@ -254,6 +254,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens to generate")
     parser.add_argument("--skip-generation", action="store_true", help="only scoring and memory")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="candidate counts to score")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-bytes", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,7 +281,7 @@ def main() -> None:
     # 1. scoring
     print(f"\nscoring K candidates of 2-4 tokens (median of {args.repeats}):")
     print(f"  {'K':>3s} {'naive (2K full forwards)':>26s} {'CRG.score':>12s} {'speed-up':>9s} {'max |diff|':>11s}")
-    for k in KS:
+    for k in args.ks:
         candidates = make_candidates(k)
         results = interleaved(
             {
