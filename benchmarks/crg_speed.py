@@ -193,9 +193,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median time and last result of each function, run in turns (one warm-up round first)."""
-    for fn in fns.values():
+def interleaved(fns: dict, repeats: int, warmup: bool = True) -> dict:
+    """Median time and last result of each function, run in turns (one warm-up round first, unless `warmup=False`)."""
+    for fn in fns.values() if warmup else ():
         fn()
     times = {name: [] for name in fns}
     results = {}
@@ -255,6 +255,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens to generate")
     parser.add_argument("--skip-generation", action="store_true", help="only scoring and memory")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="candidate counts to score")
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up round before the timed scoring runs")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-bytes", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,6 +290,7 @@ def main() -> None:
                 "crg": lambda c=candidates: crg.score(image, prompt, c, regions),
             },
             args.repeats,
+            warmup=not args.no_warmup,
         )
         (t_naive, s_naive), (t_crg, s_crg) = results["naive"], results["crg"]
         diff = max(abs(a - b) for a, b in zip(s_naive, s_crg, strict=True))
