@@ -7,6 +7,7 @@ import transformers as tf
 from tests import tiny_models as tm
 from tests.cal.utils import RowCollator, sft_rows, train_copy
 from vcontrast.cal import CALConfig, CALTrainer, cal_deltas, cal_loss
+from vcontrast.cal.trainer import gatherable_outputs
 
 
 def args(tmp_path, **kwargs):
@@ -108,9 +109,36 @@ def test_evaluate_with_labels_reports_the_cal_loss(tmp_path):
         expected = cal_loss(model.eval(), RowCollator(proc)(rows)).loss.item()
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
     assert 1.0 <= metrics["eval_cal/mean_weight"] <= 5.0
-    # prediction_step with logits (compute_metrics path) works too
+
+
+def test_predict_with_labels_returns_the_logits_on_the_installed_transformers(tmp_path):
+    # transformers 5.24 returns `image_outputs` (lists, None) beside the logits; accelerate cannot pad those.
+    model = train_copy("llava")
+    proc = tm.build("llava")[1]
+    rows = sft_rows(proc, 4)
+    trainer = trainer_for(model, tmp_path, rows)
     out = trainer.predict(rows)
-    assert out.predictions is not None and out.label_ids.shape[0] == 4
+    batch = RowCollator(proc)(rows)
+    with torch.no_grad():
+        expected = cal_loss(model.eval(), batch)
+    torch.testing.assert_close(torch.as_tensor(out.predictions), expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.as_tensor(out.label_ids), batch["labels"])
+    assert out.metrics["test_loss"] == pytest.approx(expected.loss.item(), rel=1e-5)
+
+
+def test_gatherable_outputs_keeps_tensors_and_drops_caches_and_nested_outputs():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+
+    logits, hidden = torch.zeros(2, 3, 5), (torch.zeros(2, 3, 4), torch.ones(2, 3, 4))
+    nested = BaseModelOutputWithPooling(last_hidden_state=torch.zeros(1), pooler_output=[torch.zeros(1), None])
+    outputs = CausalLMOutputWithPast(logits=logits, hidden_states=hidden)
+    outputs["image_outputs"] = nested
+    outputs["past_key_values"] = (torch.zeros(1),)
+    outputs["cache"] = object()
+    kept = gatherable_outputs(outputs)
+    assert isinstance(kept, CausalLMOutputWithPast) and list(kept.keys()) == ["logits", "hidden_states"]
+    assert kept.logits is logits and kept.hidden_states is hidden
+    assert list(gatherable_outputs({"logits": logits, "x": None, "y": [logits]})) == ["logits"]
 
 
 def test_rejects_a_bad_config(tmp_path):

@@ -23,13 +23,43 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from vcontrast._compat import CACHE_NAMES
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, CALOutput, cal_label_mask, cal_loss
 from vcontrast.models import get_adapter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALTrainer", "CALTrainerMixin"]
+__all__ = ["CALTrainer", "CALTrainerMixin", "gatherable_outputs"]
+
+
+def _is_gatherable(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
+
+
+def gatherable_outputs(outputs: Any) -> Any:
+    """The model output with only what `Trainer.evaluate`/`predict` can pad and gather across processes.
+
+    The Trainer turns every entry of the output it gets from `compute_loss(..., return_outputs=True)` into a
+    prediction and pads it with accelerate, which accepts only (nested tuples of) tensors. Releases differ in what a
+    VLM returns besides the logits: transformers 5.24 adds `image_outputs` (a nested output holding lists and
+    `None`s) and calls the cache `cache`, which LLaVA's `keys_to_ignore_at_inference` does not list. Kept: tensors
+    and tuples of tensors (`logits`, `hidden_states`, ...); dropped: caches under any name and everything else.
+
+    Args:
+        outputs (`ModelOutput` or `dict`): the model's forward output.
+
+    Returns:
+        An output of the same class (a `dict` for a plain dict) with only the gatherable entries.
+    """
+    if not isinstance(outputs, dict):
+        return outputs
+    kept = {k: v for k, v in outputs.items() if k not in CACHE_NAMES and _is_gatherable(v)}
+    if type(outputs) is dict:
+        return kept
+    return type(outputs)(**kept)
 
 
 @dataclass
@@ -114,7 +144,7 @@ class CALTrainerMixin:
             loss = out.loss * self.accelerator.num_processes
             weight_sum, weighted_ce, tokens, delta_sum, negative = self._sums(out)
             step.add(w=weight_sum, wce=weighted_ce, n=tokens, delta=delta_sum, neg=negative, loss=out.loss)
-        return (loss, out.model_outputs) if return_outputs else loss
+        return (loss, gatherable_outputs(out.model_outputs)) if return_outputs else loss
 
     @staticmethod
     def _sums(out: CALOutput) -> list[torch.Tensor]:
