@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
 from vcontrast.conditions import VisualCondition, _is_int
-from vcontrast.contrast import IGNORE_INDEX, check_token_ids, gold_token_logits, score_tokens, shift_labels
+from vcontrast.contrast import CHUNK_SIZE, IGNORE_INDEX, check_token_ids, gold_token_logits, score_tokens, shift_labels
 from vcontrast.models import ModelAdapter, get_adapter
 
 CONTRAST_PREFIX = "contrast_"
@@ -261,7 +261,7 @@ def _check_batch(adapter: ModelAdapter, inputs: dict) -> tuple[torch.Tensor, tor
         )
     adapter.check_inputs(inputs)
     labels = inputs["labels"]
-    check_token_ids(labels[labels != IGNORE_INDEX], adapter.output_head()[0].shape[0])
+    check_token_ids(labels[labels != IGNORE_INDEX], adapter.vocab_size)
     mask = cal_label_mask(adapter, inputs, labels)
     if not bool(mask.any()):
         raise ValueError(
@@ -427,7 +427,7 @@ def _scores_from_hidden(
     target: torch.Tensor,
     b_idx: torch.Tensor,
     p_idx: torch.Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # For forwards that return no logits (fused LM heads): the same CE, from the last hidden states, in chunks.
     gold, logprobs = score_tokens(

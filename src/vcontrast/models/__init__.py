@@ -44,4 +44,4 @@ def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
             f"model type {model_type!r} ({type(inner).__name__}) is not supported; "
             f"supported model types: {', '.join(supported_model_types())}"
         )
-    return ADAPTERS[model_type](inner)
+    return ADAPTERS[model_type](model)
