@@ -65,6 +65,20 @@ def check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
         )
 
 
+def refuse_zero3(module: nn.Module) -> None:
+    """Raise a ValueError if `module`'s parameters are partitioned by DeepSpeed ZeRO-3.
+
+    ZeRO-3 gathers a module's parameters in its forward hooks and releases them after each call, so the head cannot
+    be called again on the gold rows inside its own forward, as vcontrast does under FSDP. Rather than run wrong,
+    vcontrast refuses.
+    """
+    if any(hasattr(param, "ds_id") for param in module.parameters()):
+        raise ValueError(
+            "DeepSpeed ZeRO-3 partitions the output head's parameters, which vcontrast's gold-token scoring cannot "
+            "gather; train CAL with FSDP (accelerate's FSDP plugin), DDP, or DeepSpeed ZeRO-1/2"
+        )
+
+
 def _forward_inputs(adapter: ModelAdapter, inputs: dict, condition=None) -> tuple[dict, torch.Tensor]:
     """Forward kwargs of the model under `condition`, and where each input position lands in its output.
 
@@ -111,6 +125,7 @@ def _gold_through_forward(
     # inside it: a pre-hook on the head module takes its input hidden states (B, L, H), scores the selected rows
     # through the head in chunks, and hands the head an empty slice instead, so no (B, L, V) tensor is ever built.
     head, softcap = adapter.output_head()
+    refuse_zero3(head)
     state: dict = {"busy": False}
 
     def score_in_head(module, args, head_kwargs):

@@ -15,9 +15,9 @@ neither is an image placeholder: a label on an image token, or predicted from on
 
 Cost of the contrast pass for `NoImage()` (the default): one no-grad forward of the language model over the text
 tokens only (image tokens dropped, vision tower skipped, original position ids kept), in eval mode (dropout off, LoRA
-dropout included), that computes only the gold tokens' logits (`h · W[token]`), never a second vocabulary-sized
-tensor. Samples without image tokens get delta 0 and are left out of it. The with-image gold logits come for free
-from the training forward's logits.
+dropout included), whose head module runs on the label rows only, in chunks (see [`vcontrast.contrast`]), never on
+a second (B, T, V) tensor. Samples without image tokens get delta 0 and are left out of it. The with-image gold
+logits come for free from the training forward's logits.
 
 Image-space contrast conditions (`PatchMask`, `GaussianBlur`, `DiffusionNoise`) change pixels, which only the data
 pipeline has: the batch carries the contrast pixels under `contrast_<key>` (`contrast_pixel_values`, ...), built by

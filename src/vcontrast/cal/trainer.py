@@ -93,6 +93,12 @@ class CALTrainerMixin:
                 "`accelerate launch` or `torchrun`"
             )
         get_adapter(self.model)  # fail early on an unsupported model family
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+            raise ValueError(
+                f"{type(self).__name__} does not support DeepSpeed ZeRO-3 (the output head's parameters are "
+                "partitioned, and CAL's gold-token scoring cannot gather them); use FSDP or ZeRO-1/2"
+            )
         self._cal_step: _Step | None = None
         self._cal_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._cal_warned = False
@@ -190,14 +196,16 @@ class CALTrainerMixin:
             return total["loss"].to(loss.dtype) * torch.ones_like(loss)
         # Gradients hold sum(w * dCE) / N, synchronised over processes: turn them into sum(w * dCE) / sum(w).
         factor = step.num_items / total["w"] if total["w"] > 0 else torch.zeros_like(total["w"])
-        if self.is_deepspeed_enabled or getattr(self, "is_fsdp_enabled", False):
+        if self.is_deepspeed_enabled:
+            # DeepSpeed keeps gradients in its own buffers, out of reach of `param.grad`.
             if not self._cal_warned:
                 logger.warning(
-                    "CAL under DeepSpeed/FSDP: gradients are not rescaled by N / sum(w), so each step's update is the "
+                    "CAL under DeepSpeed: gradients are not rescaled by N / sum(w), so each step's update is the "
                     "exact CAL gradient times the step's mean weight"
                 )
                 self._cal_warned = True
         else:
+            # Under FSDP each process holds its shard of the synchronised gradients; one global factor scales each.
             self._scale_gradients(model, factor)
         return (total["wce"] / total["w"] if total["w"] > 0 else total["w"] * 0).to(loss.dtype) * torch.ones_like(loss)
 

@@ -1,0 +1,59 @@
+"""CAL under FSDP on 2 CPU processes (gloo): gains, loss and the rescaled gradients equal one unsharded process.
+
+Under FSDP the output head's weight is a shard outside the model's forward; CAL scores the gold tokens inside the
+forward, through the head module, so the gains are those of the whole head. See `fsdp_script.py` for the setup.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cal.fsdp_script import CONFIG, rows, setup
+from vcontrast.cal import cal_deltas, cal_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_equals_one_unsharded_process(tmp_path):
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if launcher is None:
+        pytest.skip("the `torchrun` launcher is not installed")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    script = str(ROOT / "tests" / "cal" / "fsdp_script.py")
+    cmd = [launcher, "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
+
+    model, batch = setup()
+    full = cal_loss(model, batch, CONFIG)
+    full.loss.backward()
+    for rank, result in enumerate(ranks):
+        local = cal_loss(model, rows(batch, rank), CONFIG)
+        torch.testing.assert_close(result["delta"], local.delta, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result["eval_delta"], cal_deltas(model, rows(batch, rank), CONFIG)[0])
+        assert result["loss"] == pytest.approx(full.loss.item(), rel=1e-5)
+    expected = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+    assert sorted(ranks[0]["grads"]) == sorted(expected) and "lm_head.weight" in expected
+    for name, grad in expected.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_deepspeed_zero3_partitioned_head_is_refused():
+    # DeepSpeed is not installed here; ZeRO-3 marks each partitioned parameter with a `ds_id`.
+    model, batch = setup()
+    model.lm_head.weight.ds_id = 0
+    for run in (cal_loss, cal_deltas):
+        with pytest.raises(ValueError, match="ZeRO-3"):
+            run(model, batch, CONFIG)
