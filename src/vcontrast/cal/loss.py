@@ -144,9 +144,9 @@ def weighted_loss(
 ) -> torch.Tensor:
     """The CAL loss from per-token cross-entropies and (detached) weights.
 
-    - `"batch"`: `sum(w * CE) / sum(w)` over the label tokens of the batch (the paper's normalisation).
-    - `"sample"`: the mean over samples with label tokens of `sum_p(w * CE) / sum_p(w)`; a sample whose weights are all
-      0 (possible only with `alpha = 0`) contributes 0.
+    - `"batch"`: `sum(w * CE) / sum(w)` over the label tokens of the batch (the official code's normalisation).
+    - `"sample"`: the mean over samples with label tokens of `sum_p(w * CE) / sum_p(w)` (the paper's Eq. 5); a sample
+      whose weights are all 0 (possible only with `alpha = 0`) contributes 0.
 
     With `num_items`, the sum is divided by it instead of the batch's own normaliser (`sum(w)` or the number of
     samples): the trainer passes the total over all micro-batches of a gradient-accumulation step and all devices,
@@ -454,13 +454,13 @@ def cal_loss(
 
     Normalisation (`config.normalize`):
 
-    - `"batch"`: `sum(w * CE) / sum(w)` over this batch's label tokens. Under gradient accumulation (or several
-      devices) the paper's loss is over the *whole* step, whose `sum(w)` is only known after the last micro-batch's
+    - `"batch"` (the official code's): `sum(w * CE) / sum(w)` over this batch's label tokens. Under gradient
+      accumulation (or several devices) this loss is over the *whole* step, whose `sum(w)` is only known after the last micro-batch's
       forward. [`CALTrainer`] therefore backpropagates `sum(w * CE) / N` per micro-batch, with `N` the step's total
       number of label tokens (like transformers' `num_items_in_batch`), sums `sum(w)` over the step and all devices,
       and rescales the accumulated gradients by `N / sum(w)` before clipping and the optimizer step, which makes the
       update exactly that of one big batch. Pass `num_items` to do the same by hand.
-    - `"sample"`: the mean over samples of each sample's weighted mean; with `num_items` (the number of samples of
+    - `"sample"` (the paper's Eq. 5): the mean over samples of each sample's weighted mean; with `num_items` (the number of samples of
       the whole step), micro-batch losses simply add up.
 
     Args:

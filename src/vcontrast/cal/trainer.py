@@ -1,7 +1,7 @@
 """`CALTrainer`: a `transformers.Trainer` whose loss is CAL's, exact under gradient accumulation and data parallelism.
 
 Like TRL's `GKDTrainer`, it overrides `compute_loss` (which sees the model and the inputs; `compute_loss_func` sees
-neither) and calls the pure loss ([`vcontrast.cal.cal_loss`]). The one subtlety is normalisation: the paper divides
+neither) and calls the pure loss ([`vcontrast.cal.cal_loss`]). The one subtlety is normalisation: `"batch"` divides
 by the sum of the weights over the whole batch, but with gradient accumulation (and several devices) that sum is only
 known after the last micro-batch. The trainer backpropagates `sum(w * CE) / N` for each micro-batch, where `N` is the
 step's number of label tokens over all micro-batches and devices (counted before the first forward, like
