@@ -275,7 +275,10 @@ def train(
     window: WindowOption = 3,
     contrast: ContrastOption = "none",
     normalize: Annotated[
-        str, typer.Option(help="'batch' (sum(w*CE)/sum(w) over the step, the official code's) or 'sample' (the paper's Eq. 5).")
+        str,
+        typer.Option(
+            help="'batch' (sum(w*CE)/sum(w) over the step, the official code's) or 'sample' (the paper's Eq. 5)."
+        ),
     ] = "batch",
     cal_weights: Annotated[
         Path | None,
