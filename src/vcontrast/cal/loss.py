@@ -455,13 +455,13 @@ def cal_loss(
     Normalisation (`config.normalize`):
 
     - `"batch"` (the official code's): `sum(w * CE) / sum(w)` over this batch's label tokens. Under gradient
-      accumulation (or several devices) this loss is over the *whole* step, whose `sum(w)` is only known after the last micro-batch's
-      forward. [`CALTrainer`] therefore backpropagates `sum(w * CE) / N` per micro-batch, with `N` the step's total
-      number of label tokens (like transformers' `num_items_in_batch`), sums `sum(w)` over the step and all devices,
-      and rescales the accumulated gradients by `N / sum(w)` before clipping and the optimizer step, which makes the
-      update exactly that of one big batch. Pass `num_items` to do the same by hand.
-    - `"sample"` (the paper's Eq. 5): the mean over samples of each sample's weighted mean; with `num_items` (the number of samples of
-      the whole step), micro-batch losses simply add up.
+      accumulation (or several devices) this loss is over the *whole* step, whose `sum(w)` is only known after the
+      last micro-batch's forward. [`CALTrainer`] therefore backpropagates `sum(w * CE) / N` per micro-batch, with
+      `N` the step's total number of label tokens (like transformers' `num_items_in_batch`), sums `sum(w)` over the
+      step and all devices, and rescales the accumulated gradients by `N / sum(w)` before clipping and the optimizer
+      step, which makes the update exactly that of one big batch. Pass `num_items` to do the same by hand.
+    - `"sample"` (the paper's Eq. 5): the mean over samples of each sample's weighted mean; with `num_items` (the
+      number of samples of the whole step), micro-batch losses simply add up.
 
     Args:
         model (`PreTrainedModel`): a supported VLM, possibly wrapped (PEFT, DDP).
