@@ -21,7 +21,7 @@ def parse_contrast(spec: str | VisualCondition) -> VisualCondition | str:
 
     ```python
     >>> parse_contrast("patch:0.7")
-    PatchMask(ratio=0.7, grid=(20, 10), seed=0, fill=(0, 0, 0))
+    PatchMask(ratio=0.7, grid=(10, 20), seed=0, fill=(0, 0, 0))
     >>> parse_contrast("paper")
     'attention_mask'
     ```
