@@ -64,7 +64,7 @@ def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
     out = run("cal", "precompute", data, "--model", model_dir, "--limit", "2", "--no-progress").stdout
     assert "stopped after 2 of 5 samples" in out
     default = data.with_name("data.cal.jsonl")
-    assert len(default.read_text().splitlines()) == 2
+    assert len(default.read_text().splitlines()) == 1 + 2  # the provenance record, then 2 samples
     run("cal", "precompute", data, "--model", model_dir, "--batch-size", "2")
     resumed, expected = load_weights(default), load_weights(full)
     assert sorted(resumed) == sorted(expected) == ["a", "b", "c", "d", "e"]
@@ -82,8 +82,8 @@ def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
     assert len(out.split("most contradicted token")[1].strip().splitlines()) == 3
     assert "stopped after 2 of 5" in run("cal", "audit", data, "--model", model_dir, "--limit", "2").stdout
     run("cal", "audit", data, "--model", model_dir)
-    resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in full.read_text().splitlines()]
+    resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()[1:]]
+    expected = [json.loads(line) for line in full.read_text().splitlines()[1:]]
     assert {r["id"] for r in resumed} == {r["id"] for r in expected} == set("abcde")
     by_id = {r["id"]: r for r in expected}
     for record in resumed:

@@ -19,6 +19,7 @@ from vcontrast.cal import (
     summarize_audit,
     token_report,
 )
+from vcontrast.cal.precompute import provenance
 
 
 def rows(n=5):
@@ -119,7 +120,8 @@ def test_audit_sorts_the_most_suspicious_first_and_resumes(tmp_path):
     assert sorted(r["id"] for r in records) == [f"s{i}" for i in range(5)]
     fractions = [r["frac_negative"] for r in records]
     assert fractions == sorted(fractions, reverse=True)
-    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [r["id"] for r in records]
+    header, *lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert "vcontrast_cal" in header and [line["id"] for line in lines] == [r["id"] for r in records]
     delta, mask = cal_deltas(model, RowCollator(proc)(data))
     by_id = {r["id"]: r for r in records}
     for b in range(5):
@@ -155,3 +157,90 @@ def test_token_report_and_renderings(family):
     assert "\x1b[48;2;" in text and "plate" in text
     page = token_heatmap_html(tokens, weights)
     assert page.startswith("<!doctype html>") and page.count("<span") == len(report)
+
+
+def _header(path):
+    return json.loads(path.read_text().splitlines()[0])["vcontrast_cal"]
+
+
+def test_provenance_records_model_contrast_params_and_tokenizer(tmp_path):
+    model, proc = tm.build("llava")
+    path = precompute_weights(
+        model,
+        rows(2),
+        RowCollator(proc),
+        tmp_path / "w.jsonl",
+        CALConfig(beta=3.0),
+        tokenizer=proc,
+        show_progress=False,
+    )
+    meta = _header(path)
+    assert meta == provenance(model, CALConfig(beta=3.0), proc.tokenizer)
+    assert {"model_config", "model_weights", "tokenizer"} <= set(meta)
+    assert (meta["contrast"], meta["alpha"], meta["beta"], meta["window"]) == ("none", 1.0, 3.0, 3)
+    # The fingerprints see a changed weight, config or vocabulary.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1.0
+    assert provenance(other)["model_weights"] != meta["model_weights"]
+    assert provenance(tm.build("qwen2_vl")[0])["model_config"] != meta["model_config"]
+    assert provenance(tokenizer=tm.build("qwen2_vl")[1])["tokenizer"] != meta["tokenizer"]
+    assert provenance(copy.deepcopy(model))["model_weights"] == meta["model_weights"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"config": CALConfig(alpha=0.5)}, "alpha"),
+        ({"config": CALConfig(contrast="attention_mask")}, "contrast"),
+        ({"model": "other"}, "model weights"),
+        ({"tokenizer": "other"}, "tokenizer"),
+    ],
+)
+@pytest.mark.parametrize("run", ["precompute", "audit"])
+def test_resume_with_another_run_is_refused_naming_what_differs(tmp_path, change, named, run):
+    model, proc = tm.build("llava")
+    fn = precompute_weights if run == "precompute" else audit
+    path = tmp_path / "w.jsonl"
+    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    before = path.read_text()
+    kwargs = {"config": CALConfig(), "tokenizer": proc, "model": model}
+    kwargs.update(change)
+    if kwargs["model"] == "other":
+        kwargs["model"] = tm.build("llava", 1)[0]
+    if kwargs["tokenizer"] == "other":
+        kwargs["tokenizer"] = tm.build("qwen2_vl")[1]
+    with pytest.raises(ValueError, match=f"another {named}") as error:
+        fn(
+            kwargs["model"],
+            rows(4),
+            RowCollator(proc),
+            path,
+            kwargs["config"],
+            show_progress=False,
+            tokenizer=kwargs["tokenizer"],
+        )
+    assert str(path) in str(error.value)
+    assert path.read_text() == before  # nothing appended
+
+
+def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_path):
+    model, proc = tm.build("llava")
+    for suffix in (".jsonl", ".safetensors"):
+        path = precompute_weights(
+            model, rows(2), RowCollator(proc), tmp_path / f"w{suffix}", show_progress=False, tokenizer=proc
+        )
+        assert sorted(load_weights(path, model=model, contrast="none", tokenizer=proc.tokenizer)) == ["s0", "s1"]
+        with pytest.raises(ValueError, match="another tokenizer"):
+            load_weights(path, tokenizer=tm.build("qwen2_vl")[1])
+        with pytest.raises(ValueError, match="another model weights"):
+            load_weights(path, model=tm.build("llava", 1)[0])
+        with pytest.raises(ValueError, match="another contrast"):
+            load_weights(path, contrast="patch:0.5")
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(line + "\n" for line in (tmp_path / "w.jsonl").read_text().splitlines()[1:]))
+    assert sorted(load_weights(old)) == ["s0", "s1"]  # nothing expected, nothing checked
+    with pytest.raises(ValueError, match="no provenance"):
+        load_weights(old, tokenizer=proc)
+    with pytest.raises(ValueError, match="no provenance"):
+        precompute_weights(model, rows(3), RowCollator(proc), old, show_progress=False)

@@ -112,7 +112,8 @@ def finetune(
     contrast = config.contrast if method == "cal" and config.uses_pixels and cal_weights is None else None
     collator = ConversationCollator(processor, contrast=contrast, max_length=max_length)
     if cal_weights is not None:
-        collator = PrecomputedWeightsCollator(collator, load_weights(cal_weights), model, config)
+        stored = load_weights(cal_weights, tokenizer=processor)  # the ids must mean the same tokens
+        collator = PrecomputedWeightsCollator(collator, stored, model, config)
     args.remove_unused_columns = False
     common = {
         "model": model,
