@@ -150,10 +150,11 @@ def _token_table(report, alpha: float, beta: float, color: bool) -> str:
 
     lines = [f"{'token':<16} {'delta':>8} {'weight':>7}"]
     for t in report:
-        cell = f"{repr(t.text)[1:-1]:<16}"
-        if color:
-            cell = token_heatmap_ansi([cell], [t.weight], low=alpha, high=beta)
-        lines.append(f"{cell} {t.delta:>8.3f} {t.weight:>7.3f}")
+        cell, delta, weight = f"{repr(t.text)[1:-1]:<16}", f"{t.delta:>8.3f}", f"{t.weight:>7.3f}"
+        if color:  # the token and its gain on the gain's diverging colour, the weight on the weight's
+            cell, delta = (token_heatmap_ansi([x], [t.delta], low=0.0, high=beta) for x in (cell, delta))
+            weight = token_heatmap_ansi([weight], [t.weight], low=alpha, high=beta)
+        lines.append(f"{cell} {delta} {weight}")
     return "\n".join(lines)
 
 
@@ -176,13 +177,14 @@ def show(
 ) -> None:
     """Print each token of TEXT with its logit gain from IMAGE and its CAL weight; save PNG/HTML heatmaps.
 
-    TEXT is scored as the answer to --prompt. Tokens are coloured from white (weight alpha) to red (beta), blue for
-    negative gains; the PNG is the paper's Figure 2a."""
+    TEXT is scored as the answer to --prompt. Each token is drawn on the colour of its raw logit gain, as in the
+    paper's Figure 2a: blue where the image argues against it (gain < 0), white at 0, red at beta and above; below
+    it, its CAL weight (the gain clamped to [alpha, beta], pooled) from white (alpha) to red (beta). A legend explains
+    both scales."""
     import sys
 
-    from vcontrast.cal.show import token_report
+    from vcontrast.cal.show import report_heatmap, report_heatmap_html, token_report
     from vcontrast.regions import open_image
-    from vcontrast.viz import token_heatmap, token_heatmap_html
 
     with _usage_errors():
         picture = open_image(image)
@@ -192,14 +194,14 @@ def show(
         report = token_report(vlm, processor, picture, text, prompt=prompt, config=config)
     color = sys.stdout.isatty() if color is None else color
     print(_token_table(report, config.alpha, config.beta, color))
-    tokens, weights = [t.text.strip() or repr(t.text) for t in report], [t.weight for t in report]
-    title = f"CAL weights (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
+    title = f"CAL logit gain and weight (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
+    scale = {"alpha": config.alpha, "beta": config.beta}
     out.parent.mkdir(parents=True, exist_ok=True)
-    token_heatmap(tokens, weights, low=config.alpha, high=config.beta, title=title, image=picture).save(out)
+    report_heatmap(report, title=title, image=picture, **scale).save(out)
     print(f"heatmap written to {out}")
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(token_heatmap_html(tokens, weights, low=config.alpha, high=config.beta, title=title))
+        html.write_text(report_heatmap_html(report, title=title, **scale))
         print(f"HTML heatmap written to {html}")
 
 
