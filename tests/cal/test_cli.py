@@ -78,8 +78,8 @@ def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
 def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
     full = data.with_name("full.audit.jsonl")
     out = run("cal", "audit", data, "--model", model_dir, "--out", full, "--top", "3").stdout
-    assert "audited 5 samples" in out and "most contradicted token" in out
-    assert len(out.split("most contradicted token")[1].strip().splitlines()) == 3
+    assert "audited 5 samples" in out and "contradicted tokens (delta < 0)" in out
+    assert len(out.split("contradicted tokens (delta < 0)")[1].strip().splitlines()) == 3
     assert "stopped after 2 of 5" in run("cal", "audit", data, "--model", model_dir, "--limit", "2").stdout
     run("cal", "audit", data, "--model", model_dir)
     resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()[1:]]

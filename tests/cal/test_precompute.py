@@ -113,9 +113,9 @@ def test_audit_sorts_the_most_suspicious_first_and_resumes(tmp_path):
     data = rows(5)
     path = tmp_path / "audit.jsonl"
     collator = CountingCollator(proc)
-    audit(model, data[:3], collator, path, show_progress=False)
+    audit(model, data[:3], collator, path, show_progress=False, tokenizer=proc)
     collator.seen.clear()
-    records = audit(model, data, collator, path, batch_size=2, show_progress=False)
+    records = audit(model, data, collator, path, batch_size=2, show_progress=False, tokenizer=proc)
     assert collator.seen == ["s3", "s4"]
     assert sorted(r["id"] for r in records) == [f"s{i}" for i in range(5)]
     fractions = [r["frac_negative"] for r in records]
@@ -138,9 +138,13 @@ def test_duplicate_ids_and_bad_batch_size_raise(tmp_path):
     data = rows(2)
     data[1]["id"] = "s0"
     with pytest.raises(ValueError, match="not unique"):
-        audit(model, data, RowCollator(proc), tmp_path / "a.jsonl", show_progress=False)
+        audit(model, data, RowCollator(proc), tmp_path / "a.jsonl", show_progress=False, tokenizer=proc)
     with pytest.raises(ValueError, match="`batch_size` \\(=0\\)"):
-        audit(model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", batch_size=0, show_progress=False)
+        audit(
+            model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", batch_size=0, show_progress=False, tokenizer=proc
+        )
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        audit(model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", show_progress=False)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -244,3 +248,37 @@ def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_p
         load_weights(old, tokenizer=proc)
     with pytest.raises(ValueError, match="no provenance"):
         precompute_weights(model, rows(3), RowCollator(proc), old, show_progress=False)
+
+
+def test_audit_leaves_out_template_tokens_and_lists_the_contradicted_ones(tmp_path):
+    # ConversationCollator labels each answer and the template's end-of-turn `</s>` after it.
+    from tests.cal.conversations import TINY, toy_processor, write_data
+    from vcontrast.cal import ConversationCollator, read_conversations
+    from vcontrast.cal.precompute import template_token_mask
+    from vcontrast.toy.model import build_model
+
+    torch.manual_seed(0)
+    proc = toy_processor()
+    model = build_model(proc, **TINY).eval()
+    examples = read_conversations(write_data(tmp_path))
+    collate = ConversationCollator(proc)
+    records = {r["id"]: r for r in audit(model, examples, collate, tmp_path / "a.jsonl", show_progress=False)}
+
+    eos = proc.tokenizer.convert_tokens_to_ids("</s>")
+    batch = collate(examples)
+    delta, mask = cal_deltas(model, batch)
+    template = template_token_mask(proc, batch["input_ids"], mask)
+    assert torch.equal(template, mask & (batch["input_ids"] == eos))  # exactly the end-of-turn tokens
+    for b, example in enumerate(examples):
+        record = records[example["id"]]
+        content = mask[b] & ~template[b]
+        d, ids = delta[b][content], batch["input_ids"][b][content]
+        assert record["n_template"] == int(template[b].sum()) >= 1
+        assert record["n_tokens"] == int(content.sum())
+        if record["n_tokens"]:
+            assert record["mean_delta"] == pytest.approx(float(d.mean()), abs=1e-5)
+            assert record["frac_negative"] == pytest.approx(float((d < 0).float().mean()), abs=1e-6)
+        expected = [(i, proc.tokenizer.decode([int(ids[i])])) for i in range(len(d)) if d[i] < 0]
+        assert [(c["position"], c["text"]) for c in record["contradicted"]] == expected
+        assert all(c["delta"] < 0 and "</s>" not in c["text"] for c in record["contradicted"])
+    assert any(r["contradicted"] for r in records.values())  # the random model argues against some tokens

@@ -227,10 +227,11 @@ def audit(
 ) -> None:
     """Score how much the image supports each sample of DATA, most suspicious samples first.
 
-    Per sample: the mean logit gain from the image (mean_delta) and the share of tokens with a negative gain
-    (frac_negative: the image argues against them, candidates for hallucinated or mismatched text). Writes JSONL
-    sorted most suspicious first, prints a summary and the top samples. Resumable: a rerun skips the samples already
-    scored."""
+    Per sample, over the answer tokens (template tokens such as end-of-turn left out): the mean logit gain from the
+    image (mean_delta), the share of tokens with a negative gain (frac_negative: the image argues against them,
+    candidates for hallucinated or mismatched text) and those tokens with their text (contradicted). Writes JSONL
+    sorted most suspicious first, prints a summary and the top samples with their contradicted tokens. Resumable: a
+    rerun skips the samples already scored."""
     from vcontrast.cal.precompute import audit as run_audit
     from vcontrast.cal.precompute import summarize_audit
 
@@ -239,7 +240,9 @@ def audit(
         data, out, ".audit.jsonl", config, model, device, image_folder, limit, max_length
     )
     with _usage_errors():
-        records = run_audit(vlm, examples, collate, out, config, batch_size=batch_size, show_progress=progress)
+        records = run_audit(
+            vlm, examples, collate, out, config, batch_size=batch_size, show_progress=progress, tokenizer=processor
+        )
     summary = summarize_audit(records, threshold=threshold)
     print(
         f"audited {summary['samples']} samples, {summary['tokens']} tokens: mean delta {summary['mean_delta']:.4f}, "
@@ -247,14 +250,11 @@ def audit(
         f"{summary['suspicious']} samples above {threshold:g}"
     )
     print(f"records (most suspicious first): {out}")
-    tokenizer = getattr(processor, "tokenizer", processor)
     if top > 0 and records:
-        print(f"{'id':<20} {'frac_neg':>8} {'mean_delta':>10}  most contradicted token")
+        print(f"{'id':<20} {'frac_neg':>8} {'mean_delta':>10}  contradicted tokens (delta < 0)")
         for r in records[:top]:
-            token = tokenizer.decode([r["min_token"]]).strip() if r.get("min_token") is not None else ""
-            print(
-                f"{r['id']:<20} {r['frac_negative']:>8.3f} {r['mean_delta']:>10.3f}  {token!r} ({r['min_delta']:.3f})"
-            )
+            tokens = ", ".join(f"{c['text'].strip()!r} ({c['delta']:.2f})" for c in r["contradicted"]) or "-"
+            print(f"{r['id']:<20} {r['frac_negative']:>8.3f} {r['mean_delta']:>10.3f}  {tokens}")
     _stopped_early(len(examples), total)
 
 

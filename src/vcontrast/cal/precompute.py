@@ -45,6 +45,7 @@ __all__ = [
     "precompute_weights",
     "provenance",
     "summarize_audit",
+    "template_token_mask",
 ]
 
 META_KEY = "vcontrast_cal"  # the first JSONL line: {"vcontrast_cal": provenance}
@@ -444,6 +445,32 @@ class PrecomputedWeightsCollator:
         return batch
 
 
+def template_token_mask(tokenizer: Any, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the label tokens the chat template wrote rather than the answer's text.
+
+    These are the tokenizer's special tokens (end-of-turn such as `</s>`, `<|im_end|>`, `<end_of_turn>`, and role
+    markers written as special tokens such as `<|im_start|>`), and whitespace-only tokens right after one (the
+    newline after Qwen's `<|im_end|>`). Their gain says how well the model knows the template, not the image, so
+    audits leave them out.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase` or processor): the tokenizer of the batch.
+        input_ids (`torch.Tensor`): (B, T) token ids.
+        mask (`torch.Tensor`): (B, T) bool label mask ([`vcontrast.cal.cal_label_mask`]).
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    is_special = torch.isin(input_ids, special)
+    out = mask & is_special
+    blank = {int(t) for t in input_ids[mask & ~is_special].unique().tolist() if not tokenizer.decode([int(t)]).strip()}
+    if blank:
+        after_special = torch.zeros_like(out)
+        after_special[:, 1:] = is_special[:, :-1]
+        blank_ids = torch.tensor(sorted(blank), dtype=input_ids.dtype, device=input_ids.device)
+        out |= mask & after_special & torch.isin(input_ids, blank_ids)
+    return out
+
+
 def audit(
     model: nn.Module,
     dataset: Sequence,
@@ -458,16 +485,21 @@ def audit(
 ) -> list[dict]:
     """Score how much the image supports each sample's text; most suspicious samples first.
 
-    Per sample: `n_tokens` (label tokens scored), `mean_delta` (mean logit gain from the image), `frac_negative`
-    (share of tokens with a negative gain: the image argues against them, candidates for hallucinated or mismatched
-    text), `min_delta` and `min_token` (the most contradicted token id). The records are appended to `path` as JSON
-    lines while running (resumable), then the file is rewritten sorted by `frac_negative` (descending), then
-    `mean_delta` (ascending).
+    Template tokens (end-of-turn, role markers: [`template_token_mask`]) are left out of every statistic. Per sample:
+    `n_tokens` (answer tokens scored), `n_template` (template tokens left out), `mean_delta` (mean logit gain from
+    the image), `frac_negative` (share of tokens with a negative gain: the image argues against them, candidates for
+    hallucinated or mismatched text), `min_delta` and `min_token` (the most contradicted token id), and
+    `contradicted`: every token with a negative gain, in order, as `{"position", "token", "text", "delta"}`
+    (`position` counts the sample's answer tokens). The records are appended to `path` as JSON lines while running
+    (resumable), then the file is rewritten sorted by `frac_negative` (descending), then `mean_delta` (ascending).
 
     Args:
-        model, dataset, collate_fn, config, batch_size, id_key, show_progress, tokenizer: as in
-            [`precompute_weights`] (a resume with another model or config raises).
+        model, dataset, collate_fn, config, batch_size, id_key, show_progress: as in [`precompute_weights`] (a
+            resume with another model or config raises).
         path (`str` or `Path`): the JSONL output.
+        tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): decodes the contradicted tokens and knows
+            the special tokens; defaults to the collator's `tokenizer`/`processor` attribute. Required one way or
+            the other.
 
     Returns:
         `list[dict]`: the sorted records (see [`summarize_audit`] for a summary).
@@ -475,34 +507,55 @@ def audit(
     Examples:
 
     ```python
-    >>> records = audit(model, rows, collator, "audit.jsonl")
+    >>> records = audit(model, rows, collator, "audit.jsonl", tokenizer=processor)
     >>> records[0]["frac_negative"] >= records[-1]["frac_negative"]
     True
+    >>> [c["text"] for c in records[0]["contradicted"]]
+    ['left']
     ```
     """
     config = CALConfig() if config is None else config
     path = Path(path)
+    tokenizer = tokenizer if tokenizer is not None else _tokenizer_of(collate_fn)
+    if tokenizer is None:
+        raise ValueError(
+            "audit needs the tokenizer (to leave out template tokens and decode the contradicted ones): pass "
+            "`tokenizer=processor`, or a collator with a `tokenizer` or `processor` attribute"
+        )
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
 
     def records(ids, batch, delta, mask):
+        content = mask & ~template_token_mask(tokenizer, batch["input_ids"], mask)
         out = []
         for b, sid in enumerate(ids):
-            d = delta[b][mask[b]]
-            tokens = batch["labels"][b][mask[b]]
+            d = delta[b][content[b]]
+            tokens = batch["labels"][b][content[b]]
             n = int(d.numel())
             worst = int(d.argmin()) if n else None
+            contradicted = [
+                {
+                    "position": i,
+                    "token": int(tokens[i]),
+                    "text": text_tokenizer.decode([int(tokens[i])]),
+                    "delta": round(float(d[i]), 6),
+                }
+                for i in (d < 0).nonzero().squeeze(-1).tolist()
+            ]
             out.append(
                 {
                     "id": sid,
                     "n_tokens": n,
+                    "n_template": int((mask[b] & ~content[b]).sum()),
                     "mean_delta": round(float(d.mean()), 6) if n else math.nan,
                     "frac_negative": round(float((d < 0).float().mean()), 6) if n else math.nan,
                     "min_delta": round(float(d[worst]), 6) if n else math.nan,
                     "min_token": int(tokens[worst]) if n else None,
+                    "contradicted": contradicted,
                 }
             )
         return out
 
-    meta = provenance(model, config, tokenizer if tokenizer is not None else _tokenizer_of(collate_fn))
+    meta = provenance(model, config, tokenizer)
     stored = _run(
         model,
         dataset,
