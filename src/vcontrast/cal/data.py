@@ -197,6 +197,19 @@ def _open_image(image):
     return image
 
 
+_KEY_STRIDE = 1_000_003  # contrast key offset of a record's second, third, ... image
+
+
+def _example_images(example: dict, sid: str) -> list:
+    # The example's images, in order: `image` (one, or a list, as LLaVA-OneVision writes it) or `images` (TRL's rows).
+    image, images = example.get("image"), example.get("images")
+    if image is not None and images is not None:
+        raise ValueError(f"example {sid!r} has both `image` and `images`; use one")
+    if images is None:
+        images = [] if image is None else image
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
 def _example_messages(example: dict) -> list[dict]:
     # `vcontrast.toy.train.collate`'s examples ({"image", "prompt", "answer"}) are one user turn and one answer.
     if "messages" in example:
@@ -343,9 +356,15 @@ class ConversationCollator:
             texts.append(text)
             spans.append(example_spans)
             ids.append(sid)
-            if example.get("image") is not None:
-                images.append(_open_image(example["image"]))
-                keys.append(int(example.get("index", len(keys))))
+            example_images = [_open_image(image) for image in _example_images(example, sid)]
+            images.append(example_images)
+            index = int(example.get("index", n))
+            # Contrast keys: the record index for its first image (reproducible random masks), offset for more.
+            keys += [index + j * _KEY_STRIDE for j in range(len(example_images))]
+        # One image per example: a flat list, as before; several: one list per example.
+        images = [i for group in images for i in group] if all(len(g) <= 1 for g in images) else images
+        if not any(images):
+            images = []
         kwargs = {
             "padding": True,
             "padding_side": self.padding_side,
