@@ -1,5 +1,7 @@
 """CALTrainer: trains, is exact under gradient accumulation, evaluates with labels, logs, works with PEFT LoRA."""
 
+import itertools
+
 import pytest
 import torch
 import transformers as tf
@@ -172,3 +174,32 @@ def test_peft_lora_trains_and_lora_dropout_is_off_in_the_contrast_pass(tmp_path)
     assert all("lora_" in n for n in after)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in frozen.items())
+
+
+def test_logs_the_delta_histogram_and_the_shares_at_the_clamp_bounds(tmp_path):
+    from vcontrast.cal.trainer import DELTA_BINS
+
+    model = train_copy("llava")
+    proc = tm.build("llava")[1]
+    rows = sft_rows(proc, 4)
+    config = CALConfig(alpha=0.5, beta=2.0)
+    trainer = trainer_for(model, tmp_path, rows, config, max_steps=2)
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        out = cal_loss(model.eval(), RowCollator(proc)(rows), config)
+    delta = out.delta[out.mask]
+    edges = [-float("inf"), *DELTA_BINS, float("inf")]
+    for lo, hi in itertools.pairwise(edges):
+        key = f"eval_cal/delta_hist/{lo:g}_{hi:g}"
+        assert metrics[key] == pytest.approx(float(((delta >= lo) & (delta < hi)).float().mean()))
+    assert metrics["eval_cal/frac_at_alpha"] == pytest.approx(float((delta <= 0.5).float().mean()))
+    assert metrics["eval_cal/frac_at_beta"] == pytest.approx(float((delta >= 2.0).float().mean()))
+    assert 0 < metrics["eval_cal/frac_at_alpha"] < 1  # the check can fail both ways
+
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2
+    for log in logs:  # every logging step carries a whole histogram
+        shares = [value for key, value in log.items() if key.startswith("cal/delta_hist/")]
+        assert len(shares) == len(DELTA_BINS) + 1 and sum(shares) == pytest.approx(1.0)
+        assert 0 <= log["cal/frac_at_alpha"] <= 1 and 0 <= log["cal/frac_at_beta"] <= 1
