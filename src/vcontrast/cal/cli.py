@@ -60,6 +60,10 @@ def _usage_errors():
         raise typer.BadParameter(str(error)) from error
 
 
+# `vcontrast.cal.stages.LORA_TARGETS`, repeated so that `--help` needs no torch import (a test keeps them equal).
+LORA_TARGETS_DEFAULT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def _config(alpha: float, beta: float, window: int, contrast: str, normalize: str = "batch"):
     from vcontrast.cal.config import CALConfig
 
@@ -293,12 +297,37 @@ def train(
     image_folder: ImageFolderOption = None,
     max_length: MaxLengthOption = None,
     bf16: Annotated[bool, typer.Option(help="Train in bfloat16 mixed precision (GPU).")] = False,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="'pt': the projector only, on LLaVA's plain format (image + caption); 'it': projector + language "
+            "model, vision tower frozen (or see --tower-lr-ratio); 'all': every parameter."
+        ),
+    ] = "it",
+    tower_lr_ratio: Annotated[
+        float | None,
+        typer.Option(help="The vision tower's learning rate as a fraction of --lr (0 = frozen; 'it' and 'all')."),
+    ] = None,
+    lora_r: Annotated[
+        int, typer.Option(help="LoRA rank on the language model (0 = off); the projector trains in full.")
+    ] = 0,
+    lora_targets: Annotated[
+        str, typer.Option(help="Comma-separated layer names LoRA adapts in the language model.")
+    ] = ",".join(LORA_TARGETS_DEFAULT),
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass (less memory, ~30% slower).")
+    ] = False,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="An eval set in the format of --data, evaluated every --eval-steps.")
+    ] = None,
+    eval_steps: Annotated[int, typer.Option(help="Evaluate on --eval-data every this many steps.")] = 500,
 ) -> None:
     """Fine-tune a VLM on LLaVA-style conversations (image path + human/gpt turns) with CAL or plain MLE.
 
     Labels cover the assistant turns only (every turn of a multi-turn conversation). Uses transformers' Trainer
     (CALTrainer for --method cal): checkpoints every --save-steps, --resume continues from the last one, and the final
-    model and processor are saved in --output-dir (use it as --model). Trains the toy model by default.
+    model and processor are saved in --output-dir (use it as --model). Trains the toy model by default. The CAL
+    paper's recipe is two runs: --stage pt --method mle (projector alignment), then --stage it --method cal.
     """
     from transformers import TrainingArguments
 
@@ -324,6 +353,9 @@ def train(
             bf16=bf16,
             report_to="none",
             remove_unused_columns=False,
+            gradient_checkpointing=gradient_checkpointing,
+            eval_strategy="steps" if eval_data is not None else "no",
+            eval_steps=eval_steps if eval_data is not None else None,
         )
         result = finetune(
             data,
@@ -335,6 +367,11 @@ def train(
             image_folder=image_folder,
             max_length=max_length,
             resume=resume,
+            stage=stage,
+            tower_lr_ratio=tower_lr_ratio,
+            lora_r=lora_r,
+            lora_targets=tuple(lora_targets.split(",")),
+            eval_data=eval_data,
         )
     print(f"trained {result.global_step} steps ({method}), final training loss {result.training_loss:.4f}")
     print(f"model written to {output_dir} (use --model {output_dir})")

@@ -19,9 +19,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["STAGES", "apply_stage", "model_part", "stage_optimizer"]
+__all__ = ["LORA_TARGETS", "STAGES", "apply_stage", "lora_config", "model_part", "stage_optimizer"]
 
 STAGES = ("pt", "it", "all")
+# LLaVA's LoRA recipe: every linear layer of the language model's decoder.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _PROJECTOR = ("multi_modal_projector", "connector", "merger")
 _TOWER = ("vision_tower", "visual", "vision_model")
 
@@ -98,3 +100,32 @@ def stage_optimizer(
         {"params": tower, "lr": learning_rate * tower_lr_ratio},
     ]
     return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
+
+
+def lora_config(model: nn.Module, r: int, targets: tuple[str, ...] | list[str] = LORA_TARGETS) -> object:
+    """A PEFT `LoraConfig` for instruction tuning as LLaVA's LoRA recipe does it: LoRA (rank `r`, alpha `2r`) on the
+    language model's `targets` layers (never the vision tower's layers of the same names), the projector trained
+    in full (`modules_to_save`), everything else frozen. Needs peft.
+
+    Examples:
+
+    ```python
+    >>> model = peft.get_peft_model(model, lora_config(model, r=16, targets=["q_proj", "v_proj"]))
+    ```
+    """
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"`lora_r` (={r!r}) has to be a positive integer")
+    targets = [t.strip() for t in targets if t.strip()]
+    if not targets:
+        raise ValueError("`lora_targets` names no module")
+    try:
+        import peft
+    except ImportError as error:
+        raise ValueError("LoRA needs peft: pip install peft") from error
+    names = [n for n, m in model.named_modules() if n and model_part(n) == "language" and n.split(".")[-1] in targets]
+    if not names:
+        raise ValueError(
+            f"`lora_targets` (={','.join(targets)}) matches no layer of {type(model).__name__}'s language model"
+        )
+    projector = sorted({n for n, _ in model.named_modules() if n.split(".")[-1] in _PROJECTOR})
+    return peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=names, modules_to_save=projector)
