@@ -4,35 +4,18 @@ Under FSDP the output head's weight is a shard outside the model's forward; CAL 
 forward, through the head module, so the gains are those of the whole head. See `fsdp_script.py` for the setup.
 """
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from tests.cal.fsdp_script import CONFIG, rows, setup
+from tests.cal.utils import ROOT, launch
 from vcontrast.cal import cal_deltas, cal_loss
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_two_process_fsdp_equals_one_unsharded_process(tmp_path):
-    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if launcher is None:
-        pytest.skip("the `torchrun` launcher is not installed")
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     script = str(ROOT / "tests" / "cal" / "fsdp_script.py")
-    cmd = [launcher, "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = launch("torchrun", ["--standalone", "--nproc_per_node", "2", script, str(tmp_path)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
 

@@ -18,8 +18,7 @@ from torch import nn
 
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import cal_deltas, token_weights
-from vcontrast.regions import to_rgb
-from vcontrast.viz import _FONT, _text_size, _weight_colour
+from vcontrast.viz import _FONT, _canvas, _text_size, _weight_colour, _wrap_tokens
 
 __all__ = ["TokenWeight", "delta_colour", "report_heatmap", "report_heatmap_html", "token_report", "weight_colour"]
 
@@ -147,28 +146,14 @@ def report_heatmap(
     pad, text_h = 8, _text_size("Ag")[1]
     box_h, strip_h = text_h + 6, 7
     line_h = box_h + strip_h + 8
-    placed, x, y = [], pad, pad + (text_h + 8 if title else 0)
-    for token in report:
-        label = token.text.strip() or repr(token.text)
-        w = _text_size(label)[0] + 6
-        if x + w > width - pad and x > pad:
-            x, y = pad, y + line_h
-        placed.append((x, y, w, label, token))
-        x += w + 3
-    legend_y = y + line_h + pad
-    height = legend_y + 2 * (8 + text_h + 14) + pad
-    thumb = None
-    if image is not None:
-        side = max(height, 128)
-        thumb = to_rgb(image).resize((max(1, side * image.width // image.height), side), Image.NEAREST)
-    offset = thumb.width + pad if thumb else 0
-    canvas = Image.new("RGB", (width + offset, max(height, thumb.height if thumb else 0)), (255, 255, 255))
-    if thumb:
-        canvas.paste(thumb, (0, 0))
+    labels = [token.text.strip() or repr(token.text) for token in report]
+    placed, bottom = _wrap_tokens(labels, width, line_h, top=pad + (text_h + 8 if title else 0), gap=3)
+    legend_y = bottom + line_h + pad
+    canvas, offset = _canvas(width, legend_y + 2 * (8 + text_h + 14) + pad, image)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((offset + pad, pad), title, fill=(0, 0, 0), font=_FONT)
-    for x, y, w, label, token in placed:
+    for (x, y, w, label), token in zip(placed, report, strict=True):
         draw.rectangle([offset + x, y, offset + x + w, y + box_h], fill=delta_colour(token.delta, beta))
         draw.text((offset + x + 3, y + 3), label, fill=(0, 0, 0), font=_FONT)
         draw.rectangle(
