@@ -7,14 +7,16 @@ Quirks of each family live here and nowhere else.
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import types
 
 import numpy as np
 import torch
 import transformers as tf
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
 
@@ -78,41 +80,113 @@ WORDS = [
     "front",
 ]
 
-# LLaVA-style chat template: one user turn (image, then text), then the assistant's generation prompt.
+# Chat templates shaped like the released ones (the generation prompt ends in a non-space character for LLaVA and
+# Idefics3, in a newline for Qwen), so that the candidate-token separator rule meets both cases.
 LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}user :{% else %}assistant :{% endif %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %} <image>{% elif item['type'] == 'text' %}"
-    " {{ item['text'] }}{% endif %}{% endfor %} .{% endfor %}{% if add_generation_prompt %} assistant :{% endif %}"
+    "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endif %}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }} "
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|> {% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 IDEFICS3_TEMPLATE = (
-    "<|begin_of_text|>{% for message in messages %}{% if message['role'] == 'user' %}user :{% else %}assistant :"
-    "{% endif %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{% elif item['type'] == "
-    "'text' %} {{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance> {% endfor %}"
-    "{% if add_generation_prompt %}assistant :{% endif %}"
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 PALIGEMMA_TEMPLATE = (
     "{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'text' %}"
     "{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}"
 )
 
+# Tokenizer kinds, as the released checkpoints have them: byte-level BPE with `Ġ` (Qwen, SmolVLM, InternVL),
+# SentencePiece-style BPE with `▁`, byte fallback and a dummy prefix (Llama/Vicuna: LLaVA, ViP-LLaVA), the same
+# without the dummy prefix (Gemma, PaliGemma), and a word-level one for tests that need hand-readable ids.
+TOKENIZER_KINDS = ("byte_bpe", "sentencepiece", "sentencepiece_no_prefix", "word")
+# Text the trained tokenizers learn their merges from: the test prompts and answers and the templates' role words.
+CORPUS = [
+    "what is in the box ?",
+    "which colour is the cup left of the plate ?",
+    "a red cup",
+    "the cat is left of the dog",
+    "Does this image match: a red cup?",
+    "Describe the image.",
+    "yes",
+    "no",
+    "USER: ASSISTANT:",
+    "User: Assistant:",
+    "user\nassistant\nmodel\n",
+]
+_BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 
-def _tokenizer(specials: list[str], bos: str = "<s>", eos: str = "</s>") -> tf.PreTrainedTokenizerFast:
-    # Word-level vocabulary: specials first (ids 0..), then the words; whitespace/punctuation pre-tokenizer.
+
+def _corpus() -> list[str]:
+    words = [" ".join(WORDS[i : i + 5]) for i in range(0, len(WORDS), 5)]
+    return (CORPUS + words) * 4
+
+
+def _trained(kind: str, base: list[str]) -> Tokenizer:
+    # A BPE tokenizer trained in-process (milliseconds) with the real pipeline of `kind`.
+    if kind == "byte_bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400, special_tokens=base, initial_alphabet=alphabet, show_progress=False
+        )
+        tok.train_from_iterator(_corpus(), trainer)
+        return tok
+    # SentencePiece-style: `▁` for spaces, byte fallback (<0x..> tokens in the vocabulary), merges learned within
+    # words, then applied to the whole text unsplit as Llama's and Gemma's tokenizers do.
+    prefix = kind == "sentencepiece"
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Newlines stay out of every merge, as in Llama's (byte-fallback `<0x0A>`) and Gemma's vocabularies.
+    metaspace = pre_tokenizers.Metaspace(prepend_scheme="always" if prefix else "never", split=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"), metaspace])
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*steps, decoders.Strip(" ", 1, 0)] if prefix else steps)
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=base + _BYTE_TOKENS, show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in _BYTE_TOKENS]
+    scheme = "first" if prefix else "never"
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": False}
+    return Tokenizer.from_str(json.dumps(data))
+
+
+@functools.cache
+def make_tokenizer(
+    kind: str, specials: tuple[str, ...] = (), bos: str = "<s>", eos: str = "</s>"
+) -> tf.PreTrainedTokenizerFast:
+    """A fast tokenizer of `kind` (one of `TOKENIZER_KINDS`) with `<pad>`, `<unk>`, `bos`, `eos` first (ids 0-3)
+    and `specials` added as special tokens; cached per arguments (do not mutate)."""
     base = ["<pad>", "<unk>", bos, eos]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + specials + WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    if kind == "word":
+        vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + list(specials) + WORDS))}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    elif kind in TOKENIZER_KINDS:
+        tok = _trained(kind, base)
+    else:
+        raise ValueError(f"tokenizer kind {kind!r} is not one of {TOKENIZER_KINDS}")
     fast = tf.PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token=bos, eos_token=eos
     )
-    fast.add_special_tokens({"additional_special_tokens": specials})
+    fast.add_special_tokens({"additional_special_tokens": list(specials)})
     return fast
+
+
+def _tokenizer(specials: list[str], kind: str, bos: str = "<s>", eos: str = "</s>") -> tf.PreTrainedTokenizerFast:
+    # A fresh copy per model build: processors set attributes (padding side, ...) on their tokenizer.
+    return copy.deepcopy(make_tokenizer(kind, tuple(specials), bos, eos))
 
 
 def _text_config(cls, vocab_size: int, **kw):
@@ -140,9 +214,9 @@ _VISION = {
 }
 
 
-def _llava_like(processor_cls, image_processor, config_cls, model_cls, **config_kwargs):
+def _llava_like(kind, processor_cls, image_processor, config_cls, model_cls, **config_kwargs):
     # LLaVA-1.5 and LLaVA-NeXT share tokenizer, CLIP tower and template; they differ in the any-resolution crops.
-    tok = _tokenizer(["<image>"])
+    tok = _tokenizer(["<image>"], kind)
     proc = processor_cls(
         image_processor=image_processor,
         tokenizer=tok,
@@ -162,17 +236,18 @@ def _llava_like(processor_cls, image_processor, config_cls, model_cls, **config_
     return model_cls(cfg), proc
 
 
-def _llava():
+def _llava(kind):
     ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    return _llava_like(tf.LlavaProcessor, ip, tf.LlavaConfig, tf.LlavaForConditionalGeneration)
+    return _llava_like(kind, tf.LlavaProcessor, ip, tf.LlavaConfig, tf.LlavaForConditionalGeneration)
 
 
-def _llava_next():
+def _llava_next(kind):
     pinpoints = [[16, 32], [32, 16], [32, 32]]
     ip = tf.LlavaNextImageProcessorPil(
         size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=pinpoints
     )
     return _llava_like(
+        kind,
         tf.LlavaNextProcessor,
         ip,
         tf.LlavaNextConfig,
@@ -202,10 +277,10 @@ class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
     pass
 
 
-def _qwen_like(processor_cls, text_config_cls, config_cls, model_cls, vision: dict):
+def _qwen_like(kind, processor_cls, text_config_cls, config_cls, model_cls, vision: dict):
     # Qwen2-VL and Qwen2.5-VL share tokens, image processor and M-RoPE text model; their vision towers differ.
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = _tokenizer(specials)
+    tok = _tokenizer(specials, kind)
     ip = tf.Qwen2VLImageProcessorPil(
         min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
     )
@@ -223,14 +298,19 @@ def _qwen_like(processor_cls, text_config_cls, config_cls, model_cls, vision: di
     return model_cls(cfg), proc
 
 
-def _qwen2_vl():
+def _qwen2_vl(kind):
     vision = {"embed_dim": 32, "hidden_size": 32, "in_chans": 3, "mlp_ratio": 2}
     return _qwen_like(
-        _Qwen2VLProcessorNoVideo, tf.Qwen2VLTextConfig, tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, vision
+        kind,
+        _Qwen2VLProcessorNoVideo,
+        tf.Qwen2VLTextConfig,
+        tf.Qwen2VLConfig,
+        tf.Qwen2VLForConditionalGeneration,
+        vision,
     )
 
 
-def _qwen2_5_vl():
+def _qwen2_5_vl(kind):
     vision = {
         "hidden_size": 32,
         "intermediate_size": 37,
@@ -239,6 +319,7 @@ def _qwen2_5_vl():
         "fullatt_block_indexes": [1],
     }
     return _qwen_like(
+        kind,
         _Qwen2_5_VLProcessorNoVideo,
         tf.Qwen2_5_VLTextConfig,
         tf.Qwen2_5_VLConfig,
@@ -247,11 +328,11 @@ def _qwen2_5_vl():
     )
 
 
-def _idefics3_like(processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
+def _idefics3_like(kind, processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
     # Idefics3 and SmolVLM share tokens, template and the pixel-shuffle connector.
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tok = _tokenizer(specials)
+    tok = _tokenizer(specials, kind)
     ip = image_processor_cls(size={"longest_edge": 16}, max_image_size={"longest_edge": 16}, do_image_splitting=False)
     proc = processor_cls(
         image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE, **processor_kwargs
@@ -265,14 +346,19 @@ def _idefics3_like(processor_cls, image_processor_cls, config_cls, model_cls, **
     return model_cls(cfg), proc
 
 
-def _idefics3():
+def _idefics3(kind):
     return _idefics3_like(
-        tf.Idefics3Processor, tf.Idefics3ImageProcessorPil, tf.Idefics3Config, tf.Idefics3ForConditionalGeneration
+        kind,
+        tf.Idefics3Processor,
+        tf.Idefics3ImageProcessorPil,
+        tf.Idefics3Config,
+        tf.Idefics3ForConditionalGeneration,
     )
 
 
-def _smolvlm():
+def _smolvlm(kind):
     model, proc = _idefics3_like(
+        kind,
         _SmolVLMProcessorNoVideo,
         tf.SmolVLMImageProcessorPil,
         tf.SmolVLMConfig,
@@ -284,8 +370,8 @@ def _smolvlm():
     return model, proc
 
 
-def _paligemma():
-    tok = _tokenizer(["<image>"], bos="<bos>", eos="<eos>")
+def _paligemma(kind):
+    tok = _tokenizer(["<image>"], kind, bos="<bos>", eos="<eos>")
     ip = tf.SiglipImageProcessorPil(size={"height": 16, "width": 16}, image_seq_length=16)
     ip.image_seq_length = 16
     proc = tf.PaliGemmaProcessor(image_processor=ip, tokenizer=tok, chat_template=PALIGEMMA_TEMPLATE)
@@ -302,15 +388,21 @@ def _paligemma():
     return tf.PaliGemmaForConditionalGeneration(cfg), proc
 
 
+# family -> (builder, the tokenizer kind its released checkpoints have)
 _BUILDERS = {
-    "llava": _llava,
-    "llava_next": _llava_next,
-    "qwen2_vl": _qwen2_vl,
-    "qwen2_5_vl": _qwen2_5_vl,
-    "smolvlm": _smolvlm,
-    "idefics3": _idefics3,
-    "paligemma": _paligemma,
+    "llava": (_llava, "sentencepiece"),
+    "llava_next": (_llava_next, "sentencepiece"),
+    "qwen2_vl": (_qwen2_vl, "byte_bpe"),
+    "qwen2_5_vl": (_qwen2_5_vl, "byte_bpe"),
+    "smolvlm": (_smolvlm, "byte_bpe"),
+    "idefics3": (_idefics3, "byte_bpe"),
+    "paligemma": (_paligemma, "sentencepiece_no_prefix"),
 }
+
+
+def tokenizer_kind(family: str) -> str:
+    """The tokenizer kind (`TOKENIZER_KINDS`) `family`'s released checkpoints have, which `build` gives it."""
+    return _BUILDERS[family][1]
 
 
 def spread_weights(model: torch.nn.Module, gain: float = 1.5) -> None:
@@ -327,16 +419,19 @@ def spread_weights(model: torch.nn.Module, gain: float = 1.5) -> None:
 
 
 @functools.cache
-def _cached(family: str, seed: int):
+def _cached(family: str, seed: int, tokenizer: str):
     torch.manual_seed(seed)
-    model, processor = _BUILDERS[family]()
+    model, processor = _BUILDERS[family][0](tokenizer)
     spread_weights(model)
     return model.eval(), processor
 
 
-def build(family: str, seed: int = 0):
-    """A tiny `(model, processor)` of `family` in eval mode, fp32, cached per (family, seed): do not mutate it."""
-    return _cached(family, seed)
+def build(family: str, seed: int = 0, tokenizer: str | None = None):
+    """A tiny `(model, processor)` of `family` in eval mode, fp32, cached per arguments: do not mutate it.
+
+    `tokenizer` picks a `TOKENIZER_KINDS` kind; None gives the kind the family's released checkpoints have (use
+    `"word"` only where a test needs hand-readable ids)."""
+    return _cached(family, seed, tokenizer or tokenizer_kind(family))
 
 
 def image(seed: int = 0, size: tuple[int, int] = (24, 20)) -> Image.Image:

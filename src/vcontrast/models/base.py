@@ -24,6 +24,8 @@ class ModelAdapter:
     token_keys: tuple[str, ...] = ("input_ids", "attention_mask")
     # Position id of the first token (PaliGemma counts from 1).
     first_position: int = 0
+    # Text the processor itself appends after the (rendered) prompt, which the answer follows (PaliGemma's "\n").
+    text_after_prompt: str = ""
 
     def __init__(self, model: nn.Module):
         self.model = unwrap_model(model)

@@ -10,3 +10,4 @@ class PaliGemmaAdapter(ModelAdapter):
     model_types = ("paligemma",)
     token_keys = ("input_ids", "attention_mask", "token_type_ids")
     first_position = 1
+    text_after_prompt = "\n"  # the processor writes `<image>...<bos>{prompt}\n` and the answer follows
