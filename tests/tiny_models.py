@@ -18,7 +18,7 @@ import transformers as tf
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
+FAMILIES = ("llava", "llava_next", "vipllava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
 
 WORDS = [
     "what",
@@ -87,6 +87,13 @@ LLAVA_TEMPLATE = (
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
     "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] + ' ' }}{% endif %}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+# ViP-LLaVA's: `###Human:`-style turns, text followed by a newline, generation prompt `###Assistant:`.
+VIPLLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ '###' + message['role'].title() + ': ' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] + '\n' }}{% endif %}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}###Assistant:{% endif %}"
 )
 QWEN_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -241,6 +248,28 @@ def _llava(kind):
     return _llava_like(kind, tf.LlavaProcessor, ip, tf.LlavaConfig, tf.LlavaForConditionalGeneration)
 
 
+def _vipllava(kind):
+    # ViP-LLaVA: LLaVA-1.5's processor, a projector over several CLIP layers (concatenated, layer-normed), no
+    # feature-select option (always drops CLS).
+    tok = _tokenizer(["<image>"], kind)
+    ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    proc = tf.LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=4,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VIPLLAVA_TEMPLATE,
+    )
+    cfg = tf.VipLlavaConfig(
+        vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
+        text_config=_text_config(tf.LlamaConfig, len(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=[-1, -2],
+    )
+    return tf.VipLlavaForConditionalGeneration(cfg), proc
+
+
 def _llava_next(kind):
     pinpoints = [[16, 32], [32, 16], [32, 32]]
     ip = tf.LlavaNextImageProcessorPil(
@@ -392,6 +421,7 @@ def _paligemma(kind):
 _BUILDERS = {
     "llava": (_llava, "sentencepiece"),
     "llava_next": (_llava_next, "sentencepiece"),
+    "vipllava": (_vipllava, "sentencepiece"),
     "qwen2_vl": (_qwen2_vl, "byte_bpe"),
     "qwen2_5_vl": (_qwen2_5_vl, "byte_bpe"),
     "smolvlm": (_smolvlm, "byte_bpe"),

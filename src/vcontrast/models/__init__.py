@@ -6,13 +6,20 @@ from torch import nn
 
 from vcontrast.models.base import ModelAdapter, unwrap_model
 from vcontrast.models.idefics3 import Idefics3Adapter
-from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter
+from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, VipLlavaAdapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
 from vcontrast.models.qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     model_type: cls
-    for cls in (LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Idefics3Adapter, PaliGemmaAdapter)
+    for cls in (
+        LlavaAdapter,
+        LlavaNextAdapter,
+        VipLlavaAdapter,
+        Qwen2VLAdapter,
+        Idefics3Adapter,
+        PaliGemmaAdapter,
+    )
     for model_type in cls.model_types
 }
 

@@ -1,4 +1,5 @@
-"""LLaVA-1.5 and LLaVA-NeXT (and the built-in toy model, which is a LLaVA): plain 1-D RoPE, `<image>` tokens."""
+"""LLaVA-1.5, LLaVA-NeXT and ViP-LLaVA (and the built-in toy model, which is a LLaVA): plain 1-D RoPE, `<image>`
+tokens."""
 
 from vcontrast.models.base import ModelAdapter
 
@@ -14,3 +15,10 @@ class LlavaNextAdapter(ModelAdapter):
 
     model_types = ("llava_next",)
     pixel_keys = ("pixel_values", "image_sizes")
+
+
+class VipLlavaAdapter(ModelAdapter):
+    """ViP-LLaVA (`vipllava`), the CRG paper's visual-prompt model: LLaVA-1.5's inputs (`pixel_values` (B, 3, H, W));
+    its projector reads several CLIP layers, which changes nothing for the contrast."""
+
+    model_types = ("vipllava",)
