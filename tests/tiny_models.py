@@ -18,7 +18,17 @@ import transformers as tf
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-FAMILIES = ("llava", "llava_next", "vipllava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma")
+FAMILIES = (
+    "llava",
+    "llava_next",
+    "vipllava",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+    "smolvlm",
+    "paligemma",
+)
 
 WORDS = [
     "what",
@@ -100,6 +110,13 @@ QWEN_TEMPLATE = (
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# LLaVA-OneVision's: Qwen2 turns with the image first, generation prompt ending in a newline.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] + ' ' }}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 IDEFICS3_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
@@ -302,6 +319,10 @@ class _Qwen2_5_VLProcessorNoVideo(_NoVideoCheck, tf.Qwen2_5_VLProcessor):
     pass
 
 
+class _LlavaOnevisionProcessorNoVideo(_NoVideoCheck, tf.LlavaOnevisionProcessor):
+    pass
+
+
 class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
     pass
 
@@ -355,6 +376,32 @@ def _qwen2_5_vl(kind):
         tf.Qwen2_5_VLForConditionalGeneration,
         vision,
     )
+
+
+def _llava_onevision(kind):
+    # LLaVA-OneVision: SigLIP tower, "full" features, any-resolution crops (with unpadding and a newline feature per
+    # row) and a Qwen2 language model.
+    tok = _tokenizer(["<image>", "<video>", "<|im_start|>", "<|im_end|>"], kind)
+    pinpoints = [[16, 16], [16, 32], [32, 16], [32, 32]]
+    ip = tf.LlavaOnevisionImageProcessorPil(size={"height": 16, "width": 16}, image_grid_pinpoints=pinpoints)
+    proc = _LlavaOnevisionProcessorNoVideo(
+        image_processor=ip,
+        tokenizer=tok,
+        video_processor=None,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        chat_template=ONEVISION_TEMPLATE,
+    )
+    cfg = tf.LlavaOnevisionConfig(
+        vision_config=dict(**_VISION, image_size=16, patch_size=4, model_type="siglip_vision_model"),
+        text_config=_text_config(tf.Qwen2Config, len(tok)).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
+    return tf.LlavaOnevisionForConditionalGeneration(cfg), proc
 
 
 def _idefics3_like(kind, processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
@@ -422,6 +469,7 @@ _BUILDERS = {
     "llava": (_llava, "sentencepiece"),
     "llava_next": (_llava_next, "sentencepiece"),
     "vipllava": (_vipllava, "sentencepiece"),
+    "llava_onevision": (_llava_onevision, "byte_bpe"),
     "qwen2_vl": (_qwen2_vl, "byte_bpe"),
     "qwen2_5_vl": (_qwen2_5_vl, "byte_bpe"),
     "smolvlm": (_smolvlm, "byte_bpe"),

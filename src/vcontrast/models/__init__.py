@@ -6,7 +6,7 @@ from torch import nn
 
 from vcontrast.models.base import ModelAdapter, unwrap_model
 from vcontrast.models.idefics3 import Idefics3Adapter
-from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, VipLlavaAdapter
+from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, VipLlavaAdapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
 from vcontrast.models.qwen2_vl import Qwen2VLAdapter
 
@@ -16,6 +16,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         LlavaAdapter,
         LlavaNextAdapter,
         VipLlavaAdapter,
+        LlavaOnevisionAdapter,
         Qwen2VLAdapter,
         Idefics3Adapter,
         PaliGemmaAdapter,
