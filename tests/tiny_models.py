@@ -25,6 +25,7 @@ FAMILIES = (
     "llava_onevision",
     "qwen2_vl",
     "qwen2_5_vl",
+    "qwen3_vl",
     "idefics3",
     "smolvlm",
     "paligemma",
@@ -323,6 +324,10 @@ class _LlavaOnevisionProcessorNoVideo(_NoVideoCheck, tf.LlavaOnevisionProcessor)
     pass
 
 
+class _Qwen3VLProcessorNoVideo(_NoVideoCheck, tf.Qwen3VLProcessor):
+    pass
+
+
 class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
     pass
 
@@ -404,6 +409,55 @@ def _llava_onevision(kind):
     return tf.LlavaOnevisionForConditionalGeneration(cfg), proc
 
 
+def _qwen3_vl(kind):
+    # Qwen3-VL: Qwen2-VL's tokens and processor; interleaved M-RoPE (sections sum to head_dim / 2 = 4) and deepstack
+    # features of both vision layers added to the first two LM layers' image positions.
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = _tokenizer(specials, kind)
+    ip = tf.Qwen2VLImageProcessorPil(
+        min_pixels=8 * 8, max_pixels=24 * 24, patch_size=4, merge_size=2, temporal_patch_size=2
+    )
+    proc = _Qwen3VLProcessorNoVideo(
+        image_processor=ip, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE
+    )
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "bos_token_id": 2,
+        "eos_token_id": 3,
+        "rope_parameters": rope,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_heads": 4,
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 32,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0, 1],
+    }
+    cfg = tf.Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    return tf.Qwen3VLForConditionalGeneration(cfg), proc
+
+
 def _idefics3_like(kind, processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
     # Idefics3 and SmolVLM share tokens, template and the pixel-shuffle connector.
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
@@ -472,6 +526,7 @@ _BUILDERS = {
     "llava_onevision": (_llava_onevision, "byte_bpe"),
     "qwen2_vl": (_qwen2_vl, "byte_bpe"),
     "qwen2_5_vl": (_qwen2_5_vl, "byte_bpe"),
+    "qwen3_vl": (_qwen3_vl, "byte_bpe"),
     "smolvlm": (_smolvlm, "byte_bpe"),
     "idefics3": (_idefics3, "byte_bpe"),
     "paligemma": (_paligemma, "sentencepiece_no_prefix"),

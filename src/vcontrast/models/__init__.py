@@ -8,7 +8,7 @@ from vcontrast.models.base import ModelAdapter, unwrap_model
 from vcontrast.models.idefics3 import Idefics3Adapter
 from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, VipLlavaAdapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
-from vcontrast.models.qwen2_vl import Qwen2VLAdapter
+from vcontrast.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     model_type: cls
@@ -18,6 +18,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         VipLlavaAdapter,
         LlavaOnevisionAdapter,
         Qwen2VLAdapter,
+        Qwen3VLAdapter,
         Idefics3Adapter,
         PaliGemmaAdapter,
     )

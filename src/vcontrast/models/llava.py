@@ -1,5 +1,5 @@
-"""LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision and ViP-LLaVA (and the built-in toy model, which is a LLaVA): plain 1-D RoPE, `<image>`
-tokens."""
+"""LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision and ViP-LLaVA (and the built-in toy model, which is a LLaVA): plain 1-D
+RoPE, `<image>` tokens."""
 
 from vcontrast.models.base import ModelAdapter
 

@@ -1,4 +1,4 @@
-"""Qwen2-VL and Qwen2.5-VL: flattened patches + `image_grid_thw`, and 3-D M-RoPE position ids."""
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: flattened patches + `image_grid_thw`, and 3-D M-RoPE position ids."""
 
 from __future__ import annotations
 
@@ -31,3 +31,13 @@ class Qwen2VLAdapter(ModelAdapter):
             mm_token_type_ids=inputs["mm_token_type_ids"],
         )
         return pos
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    """Qwen3-VL (`qwen3_vl`): Qwen2-VL's inputs and `get_rope_index`, with interleaved M-RoPE sections, and deepstack:
+    features of intermediate vision layers are added to the hidden states of the image positions in the first LM
+    layers. The no-image pass runs without pixels, so it injects nothing, and keeps the 3-D positions the text
+    tokens have with the image.
+    """
+
+    model_types = ("qwen3_vl",)
