@@ -29,6 +29,7 @@ FAMILIES = (
     "idefics3",
     "smolvlm",
     "paligemma",
+    "gemma3",
 )
 
 WORDS = [
@@ -126,6 +127,14 @@ IDEFICS3_TEMPLATE = (
     "{{ item['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
+# Gemma 3's: `<start_of_turn>user` / `model` turns, image as `<start_of_image>`, generation prompt ending in a newline.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 PALIGEMMA_TEMPLATE = (
     "{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'text' %}"
     "{{ item['text'] }}{% endif %}{% endfor %}{% endfor %}"
@@ -189,10 +198,16 @@ def _trained(kind: str, base: list[str]) -> Tokenizer:
 
 @functools.cache
 def make_tokenizer(
-    kind: str, specials: tuple[str, ...] = (), bos: str = "<s>", eos: str = "</s>"
+    kind: str,
+    specials: tuple[str, ...] = (),
+    bos: str = "<s>",
+    eos: str = "</s>",
+    named: tuple[tuple[str, str], ...] = (),
 ) -> tf.PreTrainedTokenizerFast:
     """A fast tokenizer of `kind` (one of `TOKENIZER_KINDS`) with `<pad>`, `<unk>`, `bos`, `eos` first (ids 0-3)
-    and `specials` added as special tokens; cached per arguments (do not mutate)."""
+    and `specials` added as special tokens; `named` pairs (attribute, token), e.g. `("image_token", "<img>")`,
+    become attributes such as `tokenizer.image_token` / `image_token_id`, as some processors read them. Cached per
+    arguments (do not mutate)."""
     base = ["<pad>", "<unk>", bos, eos]
     if kind == "word":
         vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + list(specials) + WORDS))}
@@ -206,12 +221,23 @@ def make_tokenizer(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token=bos, eos_token=eos
     )
     fast.add_special_tokens({"additional_special_tokens": list(specials)})
+    if named:
+        fast = tf.PreTrainedTokenizerFast(
+            tokenizer_object=fast._tokenizer,
+            pad_token="<pad>",
+            unk_token="<unk>",
+            bos_token=bos,
+            eos_token=eos,
+            extra_special_tokens=dict(named),
+        )
     return fast
 
 
-def _tokenizer(specials: list[str], kind: str, bos: str = "<s>", eos: str = "</s>") -> tf.PreTrainedTokenizerFast:
+def _tokenizer(
+    specials: list[str], kind: str, bos: str = "<s>", eos: str = "</s>", named: dict[str, str] | None = None
+) -> tf.PreTrainedTokenizerFast:
     # A fresh copy per model build: processors set attributes (padding side, ...) on their tokenizer.
-    return copy.deepcopy(make_tokenizer(kind, tuple(specials), bos, eos))
+    return copy.deepcopy(make_tokenizer(kind, tuple(specials), bos, eos, tuple((named or {}).items())))
 
 
 def _text_config(cls, vocab_size: int, **kw):
@@ -518,6 +544,42 @@ def _paligemma(kind):
     return tf.PaliGemmaForConditionalGeneration(cfg), proc
 
 
+def _gemma3(kind):
+    # Gemma 3: SigLIP tower pooled to 4 soft tokens per image, bidirectional attention among them, sliding-window and
+    # global layers. `final_logit_softcapping` is set although `Gemma3ForConditionalGeneration` ignores it, so that
+    # the suite checks the adapter ignores it too.
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    specials = [*named.values(), "<start_of_turn>", "<end_of_turn>"]
+    tok = _tokenizer(specials, kind, bos="<bos>", eos="<eos>", named=named)
+    ip = tf.Gemma3ImageProcessorPil(size={"height": 16, "width": 16}, do_pan_and_scan=False)
+    proc = tf.Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=4)
+    text = tf.Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    cfg = tf.Gemma3Config(
+        text_config=text,
+        vision_config=tf.SiglipVisionConfig(**_VISION, image_size=16, patch_size=4),
+        mm_tokens_per_image=4,
+        boi_token_id=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_id=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_id=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    return tf.Gemma3ForConditionalGeneration(cfg), proc
+
+
 # family -> (builder, the tokenizer kind its released checkpoints have)
 _BUILDERS = {
     "llava": (_llava, "sentencepiece"),
@@ -530,6 +592,7 @@ _BUILDERS = {
     "smolvlm": (_smolvlm, "byte_bpe"),
     "idefics3": (_idefics3, "byte_bpe"),
     "paligemma": (_paligemma, "sentencepiece_no_prefix"),
+    "gemma3": (_gemma3, "sentencepiece_no_prefix"),
 }
 
 

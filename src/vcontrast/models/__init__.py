@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vcontrast.models.base import ModelAdapter, unwrap_model
+from vcontrast.models.gemma3 import Gemma3Adapter
 from vcontrast.models.idefics3 import Idefics3Adapter
 from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, VipLlavaAdapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
@@ -21,6 +22,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         Qwen3VLAdapter,
         Idefics3Adapter,
         PaliGemmaAdapter,
+        Gemma3Adapter,
     )
     for model_type in cls.model_types
 }

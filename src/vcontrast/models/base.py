@@ -6,6 +6,9 @@ questions, so supporting a new family means answering them in a small subclass.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
@@ -24,6 +27,9 @@ class ModelAdapter:
     token_keys: tuple[str, ...] = ("input_ids", "attention_mask")
     # Position id of the first token (PaliGemma counts from 1).
     first_position: int = 0
+    # Value of each token-aligned type input (`token_type_ids`, `mm_token_type_ids`) for a generated or appended text
+    # token: PaliGemma's suffix is causal (1), Qwen2-VL's text is 0, Gemma 3's text is 0 (1 marks image tokens).
+    generated_token_types: Mapping[str, int] = MappingProxyType({})
     # Text the processor itself appends after the (rendered) prompt, which the answer follows (PaliGemma's "\n").
     text_after_prompt: str = ""
 

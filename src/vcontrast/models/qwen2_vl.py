@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
 from vcontrast.models.base import ModelAdapter
@@ -18,6 +20,7 @@ class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
     pixel_keys = ("pixel_values", "image_grid_thw")
     token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
 
     def position_ids(self, inputs: dict) -> torch.Tensor:
         if inputs.get("image_grid_thw") is None:

@@ -1,0 +1,63 @@
+"""Family-specific behaviour the shared parity suite (tests/models/test_contrast.py, tests/crg, tests/cal) does not
+show on its own: that each tiny model really exercises its family's quirk, and the limits adapters refuse."""
+
+import copy
+
+import pytest
+import torch
+
+from tests import tiny_models as tm
+from tests.models.test_contrast import brute_force, make_batch
+from vcontrast.conditions import NoImage
+from vcontrast.contrast import ATTENTION_MASK, gold_token_logits
+from vcontrast.models import get_adapter
+
+
+@torch.no_grad()
+def test_every_family_builds_with_its_released_tokenizer_kind():
+    for family in tm.FAMILIES:
+        model, _ = tm.build(family)
+        assert tm.tokenizer_kind(family) in tm.TOKENIZER_KINDS
+        adapter = get_adapter(model)
+        assert model.config.model_type in adapter.model_types
+        assert sum(p.numel() for p in model.parameters()) < 150_000  # tiny: the suite runs every family
+
+
+@torch.no_grad()
+def test_qwen3_vl_deepstack_is_exercised_and_left_out_without_the_image():
+    """The tiny Qwen3-VL injects deepstack features (zeroing them changes the reference logits), and the no-image
+    pass equals the attention-mask form, in which the injected image positions are masked out."""
+    model, _, batch, labels = make_batch("qwen3_vl")
+    reference = gold_token_logits(model, batch, labels).logits
+    muted = copy.deepcopy(model)
+    for merger in muted.model.visual.deepstack_merger_list:
+        torch.nn.init.zeros_(merger.linear_fc2.weight)
+        torch.nn.init.zeros_(merger.linear_fc2.bias)
+    assert not torch.allclose(gold_token_logits(muted, batch, labels).logits, reference, atol=1e-4)
+    # without the image, deepstack has nothing to inject: the muted and the full model agree
+    torch.testing.assert_close(
+        gold_token_logits(muted, batch, labels, NoImage()).logits,
+        gold_token_logits(model, batch, labels, NoImage()).logits,
+    )
+
+
+@torch.no_grad()
+def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
+    model, _, batch, labels = make_batch("gemma3")
+    assert model.config.text_config.final_logit_softcapping is not None  # set, and ignored by the model
+    assert get_adapter(model).output_head()[2] is None
+    causal = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    assert not torch.allclose(
+        model(**batch).logits, model(**causal).logits, atol=1e-4
+    )  # the token types change the attention, so the suite's parity covers the bidirectional block
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+
+
+def test_gemma3_no_image_pass_refuses_sequences_longer_than_the_sliding_window():
+    model, _, batch, labels = make_batch("gemma3")
+    short_window = copy.deepcopy(model)
+    short_window.config.text_config.sliding_window = 8
+    with pytest.raises(ValueError, match=r"longer than Gemma 3's sliding window \(8\).*attention_mask"):
+        gold_token_logits(short_window, batch, labels, NoImage())
+    gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs
