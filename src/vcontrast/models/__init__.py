@@ -7,6 +7,7 @@ from torch import nn
 from vcontrast.models.base import ModelAdapter, unwrap_model
 from vcontrast.models.gemma3 import Gemma3Adapter
 from vcontrast.models.idefics3 import Idefics3Adapter
+from vcontrast.models.internvl import InternVLAdapter
 from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, VipLlavaAdapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
 from vcontrast.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
@@ -23,6 +24,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         Idefics3Adapter,
         PaliGemmaAdapter,
         Gemma3Adapter,
+        InternVLAdapter,
     )
     for model_type in cls.model_types
 }
