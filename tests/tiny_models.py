@@ -11,6 +11,7 @@ import copy
 import functools
 import json
 import types
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -364,7 +365,7 @@ class _Qwen3VLProcessorNoVideo(_NoVideoCheck, tf.Qwen3VLProcessor):
 
 class _InternVLProcessorNoVideo(_NoVideoCheck, tf.InternVLProcessor):
     # The real processor pads on the left unless told otherwise; the tests pick the side on the tokenizer.
-    text_kwargs = {}
+    text_kwargs: ClassVar[dict] = {}
 
 
 class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
