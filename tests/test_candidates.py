@@ -29,6 +29,8 @@ def test_separator():
     assert candidate_separator("ASSISTANT: ", "yes") == ""
     assert candidate_separator("ASSISTANT:", " yes") == ""
     assert candidate_separator("", "yes") == ""
+    assert candidate_separator("[INST]is it red?[/INST]", "yes", ["[INST]", "[/INST]"]) == ""  # Mistral
+    assert candidate_separator("[INST]is it red?[/INST]", "yes") == " "
 
 
 def test_shared_prefix_length():
@@ -137,7 +139,7 @@ def test_score_equals_log_prob_of_the_ids_greedy_generation_emits(family):
     reference = crg.prepare([image], [prompt], [None] if crg.mode == "whole" else [[(2, 2, 12, 10)]]).reference
     rendered = crg.rendered_prompt(prompt)
     marker = WORD_START[tm.tokenizer_kind(family)]
-    first = _whole_words(tok, marker if candidate_separator(rendered, "x") else None)
+    first = _whole_words(tok, marker if candidate_separator(rendered, "x", tok.all_special_tokens) else None)
     rest = _whole_words(tok, marker)
     assert first and rest
     length = reference["input_ids"].shape[1]

@@ -6,7 +6,8 @@ a byte-level BPE model writes `Ġyes` (and a SentencePiece model `▁yes`), neve
 and the candidate's tokens are the joint tokens after the prompt's:
 
 - separator: one space when the rendered prompt ends in a non-space character (`ASSISTANT:`), nothing when it
-  ends in whitespace or a newline (Qwen's `assistant\\n`) or when the candidate itself starts with whitespace;
+  ends in whitespace or a newline (Qwen's `assistant\\n`), in a special token (Mistral's `[/INST]`, after which
+  the answer starts without a space), or when the candidate itself starts with whitespace;
 - boundary merge: when the joint tokens do not start with all of the prompt's tokens (the last prompt token fused
   with the candidate's first characters, e.g. a prompt ending in a space), the split moves back to the last token
   both share: the candidate's tokens are the joint tokens from there, and `drop` says how many of the prompt's
@@ -39,9 +40,9 @@ class CandidateTokens:
     drop: int = 0
 
 
-def candidate_separator(rendered_prompt: str, candidate: str) -> str:
-    """`" "` when the prompt ends in a non-space character and the candidate does not start with whitespace, else
-    `""`.
+def candidate_separator(rendered_prompt: str, candidate: str, special_tokens: Sequence[str] = ()) -> str:
+    """`" "` when the prompt ends in a non-space character that does not close one of `special_tokens`, and the
+    candidate does not start with whitespace; else `""`.
 
     Examples:
 
@@ -50,9 +51,13 @@ def candidate_separator(rendered_prompt: str, candidate: str) -> str:
     ' '
     >>> candidate_separator("<|im_start|>assistant\\n", "a cup")
     ''
+    >>> candidate_separator("[INST]What is it?[/INST]", "a cup", special_tokens=["[INST]", "[/INST]"])
+    ''
     ```
     """
     if not rendered_prompt or rendered_prompt[-1].isspace() or candidate[:1].isspace():
+        return ""
+    if any(token and rendered_prompt.endswith(token) for token in special_tokens):
         return ""
     return " "
 
@@ -95,13 +100,15 @@ def candidate_tokens(
     if not isinstance(rendered_prompt, str):
         raise ValueError(f"`rendered_prompt` (={rendered_prompt!r}) has to be a string")  # noqa: TRY004
     prompt_ids = _encode(tokenizer, rendered_prompt)
+    specials = [token for token in getattr(tokenizer, "all_special_tokens", []) if token]
     out = []
     for candidate in candidates:
         if not isinstance(candidate, str):
             raise ValueError(f"candidate {candidate!r} has to be a string")  # noqa: TRY004
         if not candidate.strip():
             raise ValueError(f"candidate {candidate!r} has no tokens: it is empty or only whitespace")
-        joint = _encode(tokenizer, rendered_prompt + candidate_separator(rendered_prompt, candidate) + candidate)
+        separator = candidate_separator(rendered_prompt, candidate, specials)
+        joint = _encode(tokenizer, rendered_prompt + separator + candidate)
         keep = shared_prefix_length(prompt_ids, joint)
         ids = tuple(joint[keep:])
         if not ids:

@@ -33,9 +33,10 @@ def brute_guided(model, crg, image, prompt, candidates, contrast_images):
     out = []
     for candidate in candidates:
         # The tokens the model itself writes: the tokens of prompt + separator + candidate after the prompt's (the
-        # templates here end in ":" or a newline, and nothing merges across the boundary).
+        # templates here end in ":", a newline or a special token, and nothing merges across the boundary).
         rendered = crg.rendered_prompt(prompt)
-        separator = "" if rendered[-1].isspace() else " "
+        ends_special = any(rendered.endswith(token) for token in crg.processor.tokenizer.all_special_tokens)
+        separator = "" if rendered[-1].isspace() or ends_special else " "
         prompt_ids = crg.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         joint = crg.processor.tokenizer(rendered + separator + candidate, add_special_tokens=False)["input_ids"]
         assert joint[: len(prompt_ids)] == prompt_ids

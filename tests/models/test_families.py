@@ -61,3 +61,26 @@ def test_gemma3_no_image_pass_refuses_sequences_longer_than_the_sliding_window()
     with pytest.raises(ValueError, match=r"longer than Gemma 3's sliding window \(8\).*attention_mask"):
         gold_token_logits(short_window, batch, labels, NoImage())
     gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs
+
+
+@torch.no_grad()
+def test_mistral3_break_and_end_tokens_belong_to_the_image_block():
+    model, processor, batch, labels = make_batch("mistral3")
+    tok = processor.tokenizer
+    ids = batch["input_ids"]
+    image = ids == tok.convert_tokens_to_ids("[IMG]")
+    markers = (ids == tok.convert_tokens_to_ids("[IMG_BREAK]")) | (ids == tok.convert_tokens_to_ids("[IMG_END]"))
+    assert markers.sum(-1).tolist() == [3, 3]  # three rows of merged patches per image: two breaks, one end
+    assert torch.equal(get_adapter(model).image_token_mask(ids), image | markers)
+    # the no-image pass drops them: it equals the attention-mask form with the markers masked too, and differs from
+    # one that keeps them
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    logit, _ = brute_force(model, batch, labels, mask_image=True)
+    torch.testing.assert_close(no_image.logits, logit, atol=1e-4, rtol=1e-4)
+    keep_markers = dict(batch, attention_mask=batch["attention_mask"].masked_fill(image, 0))
+    positions = get_adapter(model).position_ids(batch)
+    kept = model(**keep_markers, position_ids=positions).logits
+    target = labels[:, 1:]
+    gold = kept[:, :-1].gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    mask = target != -100
+    assert not torch.allclose(gold[mask], no_image.logits[:, 1:][mask], atol=1e-3)

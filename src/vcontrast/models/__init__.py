@@ -9,6 +9,7 @@ from vcontrast.models.gemma3 import Gemma3Adapter
 from vcontrast.models.idefics3 import Idefics3Adapter
 from vcontrast.models.internvl import InternVLAdapter
 from vcontrast.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, VipLlavaAdapter
+from vcontrast.models.mistral3 import Mistral3Adapter
 from vcontrast.models.paligemma import PaliGemmaAdapter
 from vcontrast.models.qwen2_vl import Qwen2VLAdapter, Qwen3VLAdapter
 
@@ -25,6 +26,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         PaliGemmaAdapter,
         Gemma3Adapter,
         InternVLAdapter,
+        Mistral3Adapter,
     )
     for model_type in cls.model_types
 }
