@@ -84,3 +84,60 @@ def test_mistral3_break_and_end_tokens_belong_to_the_image_block():
     gold = kept[:, :-1].gather(-1, target.clamp(min=0)[..., None])[..., 0]
     mask = target != -100
     assert not torch.allclose(gold[mask], no_image.logits[:, 1:][mask], atol=1e-3)
+
+
+@pytest.fixture
+def without_adapter(monkeypatch):
+    """Remove one family's adapter, as if vcontrast did not know it."""
+    from vcontrast import models
+
+    def remove(model_type):
+        monkeypatch.setattr(models, "ADAPTERS", {k: v for k, v in models.ADAPTERS.items() if k != model_type})
+
+    return remove
+
+
+@torch.no_grad()
+def test_generic_adapter_warns_once_and_passes_the_parity_checks(without_adapter, caplog):
+    """A LLaVA model without its adapter goes through the generic one: warned about once, and exact."""
+    import logging
+
+    from vcontrast.models import GenericAdapter
+    from vcontrast.models import generic as generic_module
+
+    without_adapter("llava")
+    generic_module._warned.discard("LlavaForConditionalGeneration")
+    model, _, batch, labels = make_batch("llava")
+    with caplog.at_level(logging.WARNING, logger="vcontrast.models.generic"):
+        adapter = get_adapter(model)
+        get_adapter(model)
+    assert isinstance(adapter, GenericAdapter) and not adapter.tested
+    warnings = [r.getMessage() for r in caplog.records if "untested" in r.getMessage()]
+    assert len(warnings) == 1 and "LlavaForConditionalGeneration" in warnings[0] and "\n" not in warnings[0]
+    logit, lp = brute_force(model, batch, labels)
+    scores = gold_token_logits(model, batch, labels, logprobs=True)
+    torch.testing.assert_close(scores.logits, logit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores.logprobs, lp, atol=1e-5, rtol=1e-5)
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    torch.testing.assert_close(
+        no_image.logits, brute_force(model, batch, labels, mask_image=True)[0], atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [
+        ("qwen2_vl", "multimodal rotary positions"),
+        ("qwen3_vl", "multimodal rotary positions"),
+        ("gemma3", "`token_type_ids`"),
+        ("paligemma", "`token_type_ids`"),
+    ],
+)
+def test_generic_adapter_refuses_what_it_cannot_prove_right(without_adapter, family, reason):
+    without_adapter(family)
+    model, _ = tm.build(family)
+    name = type(model).__name__
+    with pytest.raises(
+        ValueError, match=rf"{name} \(model type '{family}'\) is not supported: .*{reason}.*ModelAdapter"
+    ):
+        get_adapter(model)

@@ -21,6 +21,8 @@ class ModelAdapter:
     """
 
     model_types: tuple[str, ...] = ()
+    # Whether the family's parity suite runs in vcontrast's tests (False only for the generic adapter).
+    tested: bool = True
     # Inputs that carry the image (dropped for the no-image condition, swapped for a contrast image).
     pixel_keys: tuple[str, ...] = ("pixel_values",)
     # Inputs aligned with the tokens, shape (B, T): compacted together with `input_ids` when image tokens are dropped.
