@@ -56,13 +56,26 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Config entries that say how a model is run or where it came from, not what it computes.
+_RUNTIME_CONFIG_KEYS = (
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "pad_token_id",
+)
+
+
 def _config_identity(value: Any) -> Any:
     # The architecture, not where it was loaded from: drop `_name_or_path`, `transformers_version` and the like.
     if isinstance(value, dict):
         return {
             k: _config_identity(v)
             for k, v in value.items()
-            if not str(k).startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")
+            if not str(k).startswith("_") and k not in _RUNTIME_CONFIG_KEYS
         }
     return value
 
