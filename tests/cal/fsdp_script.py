@@ -1,7 +1,8 @@
-"""CAL under FSDP (torch's `fully_shard`, FSDP2) on 2 CPU processes over gloo, run by `test_fsdp.py`.
+"""CAL under FSDP on 2 CPU processes over gloo, run by `test_fsdp.py`: FSDP2 (`fully_shard`) or FSDP1 (the
+`FullyShardedDataParallel` wrapper, `use_orig_params=True`), chosen by the second argument.
 
 accelerate enables FSDP only on accelerators (its MULTI_CPU state has no FSDP plugin), so this script shards the
-model itself, as accelerate's FSDP2 path does: each decoder layer, then the root (embeddings, vision tower,
+model itself, as accelerate's FSDP paths do: each decoder layer, then the root (embeddings, vision tower,
 projector, `lm_head`). Each rank takes 2 of the 4 rows, computes `cal_loss` with the step-wide normaliser,
 backpropagates as `CALTrainer` does, rescales the gradients with the trainer's own function, and saves its loss,
 gains and the full gradients for the test to compare with one unsharded process.
@@ -33,15 +34,49 @@ def rows(batch: dict, rank: int, world: int = 2) -> dict:
     return {k: v[rank * size : (rank + 1) * size] for k, v in batch.items()}
 
 
-def main(out: str) -> None:
+def shard(model: torch.nn.Module, version: str, world: int) -> torch.nn.Module:
+    """The model sharded over `world` processes by FSDP `version` ("1" or "2")."""
+    if version == "2":
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        assert type(model.lm_head.weight).__name__ == "DTensor"  # the head really is a shard outside the forward
+        return model
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    layer = type(model.model.language_model.layers[0])
+    policy = ModuleWrapPolicy({layer})
+    wrapped = FullyShardedDataParallel(
+        model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+    )
+    # The head is split between the ranks outside the forward, not replicated: its pieces add up to one head.
+    pieces = torch.tensor(model.lm_head.weight.numel())
+    dist.all_reduce(pieces)
+    assert int(pieces) == model.lm_head.out_features * model.lm_head.in_features
+    return wrapped
+
+
+def full_grads(model: torch.nn.Module, version: str) -> dict[str, torch.Tensor]:
+    """Every gradient, gathered whole, under the unwrapped model's parameter names."""
+    if version == "2":
+        return {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.grad is not None}
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(model, with_grads=True):
+        return {
+            name.replace("_fsdp_wrapped_module.", ""): p.grad.clone()
+            for name, p in model.named_parameters()
+            if p.grad is not None
+        }
+
+
+def main(out: str, version: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model, batch = setup()
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model.model.language_model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    assert type(model.lm_head.weight).__name__ == "DTensor"  # the head really is a shard outside the forward
+    model = shard(model, version, world)
 
     local = rows(batch, rank, world)
     # Before any forward of the root: every parameter outside the decoder layers (the head included) is a shard.
@@ -53,7 +88,7 @@ def main(out: str) -> None:
     weight_sum = result.weights.sum().double()
     dist.all_reduce(weight_sum)
     CALTrainerMixin._scale_gradients(model, num_items / weight_sum)
-    grads = {name: p.grad.full_tensor() for name, p in model.named_parameters() if p.grad is not None}
+    grads = full_grads(model, version)
     loss = result.loss.detach().double() * num_items / weight_sum
     dist.all_reduce(loss)
     saved = {"loss": loss.item(), "delta": result.delta, "eval_delta": deltas, "grads": grads, "world": world}
@@ -62,4 +97,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

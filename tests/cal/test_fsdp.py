@@ -13,9 +13,10 @@ from vcontrast.cal import cal_deltas, cal_loss
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_equals_one_unsharded_process(tmp_path):
+@pytest.mark.parametrize("version", ["2", "1"])
+def test_two_process_fsdp_equals_one_unsharded_process(tmp_path, version):
     script = str(ROOT / "tests" / "cal" / "fsdp_script.py")
-    proc = launch("torchrun", ["--standalone", "--nproc_per_node", "2", script, str(tmp_path)])
+    proc = launch("torchrun", ["--standalone", "--nproc_per_node", "2", script, str(tmp_path), version])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in range(2)]
 
@@ -28,7 +29,10 @@ def test_two_process_fsdp_equals_one_unsharded_process(tmp_path):
         torch.testing.assert_close(result["eval_delta"], cal_deltas(model, rows(batch, rank), CONFIG)[0])
         assert result["loss"] == pytest.approx(full.loss.item(), rel=1e-5)
     expected = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
-    assert sorted(ranks[0]["grads"]) == sorted(expected) and "lm_head.weight" in expected
+    sharded = ranks[0]["grads"]
+    assert set(expected) <= set(sharded) and "lm_head.weight" in expected
+    # FSDP1 gives parameters the forward never used (the tower's last norm) a zero gradient instead of none.
+    assert all(not sharded[name].any() for name in set(sharded) - set(expected))
     for name, grad in expected.items():
         torch.testing.assert_close(ranks[0]["grads"][name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
