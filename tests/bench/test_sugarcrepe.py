@@ -31,7 +31,9 @@ def test_load_and_score(tmp_path, make_image):
     preds = {it.id: {"scores": [-1.0, -2.0]} for it in both}
     preds["swap_att/1"] = {"scores": [-2.0, -2.0]}  # tie -> wrong
     out = compute_metrics("sugarcrepe", both, preds)
-    assert out["accuracy"] == 0.8 and out["swap_att/accuracy"] == pytest.approx(2 / 3) and out["add_obj/accuracy"] == 1
+    assert out["swap_att/accuracy"] == pytest.approx(2 / 3) and out["add_obj/accuracy"] == 1
+    assert out["pooled/accuracy"] == 0.8 and out["mean/accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert "accuracy" not in out
 
 
 def test_missing_and_bad(tmp_path, make_image):
@@ -43,7 +45,7 @@ def test_missing_and_bad(tmp_path, make_image):
     with pytest.raises(ValueError, match="must hold an object"):
         sugarcrepe.load(tmp_path, split="replace_rel")
     (tmp_path / "replace_rel.json").write_text(json.dumps({"0": {"filename": "x.jpg", "caption": "c"}}))
-    with pytest.raises(ValueError, match="entry '0'"):
+    with pytest.raises(ValueError, match=r"replace_rel.json, key '0': `negative_caption` \(=None\)"):
         sugarcrepe.load(tmp_path, split="replace_rel")
     (tmp_path / "replace_rel.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):

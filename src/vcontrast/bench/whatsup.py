@@ -51,6 +51,8 @@ from vcontrast.bench.registry import (
     find_image,
     read_json,
     require_dir,
+    require_text,
+    row_error,
     select_splits,
 )
 
@@ -99,18 +101,13 @@ def _parse_controlled_name(image_path: str) -> tuple[str, str, str] | None:
 def _controlled_items(records: list, path: Path, split: str, folder: str, data_dir: Path) -> list[Item]:
     items = []
     for i, rec in enumerate(records):
-        if not (
-            isinstance(rec, dict)
-            and isinstance(rec.get("image_path"), str)
-            and _is_captions(rec.get("caption_options"))
-        ):
-            raise ValueError(f"whatsup: {path} entry {i} must be {{'image_path': str, 'caption_options': [str, ...]}}")
-        rel_path = rec["image_path"]
-        image = find_image(
-            [data_dir / folder / Path(rel_path).name, data_dir / rel_path, data_dir.parent / rel_path],
-            "whatsup",
-            _LAYOUT,
-        )
+        row = f"entry {i}"
+        if not isinstance(rec, dict):
+            raise row_error("whatsup", path, row, None, "must be {'image_path': str, 'caption_options': [str, ...]}")
+        rel_path = require_text(rec.get("image_path"), "whatsup", path, row, "image_path")
+        _check_captions(rec.get("caption_options"), path, row, "caption_options")
+        candidates = [data_dir / folder / Path(rel_path).name, data_dir / rel_path, data_dir.parent / rel_path]
+        image = find_image(candidates, "whatsup", _LAYOUT, (path, row, "image_path"))
         meta = {"split": split, "source_image_path": rel_path}
         parsed = _parse_controlled_name(rel_path)
         if parsed is not None and parsed[1] in _AXES:
@@ -119,26 +116,38 @@ def _controlled_items(records: list, path: Path, split: str, folder: str, data_d
             meta.update(relation=relation, set_id=set_id, pair_id=f"{set_id}:{_AXES[relation]}")
         else:
             logger.warning("whatsup: cannot read the relation from %r; it is left out of pair/set accuracy", rel_path)
-        items.append(_item(f"{split}/{i}", str(image), list(rec["caption_options"]), meta))
+        # The image file name identifies a controlled item (one image per object pair and relation).
+        items.append(_item(f"{split}/{Path(rel_path).stem}", str(image), list(rec["caption_options"]), meta))
     return items
 
 
 def _qa_items(records: list, path: Path, split: str, folder: str, kind: str, data_dir: Path) -> list[Item]:
     items = []
+    seen: dict[int, int] = {}
     for i, rec in enumerate(records):
-        if not (isinstance(rec, list) and len(rec) == 3 and _is_captions(rec[1:])):
-            raise ValueError(
-                f"whatsup: {path} entry {i} must be [image_id, correct caption, wrong caption], got {rec!r}"
-            )
+        row = f"entry {i}"
+        if not (isinstance(rec, list) and len(rec) == 3):
+            shape = f"must be [image_id, correct caption, wrong caption], got {rec!r}"
+            raise row_error("whatsup", path, row, None, shape)
         image_id = rec[0]
-        name = f"{int(image_id):012d}.jpg" if kind == "coco" else f"{image_id}.jpg"
-        image = find_image([data_dir / folder / name], "whatsup", _LAYOUT)
-        items.append(_item(f"{split}/{i}", str(image), [rec[1], rec[2]], {"split": split, "image_id": image_id}))
+        if isinstance(image_id, str) and image_id.isdigit():
+            image_id = int(image_id)
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id < 0:
+            raise row_error("whatsup", path, row, "image_id", f"(={rec[0]!r}, first element) must be an integer")
+        _check_captions(rec[1:], path, row, "captions")
+        name = f"{image_id:012d}.jpg" if kind == "coco" else f"{image_id}.jpg"
+        image = find_image([data_dir / folder / name], "whatsup", _LAYOUT, (path, row, "image_id"))
+        # Ids from the data: the image id, and "#k" for the k-th further question about the same image.
+        seen[image_id] = seen.get(image_id, 0) + 1
+        item_id = f"{split}/{image_id}" + (f"#{seen[image_id]}" if seen[image_id] > 1 else "")
+        meta = {"split": split, "image_id": image_id}
+        items.append(_item(item_id, str(image), [rec[1], rec[2]], meta))
     return items
 
 
-def _is_captions(value: object) -> bool:
-    return isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) for c in value)
+def _check_captions(value: object, path: Path, row: str, field: str) -> None:
+    if not (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c.strip() for c in value)):
+        raise row_error("whatsup", path, row, field, f"(={value!r}) must be two or more non-empty caption strings")
 
 
 def _item(item_id: str, image: str, candidates: list[str], meta: dict) -> Item:
