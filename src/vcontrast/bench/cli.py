@@ -37,11 +37,28 @@ def eval_command(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for open-answer tasks (greedy).")] = 32,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (items/s).")] = True,
+    proposals: Annotated[
+        str | None,
+        typer.Option(
+            help="RefCOCO/+/g: 'gt' (the image's COCO boxes, default), 'proposer' (the region proposer's boxes), or a "
+            "detections JSON in MAttNet ({det_id, box, image_id, ...}) or COCO results ({image_id, bbox, ...}) format."
+        ),
+    ] = None,
+    split_by: Annotated[
+        str | None, typer.Option(help="RefCOCO/+/g: refer's splitBy: unc, google (RefCOCO, RefCOCOg) or umd.")
+    ] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="SugarCrepe, RefCOCO/+/g: folder of the COCO images, if not in --data-dir.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the predictions of an earlier run in --out and start over.")
+    ] = False,
 ) -> None:
     """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
 
-    Predictions go to OUT/predictions.jsonl as they are made; rerun with the same --out to resume. Metrics go to
-    OUT/metrics.json.
+    Predictions go to OUT/predictions.jsonl as they are made; rerun with the same --out to resume (refused when the
+    data files, model, method or options differ from the run in OUT; --overwrite starts over). Metrics go to
+    OUT/metrics.json. Every data row and image is checked before the model loads.
 
     Several processes: accelerate launch --num_processes N -m vcontrast.cli eval ... (on a machine without GPUs add
     --multi_gpu to the launcher's options). The processes split the items; process 0 merges and scores.
@@ -63,8 +80,12 @@ def eval_command(
             proposer=None if proposer.lower() == "none" else proposer,
             proposer_model=proposer_model,
             max_new_tokens=max_new_tokens,
+            proposals=proposals,
+            split_by=split_by,
+            image_root=image_root,
+            overwrite=overwrite,
         )
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}")
         raise typer.Exit(code=2) from e
     if not _is_main_process():

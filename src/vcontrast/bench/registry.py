@@ -81,9 +81,8 @@ class Benchmark:
     ) -> list[Item]:
         """Load items from the official layout under `data_dir` (see the benchmark module's docstring).
 
-        `options` are the loader's own keyword options (`Benchmark.options`); options left `None` are not passed.
+        `options` are the loader's own keyword options (`Benchmark.options`).
         """
-        options = {k: v for k, v in options.items() if v is not None}
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             takes = f"takes only {', '.join(self.options)}" if self.options else "takes none"
@@ -170,11 +169,10 @@ def find_image(
         if path.is_file():
             return path
     tried = ", ".join(str(p) for p in candidates)
-    problem = f"image not found (looked for {tried}). Expected layout:\n{layout}"
     if source is not None:
         file, row, field = source
-        raise row_error(benchmark, file, row, field, f"names an {problem}")
-    raise ValueError(f"{benchmark}: {problem}")
+        raise row_error(benchmark, file, row, field, f"names an image not found (looked for {tried})")
+    raise ValueError(f"{benchmark}: image not found (looked for {tried}). Expected layout:\n{layout}")
 
 
 def row_error(benchmark: str, path: Path, row: str, field: str | None, problem: str) -> ValueError:
