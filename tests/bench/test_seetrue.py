@@ -54,3 +54,18 @@ def test_missing_and_bad(tmp_path, make_image):
     (tmp_path / "images" / "a.png").unlink()
     with pytest.raises(ValueError, match="image not found"):
         seetrue.load(tmp_path)
+
+
+def test_public_csv_name(tmp_path, make_image):
+    _write(tmp_path, make_image)
+    (tmp_path / "SeeTRUE.csv").rename(tmp_path / "SeeTRUE_public.csv")
+    items = seetrue.load(tmp_path)
+    assert [it.id for it in items] == ["Winoground/1", "Winoground/2", "DrawBench/3", "DrawBench/4"]
+
+
+def test_ids_come_from_the_data_not_positions(tmp_path, make_image):
+    _write(tmp_path, make_image)
+    first = {it.id: it.prompt for it in seetrue.load(tmp_path)}
+    lines = (tmp_path / "SeeTRUE.csv").read_text().splitlines()
+    (tmp_path / "SeeTRUE.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert {it.id: it.prompt for it in seetrue.load(tmp_path)} == first  # same id, same row content

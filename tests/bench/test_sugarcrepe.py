@@ -50,3 +50,14 @@ def test_missing_and_bad(tmp_path, make_image):
     (tmp_path / "replace_rel.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         sugarcrepe.load(tmp_path, split="replace_rel")
+
+
+def test_image_root(tmp_path, make_image):
+    _write(tmp_path / "sugar", make_image)
+    (tmp_path / "sugar" / "val2017").rename(tmp_path / "coco_val2017")
+    with pytest.raises(ValueError, match=r"swap_att.json, key '0': `filename` names an image not found"):
+        sugarcrepe.load(tmp_path / "sugar")
+    items = sugarcrepe.load(tmp_path / "sugar", image_root=tmp_path / "coco_val2017")
+    assert items[0].image == str(tmp_path / "coco_val2017" / "000000000000.jpg")
+    with pytest.raises(ValueError, match="does not exist"):
+        sugarcrepe.load(tmp_path / "sugar", image_root=tmp_path / "nowhere")

@@ -37,6 +37,14 @@ opposite-relation axis form a **pair** (`meta["pair_id"]` = set + axis: left/rig
 (set) accuracy is the fraction of pairs (sets) with every image answered correctly. The authors divide by N/2 and
 N/4, which is the same number when every group is complete; we divide by the number of groups present, so a
 `limit` that cuts a group scores its present members only. COCO/GQA-spatial have no groups and report accuracy.
+
+Headline numbers: the paper reports every subset on its own, so `compute_metrics` gives `<split>/accuracy` (and
+`<split>/pair_accuracy`, `<split>/set_accuracy` for the controlled subsets), `mean/<metric>` = the unweighted average
+over the subsets present (pair/set: over the controlled subsets), and the accuracy over all items, which mixes 4-way
+and 2-way choices, only as `pooled/accuracy`.
+
+Item ids come from the data: `<split>/<image file stem>` for the controlled subsets, `<split>/<image id>` for
+COCO/GQA-spatial (`#2`, `#3`, ... for further entries about the same image).
 """
 
 from __future__ import annotations
@@ -202,5 +210,6 @@ WHATSUP = Benchmark(
     loader=load,
     splits=SPLITS,
     metrics={"choice": ("accuracy", "pair_accuracy", "set_accuracy")},
+    official_per_split=True,
     reference="Kamath et al., EMNLP 2023; github.com/amitakamath/whatsup_vlms",
 )
