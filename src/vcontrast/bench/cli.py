@@ -100,6 +100,29 @@ def eval_command(
         raise typer.Exit(code=1)
 
 
+# Every argument, --help included, goes to lmms-eval.
+LMMS_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def lmms_eval_command(ctx: typer.Context) -> None:
+    """Run lmms-eval with CRG registered as the model `vcontrast_crg` (the default --model); every argument goes to
+    lmms-eval, e.g. --tasks mme --model_args pretrained=CKPT,alpha=1.0,contrast=blackout,proposer=grounding-dino.
+
+    Needs the optional extra: pip install 'vcontrast[lmms]'. model_args: pretrained, alpha, contrast
+    (blackout | no-image | noise), proposer, proposer_model, noise_step, max_new_tokens (see docs/eval.md).
+    """
+    from vcontrast.bench.lmms import run_lmms_eval
+
+    try:
+        code = run_lmms_eval(list(ctx.args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}")
+        raise typer.Exit(code=2) from e
+    if code:
+        print("error: lmms-eval produced no results (see its log above)")
+    raise typer.Exit(code=code)
+
+
 def _is_main_process() -> bool:
     # Only process 0 prints under `accelerate launch` (every process returns the same summary).
     import os
