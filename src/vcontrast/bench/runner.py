@@ -5,7 +5,8 @@ or any `Method`) over them in batches, and writes into `out_dir`:
 
 ```
 out_dir/
-  run.json                   what produced the predictions: benchmark, split, model, method and its settings
+  run.json                   what produced the predictions: benchmark, split, data files (size + SHA-256) and loader
+                             options, model (folder + file fingerprints), method and its settings
   predictions.partR.jsonl    process R's predictions while it runs, one JSON object a line ({"id": ..., ...})
   predictions.jsonl          all predictions once the run is complete (the part files are merged into it)
   metrics.json               the metrics of `vcontrast.bench.metrics.compute_metrics` and the run's description
@@ -17,8 +18,10 @@ loses at most the batches in flight. A rerun with the same `out_dir` reads every
 items that have one; a line torn by a crash is ignored (and cut off before the owner appends again). Batches are
 fixed by the item order and `batch_size` alone, and a batch with any item missing runs whole (only the missing items
 are written), so a resumed run computes every item in the same batch as an uninterrupted run. `run.json` guards the
-folder: a rerun with a different benchmark, split, model, method or setting raises instead of mixing predictions.
-A larger `limit` reuses the predictions of the smaller run.
+folder: a rerun whose benchmark, split, data files, loader options, model, method or settings differ raises (naming
+every difference) instead of mixing predictions; `overwrite=True` deletes the earlier run's files and starts over.
+A larger `limit` reuses the predictions of the smaller run. Every row and image is validated (by the loader) before
+the model loads.
 
 Several processes. Launched with `accelerate launch --num_processes N` (or `torchrun --nproc_per_node N`), each
 process takes every N-th batch (a strided shard), loads the model on its own device and writes its own part file.
