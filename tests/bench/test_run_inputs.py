@@ -124,3 +124,24 @@ def test_cli_user_errors_exit_2_with_a_short_message(tmp_path, make_image):
     assert result.exit_code == 2 and "image_root do not apply to this benchmark (it takes none)" in result.output
     result = _cli(["--benchmark", "refcoco", "--data-dir", str(data), "--split-by", "umd"])
     assert result.exit_code == 2 and "`split_by` (='umd') must be one of unc, google" in result.output
+
+
+class RecordingRefexp(FakeRefexp):
+    def __init__(self):
+        super().__init__()
+        self.proposals = []
+
+    def predict(self, items, images):
+        self.proposals += [item.proposals for item in items]
+        return [{"pred_box": [0, 0, 10, 20]} for _ in items]
+
+
+def test_proposals_option_selects_the_loader_setting(tmp_path, make_image):
+    data = write_refer(tmp_path / "refer", make_image)
+    method = RecordingRefexp()
+    run(data, tmp_path / "gt", method, benchmark="refcoco", split="val")
+    assert method.proposals == [[(0.0, 0.0, 10.0, 20.0), (30.0, 10.0, 50.0, 30.0)]]
+    method = RecordingRefexp()
+    summary = run(data, tmp_path / "proposer", method, benchmark="refcoco", split="val", proposals="proposer")
+    assert method.proposals == [[]]  # the method takes them from its region proposer
+    assert summary["data"]["options"] == {"proposals": "proposer"} and summary["metrics"]["acc@0.5"] == 1.0
