@@ -114,10 +114,11 @@ def test_compute_metrics_choice_per_split_and_groups():
     items = [_choice(i, split="s1" if i < 2 else "s2", pair=f"p{i // 2}", set_id="g") for i in range(4)]
     preds = {"0": {"scores": [1, 0]}, "1": {"scores": [1, 0]}, "2": {"scores": [1, 1]}, "3": {"scores": [0, 1]}}
     out = compute_metrics("whatsup", items, preds)
-    assert out["accuracy"] == 0.5
-    assert out["pair_accuracy"] == 0.5
-    assert out["set_accuracy"] == 0.0
-    assert out["s1/accuracy"] == 1.0 and out["s2/accuracy"] == 0.0
+    # What'sUp's numbers are per subset: the figures over all items are named pooled
+    assert out["pooled/accuracy"] == 0.5 and "accuracy" not in out
+    assert out["pooled/pair_accuracy"] == 0.5
+    assert out["pooled/set_accuracy"] == 0.0
+    assert out["s1/accuracy"] == 1.0 and out["s2/accuracy"] == 0.0 and out["mean/accuracy"] == 0.5
     # no groups -> group metrics left out
     out = compute_metrics("sugarcrepe", [_choice(0)], {"0": {"scores": [-1.0, -3.0]}})
     assert out == {"accuracy": 1.0}
