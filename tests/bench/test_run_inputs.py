@@ -97,6 +97,10 @@ def test_validation_happens_before_the_model_loads(tmp_path, make_image, monkeyp
     (data / "images" / "3.png").unlink()  # the last row's image: found before any batch runs
     with pytest.raises(ValueError, match=r"SeeTRUE.csv, line 5: `image` names an image not found"):
         evaluate("seetrue", data, method="crg", out_dir=tmp_path / "out", show_progress=False)
+    (data / "images" / "2.png").write_bytes(b"not an image")
+    make_image(data / "images" / "3.png")
+    with pytest.raises(ValueError, match=r"item 'Winoground/2': `image` .*2.png is not a readable image"):
+        evaluate("seetrue", data, method="crg", out_dir=tmp_path / "out", show_progress=False)
     toy = tmp_path / "toy"
     toy.mkdir()
     row = {"id": "q7", "task": "vqa", "image": "images/missing.png", "prompt": "what?", "answer": "a"}
@@ -124,6 +128,10 @@ def test_cli_user_errors_exit_2_with_a_short_message(tmp_path, make_image):
     assert result.exit_code == 2 and "image_root do not apply to this benchmark (it takes none)" in result.output
     result = _cli(["--benchmark", "refcoco", "--data-dir", str(data), "--split-by", "umd"])
     assert result.exit_code == 2 and "`split_by` (='umd') must be one of unc, google" in result.output
+    _rewrite_seetrue(data, [1, 0, 1, 0])
+    (tmp_path / "afile").write_text("")
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(data), "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "is a file; give a folder" in result.output
 
 
 class RecordingRefexp(FakeRefexp):

@@ -310,13 +310,32 @@ def _clear_run(out_dir: Path) -> None:
 
 
 def _check_images(items: list[Item], benchmark: str) -> None:
-    # Loaders check images against the row that names them; this catches items from any other source.
+    """Every item's image exists and is an image file PIL recognises (its header; decoding happens per batch), so
+    that a bad image stops the run before the model loads. Loaders already name the row of a missing image; this
+    catches items from any other source and unreadable files."""
+    from PIL import Image, UnidentifiedImageError
+
     missing = [item for item in items if not Path(item.image).is_file()]
     if missing:
         raise ValueError(
             f"{benchmark}: {len(missing)} item(s) name image files that do not exist, e.g. item "
             f"{missing[0].id!r}: {missing[0].image}"
         )
+    for item in items:
+        try:
+            with Image.open(item.image):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(
+                f"{benchmark}: item {item.id!r}: `image` {item.image} is not a readable image ({e})"
+            ) from e
+
+
+def _open(item: Item) -> Any:
+    try:
+        return open_image(item.image)
+    except ValueError as e:
+        raise ValueError(f"item {item.id!r}: {e}") from e
 
 
 def _build_method(
@@ -475,6 +494,8 @@ def evaluate(
 
     procs = _Processes()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"`out_dir` (={str(out_dir)!r}) is a file; give a folder for the predictions and metrics")
     out_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         procs.barrier()
@@ -509,7 +530,7 @@ def evaluate(
         )
         with part.open("a", encoding="utf-8") as f, bar:
             for batch in todo:
-                images = [open_image(item.image) for item in batch]
+                images = [_open(item) for item in batch]
                 predictions = runner.predict(batch, images)
                 if len(predictions) != len(batch):
                     raise ValueError(f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items")
