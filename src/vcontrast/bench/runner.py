@@ -321,7 +321,10 @@ def _check_images(items: list[Item], benchmark: str) -> None:
             f"{benchmark}: {len(missing)} item(s) name image files that do not exist, e.g. item "
             f"{missing[0].id!r}: {missing[0].image}"
         )
+    first_item = {}
     for item in items:
+        first_item.setdefault(item.image, item)  # each file once (RefCOCO has several sentences per image)
+    for item in first_item.values():
         try:
             with Image.open(item.image):
                 pass
