@@ -124,6 +124,11 @@ def test_cli_user_errors_exit_2_with_a_short_message(tmp_path, make_image):
     assert result.output.strip().splitlines() == [
         f"error: seetrue: {data / 'SeeTRUE.csv'}, line 3: `label` (='maybe') must be 0 or 1"
     ]
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: seetrue: data folder {tmp_path / 'nowhere'} does not exist.",
+        "  expected layout: docs/eval.md, 'The benchmarks'",
+    ]
     result = _cli(["--benchmark", "seetrue", "--data-dir", str(data), "--image-root", str(tmp_path)])
     assert result.exit_code == 2 and "image_root do not apply to this benchmark (it takes none)" in result.output
     result = _cli(["--benchmark", "refcoco", "--data-dir", str(data), "--split-by", "umd"])

@@ -86,7 +86,7 @@ def eval_command(
             overwrite=overwrite,
         )
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}")
+        print(short_error(e))
         raise typer.Exit(code=2) from e
     if not _is_main_process():
         return
@@ -98,6 +98,25 @@ def eval_command(
     if "metrics_error" in summary:
         print(f"error: no metrics: {summary['metrics_error']}")
         raise typer.Exit(code=1)
+
+
+def short_error(error: Exception) -> str:
+    """The one- or two-line form of a user error for the terminal: a loader's multi-line "Expected layout" hint
+    becomes a pointer to docs/eval.md (the full text stays in the exception for Python callers).
+
+    Examples:
+
+    ```python
+    >>> print(short_error(ValueError("seetrue: missing file d/S.csv. Expected layout:\\n  <data_dir>/S.csv")))
+    error: seetrue: missing file d/S.csv.
+      expected layout: docs/eval.md, 'The benchmarks'
+    ```
+    """
+    message = str(error)
+    head, sep, _ = message.partition(" Expected layout:\n")
+    if sep:
+        return f"error: {head}\n  expected layout: docs/eval.md, 'The benchmarks'"
+    return f"error: {message}"
 
 
 # Every argument, --help included, goes to lmms-eval.
