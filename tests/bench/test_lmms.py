@@ -186,6 +186,11 @@ def test_model_outputs_are_crg_computed_directly(tmp_path, lmms_eval):
     gen = {"until": ["\n"], "max_new_tokens": 3}
     answers = model.generate_until(_requests(model, "generate_until", vqa, None, gen_kwargs=gen))
     assert answers == [plain.generate(open_image(d["image"]), d["question"], max_new_tokens=3) for d in vqa]
+    # batched (lmms-eval's --batch_size) equals one request at a time, with CRG on
+    one, two = (VContrastCRG(alpha=1.0, proposer="toy", batch_size=b) for b in (1, 2))
+    assert one.generate_until(_requests(one, "generate_until", vqa, None, gen_kwargs=gen)) == two.generate_until(
+        _requests(two, "generate_until", vqa, None, gen_kwargs=gen)
+    )
 
 
 def test_bad_model_args(lmms_eval):

@@ -12,6 +12,8 @@ model_args (`--model_args key=value,...`):
 - `noise_step` (500): diffusion step of the `noise` contrast.
 - `max_new_tokens` (32): generation length when the task sets none.
 
+lmms-eval's `--batch_size N` batches `generate_until` requests (N at a time); loglikelihood requests run one by one.
+
 `generate_until` decodes greedily with CRG (`until` strings cut the answer; sampling settings are ignored, CRG's
 lmms-eval model is greedy); `loglikelihood` returns, as lmms-eval's models do, a loss: the negative CRG-guided
 log-probability of the continuation (the summed log-softmax of `(1 + alpha) * lp(. | image) - alpha * lp(. |
@@ -127,23 +129,39 @@ class VContrastCRG(lmms):
     # ------------------------------------------------------------------ lmms-eval API
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """Greedy CRG answers, cut at the first `until` string."""
-        out = []
-        for context, gen_kwargs, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            image = self._image(doc_to_visual, doc_id, task, split)
-            regions = self._question_regions(context, image)
-            max_new = int(gen_kwargs.get("max_new_tokens") or self.default_max_new_tokens)
-            crg = self.method.crg
-            answer = crg.generate_batch([image], [context], [regions], max_new_tokens=max_new, do_sample=False)[0]
-            for stop in until:
-                if stop and stop in answer:
-                    answer = answer.split(stop, 1)[0]
-            out.append(answer)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
+        """Greedy CRG answers, cut at the first `until` string; consecutive requests with the same answer length run
+        as one batch of at most `batch_size`."""
+        out: list[str] = []
+        args = [r.args for r in requests]
+        start = 0
+        while start < len(args):
+            max_new = self._max_new_tokens(args[start][1])
+            end = start + 1
+            while (
+                end < len(args)
+                and end - start < self.batch_size_per_gpu
+                and self._max_new_tokens(args[end][1]) == max_new
+            ):
+                end += 1
+            chunk = args[start:end]
+            images = [self._image(v, doc_id, task, split) for _, _, v, doc_id, task, split in chunk]
+            contexts = [context for context, *_ in chunk]
+            regions = [self._question_regions(c, image) for c, image in zip(contexts, images, strict=True)]
+            answers = self.method.crg.generate_batch(
+                images, contexts, regions, max_new_tokens=max_new, do_sample=False
+            )
+            for (context, gen_kwargs, *_), answer in zip(chunk, answers, strict=True):
+                until = (gen_kwargs or {}).get("until") or []
+                for stop in [until] if isinstance(until, str) else until:
+                    if stop and stop in answer:
+                        answer = answer.split(stop, 1)[0]
+                out.append(answer)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
+            start = end
         return out
+
+    def _max_new_tokens(self, gen_kwargs: dict | None) -> int:
+        return int((gen_kwargs or {}).get("max_new_tokens") or self.default_max_new_tokens)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """`(loss, is_greedy)` per request: the negative CRG-guided log-probability of the continuation (lmms-eval
