@@ -32,6 +32,7 @@ from PIL import Image
 
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import CRGMethod
+from vcontrast.candidates import candidate_tokens
 from vcontrast.crg.crg import CRG
 from vcontrast.regions import open_image
 
@@ -174,7 +175,8 @@ class VContrastCRG(lmms):
             regions = self._question_regions(context, image)
             crg = self.method.crg
             score = crg.score_batch([image], [context], [[continuation]], [regions])[0][0]
-            n_tokens = len(crg._tokens(continuation))
+            # as many tokens as the continuation has after the prompt (the one candidate-token rule)
+            n_tokens = len(candidate_tokens(crg.processor, crg.rendered_prompt(context), [continuation])[0].ids)
             greedy = crg.generate_batch([image], [context], [regions], max_new_tokens=n_tokens, do_sample=False)[0]
             # lmms-eval's multiple-choice scoring takes the argmin ("we return the actual loss"): a loss, so the
             # negative guided log-probability, summed over the continuation's tokens.
