@@ -214,3 +214,12 @@ def test_records_with_several_images_collate_and_train(tmp_path, model_dir):
     }
     with pytest.raises(ValueError, match="1 times for 2 image"):
         read_conversations(write_data(tmp_path, [bad], name="bad.jsonl"))
+
+
+def test_pt_refuses_a_model_without_a_projector():
+    from vcontrast.cal.stages import apply_stage
+
+    text_only = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="stage 'pt' trains the projector"):
+        apply_stage(text_only, "pt")
+    assert apply_stage(text_only, "all")["language"] == 6

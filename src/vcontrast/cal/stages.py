@@ -81,8 +81,11 @@ def apply_stage(model: nn.Module, stage: str, tower_lr_ratio: float | None = Non
         part = model_part(name)
         param.requires_grad_(trains[part])
         counts[part] += param.numel() if trains[part] else 0
-    if counts["projector"] == 0:
-        raise ValueError(f"{type(model).__name__} has no projector parameter ({', '.join(_PROJECTOR)}) to train")
+    if stage == "pt" and counts["projector"] == 0:
+        raise ValueError(
+            f"stage 'pt' trains the projector, but {type(model).__name__} has no parameter under "
+            f"{', '.join(_PROJECTOR)}; use stage 'it' or 'all'"
+        )
     return counts
 
 
