@@ -203,3 +203,19 @@ def test_logs_the_delta_histogram_and_the_shares_at_the_clamp_bounds(tmp_path):
         shares = [value for key, value in log.items() if key.startswith("cal/delta_hist/")]
         assert len(shares) == len(DELTA_BINS) + 1 and sum(shares) == pytest.approx(1.0)
         assert 0 <= log["cal/frac_at_alpha"] <= 1 and 0 <= log["cal/frac_at_beta"] <= 1
+
+
+def test_deepspeed_zero3_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
+    # DeepSpeed is not installed here: fake the plugin accelerate would hold under ZeRO-3.
+    from types import SimpleNamespace
+
+    original = tf.Trainer.create_accelerator_and_postprocess
+
+    def with_zero3(self):
+        original(self)
+        zero3 = property(lambda state: SimpleNamespace(zero_stage=3))
+        monkeypatch.setattr(type(self.accelerator.state), "deepspeed_plugin", zero3)
+
+    monkeypatch.setattr(tf.Trainer, "create_accelerator_and_postprocess", with_zero3)
+    with pytest.raises(ValueError, match="does not support DeepSpeed ZeRO-3"):
+        CALTrainer(model=train_copy("llava"), args=args(tmp_path))
