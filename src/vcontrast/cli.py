@@ -19,12 +19,29 @@ app = typer.Typer(
 
 
 @app.command()
-def info() -> None:
-    """Print the version and the supported model families (config.model_type values)."""
+def info(
+    model: Annotated[
+        str | None,
+        typer.Option(help="A model folder: print its family and whether vcontrast tests it (reads the config only)."),
+    ] = None,
+) -> None:
+    """Print the version and the supported model families (config.model_type values), or how a model is supported."""
     import vcontrast
 
     print(f"vcontrast {vcontrast.__version__}")
     print("supported model types: " + ", ".join(vcontrast.supported_model_types()))
+    if model is None:
+        return
+    from vcontrast.models.loading import model_support
+
+    support = model_support(model)
+    print(f"model: {model} ({support.model_class}, model type {support.model_type!r})")
+    if support.adapter is None:
+        print(f"not supported: {support.refusal}")
+    elif support.tested:
+        print(f"family: {support.model_type} ({support.adapter}), tested")
+    else:
+        print(f"family: none ({support.adapter}), untested: the generic adapter, used with a warning")
 
 
 @app.command()
@@ -44,7 +61,7 @@ def demo(
 
 def _register() -> None:
     # Command functions live beside the code they drive; their modules import torch/transformers lazily.
-    from vcontrast.bench.cli import eval_command
+    from vcontrast.bench.cli import LMMS_EVAL_CONTEXT, eval_command, lmms_eval_command
     from vcontrast.cal.cli import cal_app, train
     from vcontrast.crg.cli import ask, rerank, score
     from vcontrast.toy.cli import experiment_command, train_command
@@ -53,6 +70,7 @@ def _register() -> None:
     app.command("score")(score)
     app.command("rerank")(rerank)
     app.command("eval")(eval_command)
+    app.command("lmms-eval", context_settings=LMMS_EVAL_CONTEXT)(lmms_eval_command)
     app.command("train")(train)
     app.add_typer(cal_app, name="cal")
     toy_app = typer.Typer(help="The toy world: retrain the shipped model, run the measured experiments.")

@@ -65,7 +65,8 @@ def test_repeated_ids_are_made_unique(tmp_path):
         ('{"conversations": [{"from": "gpt", "value": "hi"}]}', r"turn 0 is an assistant \('gpt'\) turn"),
         ('{"conversations": [{"from": "bot", "value": "hi"}]}', r"unknown speaker `from` \(='bot'\)"),
         ('{"conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]}', "no image"),
-        ('{"image": ["images/red.png"], "conversations": []}', r"`image` \(=\['images/red.png'\]\) has to be one"),
+        ('{"image": [], "conversations": []}', r"`image` \(=\[\]\) has to be a path or a non-empty list"),
+        ('{"image": ["images/red.png", 3], "conversations": []}', r"has to be a path or a non-empty list of paths"),
         ('{"conversations": [{"from": "human", "value": 3}]}', r"turn 0 \(=.*\) has to be an object with a text"),
     ],
 )
@@ -119,11 +120,11 @@ def test_multi_turn_labels_every_assistant_turn_on_the_toy_processor(tmp_path):
 @pytest.mark.parametrize(
     ("family", "turns", "decoded"),
     [
-        # The template closes a turn with a special token: labelled as it is.
-        ("qwen2_vl", ["blue<|im_end|>", "a square<|im_end|>"], "blue <|im_end|> a square <|im_end|>"),
-        # No special token in the template's turn: eos is added. Its generation prompt (" assistant :") is not how
-        # it writes an assistant turn (".assistant :"): the labels start at the turn's own text.
-        ("llava", ["blue .</s>", "a square .</s>"], "blue . </s> a square . </s>"),
+        # The template closes a turn with a special token: labelled as it is (not the newline after it).
+        ("qwen2_vl", ["blue<|im_end|>", "a square<|im_end|>"], "blue<|im_end|>a square<|im_end|>"),
+        # No special token in the template's turn: eos is added; the space after the turn (where SentencePiece's
+        # `▁USER:` starts) stays unlabelled.
+        ("llava", ["blue</s>", "a square</s>"], "blue</s> a square</s>"),
     ],
 )
 def test_multi_turn_labels_with_other_chat_templates(tmp_path, family, turns, decoded):

@@ -8,11 +8,10 @@ from transformers import LogitsProcessorList
 
 from tests import tiny_models as tm
 from tests.crg import brute as b
-from tests.crg.test_scoring import brute_guided, brute_loglik
+from tests.crg.test_scoring import brute_guided, brute_loglik, brute_tokens
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import METHODS, CRGOverlayMethod, OverlayMethod, VCDMethod, get_method, method_config
 from vcontrast.conditions import DiffusionNoise, NoImage
-from vcontrast.contrast import head_logits, hidden_states
 from vcontrast.crg import CRG, CRGLogitsProcessor, two_stream_generate
 from vcontrast.regions import blackout, draw_boxes
 
@@ -112,16 +111,18 @@ def test_method_registry_and_options():
     assert (method.alpha, method.noise_step) == (2.0, 100)
 
 
-def no_image_logprobs(model, crg, image, prompt, tokens):
-    """log_softmax rows (n, V) predicting `tokens` after the prompt with the image tokens dropped from the sequence
-    (positions kept): `vcontrast.contrast`'s NoImage condition, a different mechanism from the masked attention."""
-    batch = crg._process([image], [crg.prompt_text(prompt)])
-    batch = b.with_tokens(batch, torch.cat([batch["input_ids"], torch.tensor([tokens])], dim=1))
+def no_image_logprobs(model, batch, rows):
+    """log_softmax rows (len(rows), V) of the prompt batch (one row) with the image tokens dropped from the sequence
+    (positions kept): `vcontrast.contrast`'s NoImage condition, a different mechanism from the masked attention.
+    `rows` index the original sequence."""
+    from vcontrast.contrast import _forward_inputs
+    from vcontrast.models import get_adapter
+
+    adapter = get_adapter(model)
+    kwargs, index = _forward_inputs(adapter, batch, NoImage())
     with torch.no_grad():
-        hidden, index = hidden_states(model, batch, NoImage())
-    n = len(tokens)
-    rows = index[0, -n - 1 : -1]
-    return torch.log_softmax(head_logits(model, hidden[0, rows]), -1)
+        logits = adapter.forward_model(**kwargs, use_cache=False).logits.float()
+    return torch.log_softmax(logits[0, index[0, rows]], -1)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma", "idefics3"])
@@ -133,11 +134,12 @@ def test_no_image_contrast(family):
     reference = crg._process([image], [text])
     expected = []
     for candidate in CANDIDATES:
-        tokens = processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        tokens = brute_tokens(crg, PROMPT, candidate)
         n = len(tokens)
         ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
         lp_ref = torch.log_softmax(b.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)
-        g = 2 * lp_ref - no_image_logprobs(model, crg, image, PROMPT, tokens)
+        rows = torch.arange(ids.shape[1] - n - 1, ids.shape[1] - 1)
+        g = 2 * lp_ref - no_image_logprobs(model, b.with_tokens(reference, ids), rows)
         expected.append(torch.log_softmax(g, -1)[torch.arange(n), torch.tensor(tokens)].sum().item())
     assert crg.score(image, PROMPT, CANDIDATES) == pytest.approx(expected, abs=1e-4)
     # generation: both paths agree, and the first step's guided scores are the brute-force ones
@@ -150,9 +152,7 @@ def test_no_image_contrast(family):
         by_processor = model.generate(**ref, logits_processor=LogitsProcessorList([guidance]), **kwargs)
     assert torch.equal(batched.sequences, by_processor.sequences)
     lp_ref = torch.log_softmax(b.full_logits(model, ref, ref["input_ids"])[0, -1], -1)
-    with torch.no_grad():
-        hidden, index = hidden_states(model, crg._process([image], [text]), NoImage())
-    lp_con = torch.log_softmax(head_logits(model, hidden[0, index[0, -1]]), -1)
+    lp_con = no_image_logprobs(model, ref, torch.tensor([ref["input_ids"].shape[1] - 1]))[0]
     for out in (batched, by_processor):
         torch.testing.assert_close(out.scores[0][0], 2 * lp_ref - lp_con, atol=1e-4, rtol=1e-4)
 

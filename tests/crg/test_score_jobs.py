@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests import tiny_models as tm
+from tests.crg.test_scoring import brute_tokens
 from vcontrast.crg import CRG, ScoreJob, score_jobs
 from vcontrast.crg.decode import stack_streams
 
@@ -32,8 +33,9 @@ def test_chunked_scores_equal_unchunked(family, mode):
     finally:
         handle.remove()
     torch.testing.assert_close(torch.tensor(one_by_one), torch.tensor(whole), atol=1e-5, rtol=1e-5)
-    multi_token = sum(len(processor.tokenizer(c, add_special_tokens=False)["input_ids"]) > 1 for c in CANDIDATES)
-    assert len(calls) == 1 + 2 * multi_token  # the prefill, then one chunk per multi-token job
+    crg = CRG(model, processor)
+    multi_token = sum(len(brute_tokens(crg, p, c)) > 1 for p, cs in zip(prompts, candidates, strict=True) for c in cs)
+    assert len(calls) == 1 + multi_token  # the prefill, then one chunk per multi-token job
     default = CRG(model, processor, mode=mode).score_batch(images, prompts, candidates, regions)
     torch.testing.assert_close(torch.tensor(default), torch.tensor(whole), atol=1e-5, rtol=1e-5)
 

@@ -25,6 +25,18 @@ def brute_scores(model, crg, image, prompt, candidates, contrast_images, normali
     ]
 
 
+def brute_tokens(crg, prompt, candidate):
+    """The tokens the model itself writes: the tokens of prompt + separator + candidate after the prompt's (the
+    templates here end in ":", a newline or a special token, and nothing merges across the boundary)."""
+    rendered = crg.rendered_prompt(prompt)
+    ends_special = any(rendered.endswith(token) for token in crg.processor.tokenizer.all_special_tokens)
+    separator = "" if rendered[-1].isspace() or ends_special else " "
+    prompt_ids = crg.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    joint = crg.processor.tokenizer(rendered + separator + candidate, add_special_tokens=False)["input_ids"]
+    assert joint[: len(prompt_ids)] == prompt_ids
+    return joint[len(prompt_ids) :]
+
+
 def brute_guided(model, crg, image, prompt, candidates, contrast_images, beta=None):
     """Per candidate: the guided scores (n, V) at its n positions from two full forwards, and its tokens (n,);
     with VCD's plausibility cutoff at `beta` if given."""
@@ -33,7 +45,7 @@ def brute_guided(model, crg, image, prompt, candidates, contrast_images, beta=No
     contrasts = [crg._process([im], [text]) for im in contrast_images]
     out = []
     for candidate in candidates:
-        tokens = crg.processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        tokens = brute_tokens(crg, prompt, candidate)
         ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
         n = len(tokens)
         ref = torch.log_softmax(brute.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)
@@ -154,7 +166,7 @@ def test_plausibility_cutoff():
 def brute_loglik(model, crg, image, prompt, text):
     """log p(text | image, prompt) from one full forward of prompt + text."""
     batch = crg._process([image], [crg.prompt_text(prompt)])
-    tokens = crg.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    tokens = brute_tokens(crg, prompt, text)
     return brute.candidate_scores(model, batch, batch, tokens, alpha=0.0, normalize=False).sum().item()
 
 
@@ -180,7 +192,7 @@ def test_rerank(family):
     assert best == max(range(3), key=expected.__getitem__)
 
 
-@pytest.mark.parametrize(("family", "text"), [("llava", "blue"), ("qwen2_vl", "a red cup")])
+@pytest.mark.parametrize(("family", "text"), [("llava", "a red cup"), ("qwen2_vl", "a small square")])
 def test_rerank_follows_the_log_ratio_where_normalised_disagrees(family, text):
     """Items where the renormalised guided score picks another proposal: the default follows the log-ratio."""
     model, processor = tm.build(family)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,6 +57,50 @@ def load_model(
         model = model.to(device)
     logger.info("loaded %s (%s) from %s", type(model).__name__, model.config.model_type, path)
     return model.eval(), processor
+
+
+@dataclass
+class ModelSupport:
+    """How vcontrast supports a model: its class, `model_type`, the adapter it gets (None if refused), whether that
+    adapter's parity suite runs in vcontrast's tests, and the refusal message where there is one."""
+
+    model_class: str
+    model_type: str
+    adapter: str | None
+    tested: bool
+    refusal: str | None = None
+
+
+def model_support(path: str | Path) -> ModelSupport:
+    """Which adapter the model in `path` would get, read from its config alone (the model is built on the meta
+    device: no weights are loaded, nothing is allocated).
+
+    Raises:
+        ValueError: if the folder does not exist or holds no image-text-to-text model config.
+
+    Examples:
+
+    ```python
+    >>> model_support("checkpoints/llava-1.5-7b-hf")
+    ModelSupport(model_class='LlavaForConditionalGeneration', model_type='llava', adapter='LlavaAdapter', tested=True)
+    ```
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    local = Path(path)
+    if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
+        raise ValueError(f"model path {str(path)!r} does not exist")
+    config = AutoConfig.from_pretrained(str(path))
+    try:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    except ValueError as error:
+        raise ValueError(f"{path}: not an image-text-to-text model ({config.model_type!r}): {error}") from error
+    try:
+        adapter = get_adapter(model)
+    except ValueError as error:
+        return ModelSupport(type(model).__name__, config.model_type, None, False, str(error))
+    return ModelSupport(type(model).__name__, config.model_type, type(adapter).__name__, adapter.tested)
 
 
 def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
