@@ -165,3 +165,17 @@ def test_no_image_method_scores_like_the_api():
     (choice,) = method.predict([item], [image])
     expected = CRG(model, processor, alpha=1.5, contrast=NoImage()).score(image, PROMPT, CANDIDATES)
     assert choice["scores"] == pytest.approx(expected, abs=1e-6) and method.config["alpha"] == 1.5
+
+
+@pytest.mark.parametrize("name", ["overlay", "crg+overlay", "vcd", "no-image"])
+def test_eval_runner_runs_the_baselines_by_name(tmp_path, name):
+    from tests.bench.test_runner_model import toy_items
+    from vcontrast.bench.runner import evaluate
+
+    data = toy_items(tmp_path / "data", n=2)  # two match items: one of each label (AUROC needs both)
+    kwargs = {"model": tm.build("llava"), "batch_size": 4, "show_progress": False, "proposer": None}
+    result = evaluate("toy", data, method=name, out_dir=tmp_path / "out", max_new_tokens=2, **kwargs)
+    assert {"choice/accuracy", "match/auroc", "refexp/acc@0.5"} <= set(result["metrics"])
+    assert result["config"] == method_config(name, proposer=None, max_new_tokens=2)
+    again = evaluate("toy", data, method=name, out_dir=tmp_path / "out", max_new_tokens=2, **kwargs)  # resumes
+    assert again["metrics"] == result["metrics"]
