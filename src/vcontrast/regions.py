@@ -101,7 +101,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         `PIL.Image.Image`: a new 8-bit RGB image, decoded in full (the file is closed).
 
     Raises:
-        `ValueError`: naming the path, if there is no such file or it cannot be decoded.
+        `ValueError`: naming the path, if there is no such file, it cannot be decoded or it has so many pixels that
+        PIL refuses to decode it (a decompression bomb).
 
     Examples:
 
@@ -115,6 +116,11 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as image:
             return to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"image {str(path)!r} is too large to decode safely ({error}); resize it below "
+            f"{Image.MAX_IMAGE_PIXELS} pixels"
+        ) from error
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
 

@@ -85,6 +85,34 @@ class ModelAdapter:
             )
         if has_pixels and not has_tokens:
             raise ValueError(f"the batch has `{self.pixel_keys[0]}` but no image tokens (id {self.image_token_id})")
+        from vcontrast.models.loading import check_text_length
+
+        check_text_length(self.model, inputs["input_ids"], inputs["attention_mask"])
+
+    def check_processor(self, processor) -> None:
+        """Raise ValueError if `processor` was not made for this model: its image token or vocabulary differ.
+
+        A processor of another family (or another checkpoint) otherwise fails deep inside the forward pass, with
+        errors such as "not enough values to unpack" or mismatched tensor sizes.
+        """
+        tokenizer = getattr(processor, "tokenizer", None)
+        image_token_id = getattr(processor, "image_token_id", None)
+        if image_token_id is None and getattr(processor, "image_token", None) is not None and tokenizer is not None:
+            image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+        model_name = f"{type(self.model).__name__} ({self.config.model_type})"
+        if image_token_id is not None and int(image_token_id) != self.image_token_id:
+            raise ValueError(
+                f"processor {type(processor).__name__} does not match model {model_name}: its image token has id "
+                f"{int(image_token_id)}, the model's config says {self.image_token_id}; load both from the same "
+                "checkpoint folder"
+            )
+        vocab_size = getattr(self.config.get_text_config(), "vocab_size", None)
+        if tokenizer is not None and isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"processor {type(processor).__name__} does not match model {model_name}: its tokenizer has "
+                f"{len(tokenizer)} tokens, the model's vocabulary {vocab_size}; load both from the same checkpoint "
+                "folder"
+            )
 
     def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
         """(weight (V, H), bias (V,) or None, final logit soft-cap or None) of the language-model head."""
