@@ -18,13 +18,17 @@ __all__ = ["IMAGE_SUFFIXES", "atomic_path", "check_output_file", "save_image", "
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def check_output_file(path: str | os.PathLike[str], option: str = "output", suffixes: Sequence[str] = ()) -> Path:
+def check_output_file(
+    path: str | os.PathLike[str], option: str = "output", suffixes: Sequence[str] = (), create_folder: bool = False
+) -> Path:
     """Check that `path` can be written (before any slow work): its folder exists and its suffix fits.
 
     Args:
         path (`str` or `os.PathLike`): the file to be written.
         option (`str`, *optional*, defaults to `"output"`): how the user named it (e.g. `"--save"`), for messages.
         suffixes (`Sequence[str]`, *optional*): allowed file name endings (lower case, with the dot); empty allows any.
+        create_folder (`bool`, *optional*, defaults to `False`): the folder may be missing (it is created when the
+            file is written) as long as no file stands in its way.
 
     Returns:
         `Path`: `path` as a `Path`.
@@ -46,9 +50,12 @@ def check_output_file(path: str | os.PathLike[str], option: str = "output", suff
         raise ValueError(
             f"{option} {str(path)!r} has to end in one of {', '.join(suffixes)} (the file type follows the suffix)"
         )
-    if not path.parent.is_dir():
+    folder = path.parent
+    while create_folder and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
         raise ValueError(
-            f"the folder {str(path.parent)!r} of {option} {str(path)!r} does not exist; create it or choose another"
+            f"the folder {str(folder)!r} of {option} {str(path)!r} does not exist; create it or choose another"
         )
     return path
 

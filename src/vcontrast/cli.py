@@ -48,7 +48,7 @@ def demo(
     """The main job: toy scenes, answers with and without CRG, a CAL weight heatmap and a small results table."""
     from vcontrast.demo import run_demo
 
-    run_demo(out, n_scenes=n_scenes, n_items=n_items, model_path=model, echo=print)
+    run_demo(out, n_scenes=n_scenes, n_items=n_items, model_path=model, echo=print, color=sys.stdout.isatty())
 
 
 def _register() -> None:

@@ -180,11 +180,15 @@ def show(
     negative gains; the PNG is the paper's Figure 2a."""
     import sys
 
+    from vcontrast.atomic import check_output_file, save_image, write_text
     from vcontrast.cal.show import token_report
     from vcontrast.regions import open_image
     from vcontrast.viz import token_heatmap, token_heatmap_html
 
     with _usage_errors():
+        check_output_file(out, "--out", (".png",), create_folder=True)
+        if html is not None:
+            check_output_file(html, "--html", (".html", ".htm"), create_folder=True)
         picture = open_image(image)
     config = _config(alpha, beta, window, contrast)
     vlm, processor = _load(model, device)
@@ -194,12 +198,10 @@ def show(
     print(_token_table(report, config.alpha, config.beta, color))
     tokens, weights = [t.text.strip() or repr(t.text) for t in report], [t.weight for t in report]
     title = f"CAL weights (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token_heatmap(tokens, weights, low=config.alpha, high=config.beta, title=title, image=picture).save(out)
+    save_image(token_heatmap(tokens, weights, low=config.alpha, high=config.beta, title=title, image=picture), out)
     print(f"heatmap written to {out}")
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(token_heatmap_html(tokens, weights, low=config.alpha, high=config.beta, title=title))
+        write_text(html, token_heatmap_html(tokens, weights, low=config.alpha, high=config.beta, title=title))
         print(f"HTML heatmap written to {html}")
 
 
