@@ -63,3 +63,21 @@ def test_over_long_input_names_the_limit():
     check_text_length(model, ids, mask)
     with pytest.raises(ValueError, match=f"an input has {limit + 1} tokens"):
         check_text_length(model, ids)
+
+
+def test_cal_weights_refuses_float_or_list_labels():
+    from vcontrast.cal import cal_weights
+
+    model, processor = tm.build("llava")
+    batch = dict(
+        processor(images=[tm.image(0)], text=[tm.chat(processor, "what is it ?") + " red"], return_tensors="pt")
+    )
+    labels = batch["input_ids"].clone()
+    labels[:, :-1] = -100
+    with pytest.raises(TypeError, match="integer token ids .* got dtype torch.float32; use labels.long()"):
+        cal_weights(model, {**batch, "labels": labels.float()})
+    with pytest.raises(TypeError, match="torch.Tensor of token ids .* got list; use torch.tensor"):
+        cal_weights(model, {**batch, "labels": labels.tolist()})
+    with pytest.raises(ValueError, match="labels shape"):
+        cal_weights(model, {**batch, "labels": labels[:, 1:]})
+    assert cal_weights(model, {**batch, "labels": labels}).shape == labels.shape
