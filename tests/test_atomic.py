@@ -39,3 +39,19 @@ def test_check_output_file(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         check_output_file(tmp_path, "--out")
     assert not (tmp_path / "missing").exists()  # checking creates nothing
+
+
+def test_no_debris_removes_only_what_a_failed_run_left_empty(tmp_path):
+    from vcontrast.atomic import no_debris
+
+    path = tmp_path / "a" / "b" / "out.jsonl"
+    with pytest.raises(ValueError, match="first batch"), no_debris(path) as p, p.open("a"):
+        raise ValueError("first batch failed")
+    assert list(tmp_path.iterdir()) == []  # no 0-byte file, no empty folders
+    with pytest.raises(ValueError, match="later"), no_debris(path) as p:
+        p.write_text('{"id": "0"}\n')
+        raise ValueError("later batch failed")
+    assert path.read_text() == '{"id": "0"}\n'  # records stay, for the rerun to resume
+    with no_debris(path) as p:
+        p.write_text("")
+    assert path.exists()  # success keeps everything, even an empty file

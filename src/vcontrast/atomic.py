@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_SUFFIXES", "atomic_path", "check_output_file", "save_image", "write_text"]
+__all__ = ["IMAGE_SUFFIXES", "atomic_path", "check_output_file", "no_debris", "save_image", "write_text"]
 
 # File name endings PIL saves from an RGB image (the format follows the suffix).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -82,6 +82,34 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def no_debris(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create the missing folders of the file `path` for the block; if it raises, remove what it left empty.
+
+    For outputs that grow while a run works (an appended JSONL that a rerun resumes): a failure before the first
+    record leaves neither a 0-byte file nor an empty folder behind; a file with records stays, for the rerun.
+
+    Examples:
+
+    ```python
+    >>> with no_debris("out/run/predictions.jsonl") as path, path.open("a") as f:
+    ...     f.write(next_record())
+    ```
+    """
+    path = Path(path)
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

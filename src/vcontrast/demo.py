@@ -113,8 +113,8 @@ def run_demo(
 
     torch.manual_seed(0)
     out = Path(out)
+    model, processor = load_model(model_path)  # first: a bad model folder leaves no empty output folder
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(model_path)
     echo(f"model: {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
     echo("CRG on toy questions (the box holds the object the question is about):")
     summary = {"crg_examples": crg_examples(model, processor, out, n_scenes, echo)}

@@ -71,3 +71,12 @@ def test_last_complete_checkpoint(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "skipping checkpoint-11: incomplete (no trainer_state.json; the run stopped while writing it)"
     ]
+
+
+def test_failed_precompute_leaves_nothing(tmp_path, model_dir):
+    data = write_data(tmp_path)
+    out = tmp_path / "new" / "w.safetensors"
+    # Every label cut off by --max-length: the first batch fails.
+    result = run("cal", "precompute", data, "--model", model_dir, "--out", out, "--max-length", "70", code=2)
+    assert "max_length" in result.output
+    assert not (tmp_path / "new").exists()

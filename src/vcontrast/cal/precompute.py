@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vcontrast.atomic import atomic_path, no_debris, write_text
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
 from vcontrast.models import get_adapter
@@ -80,11 +81,19 @@ def _run(
     """Resumable loop: collate the rows not yet in `path`, run `cal_deltas`, append one JSON line per sample."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with no_debris(path):  # a failure before the first record leaves no empty file or folder
+        return _append_records(
+            model, dataset, collate_fn, path, config, make_records, batch_size, id_key, show_progress, desc
+        )
+
+
+def _append_records(
+    model, dataset, collate_fn, path, config, make_records, batch_size, id_key, show_progress, desc
+) -> list[dict]:
     kept = _read_jsonl(path)
     done = {record["id"] for record in kept}
     if path.exists():  # rewritten without a truncated tail, so that appends start on a clean line
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     todo = [(i, _sample_id(row, i, id_key)) for i, row in enumerate(dataset)]
     ids = [sid for _, sid in todo]
     if len(set(ids)) != len(ids):
@@ -184,7 +193,8 @@ def precompute_weights(
         tensors[f"{r['id']}/tokens"] = torch.tensor(r["tokens"], dtype=torch.long)
         tensors[f"{r['id']}/delta"] = torch.tensor(r["delta"], dtype=torch.float32)
         tensors[f"{r['id']}/weights"] = torch.tensor(r["weights"], dtype=torch.float32)
-    save_file(tensors, str(path), metadata={"format": "vcontrast.cal", "config": json.dumps(_config_dict(config))})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "vcontrast.cal", "config": json.dumps(_config_dict(config))})
     jsonl.unlink()
     return path
 
@@ -350,7 +360,7 @@ def audit(
         desc="CAL audit",
     )
     stored.sort(key=lambda r: (-_num(r["frac_negative"]), _num(r["mean_delta"], math.inf)))
-    path.write_text("".join(json.dumps(r) + "\n" for r in stored))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in stored))
     return stored
 
 
