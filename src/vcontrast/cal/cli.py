@@ -297,6 +297,7 @@ def train(
     (CALTrainer for --method cal): checkpoints every --save-steps, --resume continues from the last one, and the final
     model and processor are saved in --output-dir (use it as --model). Trains the toy model by default.
     """
+    import torch
     from transformers import TrainingArguments
 
     from vcontrast.cal.finetune import METHODS, finetune
@@ -321,6 +322,7 @@ def train(
             bf16=bf16,
             report_to="none",
             remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(),  # else a warning per run on a CPU machine
         )
         result = finetune(
             data,
