@@ -126,7 +126,7 @@ def run(argv: list[str] | None = None) -> int:
     Examples:
 
     ```python
-    >>> run(["ask", "photo.png", "What is in the box?", "--alpha", "-1"])  # prints one line to stderr
+    >>> run(["ask", "examples/scene.png", "what color is the square ?", "--alpha", "-1"])  # one line on stderr
     2
     ```
     """
