@@ -1,4 +1,4 @@
-"""Model loading and the API checks around it: devices, quiet loading, mismatched processors, over-long inputs."""
+"""API checks around loading: devices, quiet loading, mismatched processors, over-long inputs, label types."""
 
 import pytest
 import torch
