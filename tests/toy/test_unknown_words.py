@@ -40,3 +40,13 @@ def test_saved_processor_files_are_unchanged(processor, tmp_path):
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     shipped = json.loads((vcontrast.toy.model.WEIGHTS_DIR / "tokenizer_config.json").read_text())
     assert config.get("tokenizer_class") == shipped.get("tokenizer_class")
+
+
+def test_processor_still_pickles(processor):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(processor))
+    assert (
+        again.tokenizer("what color is the circle ?")["input_ids"]
+        == processor.tokenizer("what color is the circle ?")["input_ids"]
+    )

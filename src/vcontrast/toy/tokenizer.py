@@ -17,6 +17,7 @@ and round-trips through `save_pretrained` / `AutoProcessor.from_pretrained`:
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -195,13 +196,23 @@ def warn_unknown_words(tokenizer) -> None:
     The toy model's word-level vocabulary maps every other word to `<unk>`, and a prompt such as "What is in the
     box?" then gets an answer without any sign that the model never read "in" and "box". The warning lists them.
     """
-    if not isinstance(tokenizer, _WarnsUnknownWords):
-        tokenizer.__class__ = type(type(tokenizer).__name__, (_WarnsUnknownWords, type(tokenizer)), {})
+    if isinstance(tokenizer, _WarnsUnknownWords):
+        return
+    base = type(tokenizer)
+    cls = getattr(_WARNING_CLASSES, base.__name__, None)
+    if cls is None or cls.__mro__[2] is not base:
+        # Same name as the base (save_pretrained writes the same files); pickle finds it by its qualified name.
+        namespace = {"__module__": __name__, "__qualname__": f"_WARNING_CLASSES.{base.__name__}"}
+        cls = type(base.__name__, (_WarnsUnknownWords, base), namespace)
+        setattr(_WARNING_CLASSES, base.__name__, cls)
+    tokenizer.__class__ = cls
+
+
+_WARNING_CLASSES = types.SimpleNamespace()  # the tokenizer classes `warn_unknown_words` made, by base name
 
 
 class _WarnsUnknownWords:
-    # Mixed into the loaded tokenizer's class by `warn_unknown_words`; the class keeps its name, so that
-    # `save_pretrained` writes the same files.
+    # Mixed into the loaded tokenizer's class by `warn_unknown_words`.
     _warned_words: ClassVar[set[str]] = set()  # once per process
 
     def __call__(self, text=None, *args, **kwargs):
