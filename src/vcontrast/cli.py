@@ -28,12 +28,29 @@ app = typer.Typer(
 
 
 @app.command()
-def info() -> None:
-    """Print the version and the supported model families (config.model_type values)."""
+def info(
+    model: Annotated[
+        str | None,
+        typer.Option(help="A model folder: print its family and whether vcontrast tests it (reads the config only)."),
+    ] = None,
+) -> None:
+    """Print the version and the supported model families (config.model_type values), or how a model is supported."""
     import vcontrast
 
     print(f"vcontrast {vcontrast.__version__}")
     print("supported model types: " + ", ".join(vcontrast.supported_model_types()))
+    if model is None:
+        return
+    from vcontrast.models.loading import model_support
+
+    support = model_support(model)
+    print(f"model: {model} ({support.model_class}, model type {support.model_type!r})")
+    if support.adapter is None:
+        print(f"not supported: {support.refusal}")
+    elif support.tested:
+        print(f"family: {support.model_type} ({support.adapter}), tested")
+    else:
+        print(f"family: none ({support.adapter}), untested: the generic adapter, used with a warning")
 
 
 @app.command()

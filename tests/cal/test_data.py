@@ -119,11 +119,11 @@ def test_multi_turn_labels_every_assistant_turn_on_the_toy_processor(tmp_path):
 @pytest.mark.parametrize(
     ("family", "turns", "decoded"),
     [
-        # The template closes a turn with a special token: labelled as it is.
-        ("qwen2_vl", ["blue<|im_end|>", "a square<|im_end|>"], "blue <|im_end|> a square <|im_end|>"),
-        # No special token in the template's turn: eos is added. Its generation prompt (" assistant :") is not how
-        # it writes an assistant turn (".assistant :"): the labels start at the turn's own text.
-        ("llava", ["blue .</s>", "a square .</s>"], "blue . </s> a square . </s>"),
+        # The template closes a turn with a special token: labelled as it is (not the newline after it).
+        ("qwen2_vl", ["blue<|im_end|>", "a square<|im_end|>"], "blue<|im_end|>a square<|im_end|>"),
+        # No special token in the template's turn: eos is added; the space after the turn (where SentencePiece's
+        # `▁USER:` starts) stays unlabelled.
+        ("llava", ["blue</s>", "a square</s>"], "blue</s> a square</s>"),
     ],
 )
 def test_multi_turn_labels_with_other_chat_templates(tmp_path, family, turns, decoded):

@@ -10,18 +10,20 @@ import torch
 
 from vcontrast.models import get_adapter
 
-# Token type of appended tokens: PaliGemma's suffix is causal (1), Qwen2-VL's text is 0.
+# Token type of appended tokens: PaliGemma's suffix is causal (1), Qwen2-VL's text is 0, Gemma 3's text is 0 (its 1
+# marks image tokens).
 APPENDED_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
+APPENDED_TYPE_OF = {"gemma3": {"token_type_ids": 0}}
 
 
-def with_tokens(inputs: dict, ids: torch.Tensor) -> dict:
+def with_tokens(inputs: dict, ids: torch.Tensor, model_type: str = "") -> dict:
     """The prompt batch `inputs` (B, T) with its rows replaced by `ids` (B, T + n): mask and token types extended."""
     batch = {k: v for k, v in inputs.items() if k != "labels"}
     extra = ids.shape[1] - inputs["input_ids"].shape[1]
     batch["input_ids"] = ids
     ones = torch.ones(ids.shape[0], extra, dtype=inputs["attention_mask"].dtype)
     batch["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
-    for key, value in APPENDED_TYPE.items():
+    for key, value in APPENDED_TYPE_OF.get(model_type, APPENDED_TYPE).items():
         if key in batch:
             batch[key] = torch.cat([batch[key], torch.full_like(ones, value, dtype=batch[key].dtype)], dim=1)
     return batch
@@ -29,7 +31,7 @@ def with_tokens(inputs: dict, ids: torch.Tensor) -> dict:
 
 def full_logits(model, inputs: dict, ids: torch.Tensor) -> torch.Tensor:
     """Logits (B, T + n, V) of a full forward (no cache) of the prompt batch continued with `ids`' extra tokens."""
-    batch = with_tokens(inputs, ids)
+    batch = with_tokens(inputs, ids, model.config.model_type)
     positions = get_adapter(model).position_ids(batch)  # what generate uses: from the attention mask
     with torch.no_grad():
         return model(**batch, position_ids=positions, use_cache=False).logits.float()

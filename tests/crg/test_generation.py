@@ -80,7 +80,7 @@ def test_beam_search_matches_brute_force(family, monkeypatch):
 
     monkeypatch.setattr(crg_processor, "beam_origin", spy)
     eos, pad = special_tokens(model, processor)
-    steps, beams = 3, 2
+    steps, beams = 3, 3
     banned = [eos, image_token(model)]
     expected = brute.beam_search(model, reference, contrast, 1.0, beams, steps, banned)
     out = processor_generate(

@@ -32,7 +32,15 @@ def brute_guided(model, crg, image, prompt, candidates, contrast_images):
     contrasts = [crg._process([im], [text]) for im in contrast_images]
     out = []
     for candidate in candidates:
-        tokens = crg.processor.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+        # The tokens the model itself writes: the tokens of prompt + separator + candidate after the prompt's (the
+        # templates here end in ":", a newline or a special token, and nothing merges across the boundary).
+        rendered = crg.rendered_prompt(prompt)
+        ends_special = any(rendered.endswith(token) for token in crg.processor.tokenizer.all_special_tokens)
+        separator = "" if rendered[-1].isspace() or ends_special else " "
+        prompt_ids = crg.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        joint = crg.processor.tokenizer(rendered + separator + candidate, add_special_tokens=False)["input_ids"]
+        assert joint[: len(prompt_ids)] == prompt_ids
+        tokens = joint[len(prompt_ids) :]
         ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
         n = len(tokens)
         ref = torch.log_softmax(brute.full_logits(model, reference, ids)[0, -n - 1 : -1], -1)

@@ -59,3 +59,33 @@ def test_dtype_applies_to_the_toy_model(monkeypatch):
     assert loaded.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="`dtype` \\(='half-ish'\\)"):
         load_model(None, dtype="half-ish")
+
+
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [("llava", "family: llava (LlavaAdapter), tested"), ("mistral3", "family: mistral3 (Mistral3Adapter), tested")],
+)
+def test_info_names_the_family_of_a_saved_model(family, expected, tmp_path, capsys):
+    from vcontrast.cli import main
+
+    tm.build(family)[0].config.save_pretrained(tmp_path)  # the config is all `info` reads
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--model", str(tmp_path)])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert expected in out and f"model type '{family}'" in out
+
+
+def test_info_says_generic_and_untested_or_refused(tmp_path, monkeypatch, capsys):
+    from vcontrast import models
+    from vcontrast.cli import main
+
+    monkeypatch.setattr(
+        models, "ADAPTERS", {k: v for k, v in models.ADAPTERS.items() if k not in ("llava", "qwen2_vl")}
+    )
+    for family, expected in (("llava", "untested: the generic adapter"), ("qwen2_vl", "not supported: Qwen2VL")):
+        folder = tmp_path / family
+        tm.build(family)[0].config.save_pretrained(folder)
+        with pytest.raises(SystemExit):
+            main(["info", "--model", str(folder)])
+        assert expected in capsys.readouterr().out

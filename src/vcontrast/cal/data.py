@@ -318,7 +318,11 @@ class ConversationCollator:
                 start = turn.find(answer, max(len(_common_prefix(before, turn)), len(done))) if answer else -1
                 if start < 0:
                     raise ValueError(f"sample {sid!r}: assistant turn {k} not found in the chat template's text")
-            pieces += [(turn[len(done) : start], False), (self._with_eos(turn[start:]), True)]
+            # Whitespace after the turn's last token is the template's separator before the next turn: unlabelled,
+            # or a SentencePiece tokenizer's `▁USER:` (which starts at that space) would be learned as the answer's.
+            answer = self._with_eos(turn[start:])
+            body = answer.rstrip()
+            pieces += [(turn[len(done) : start], False), (body, True), (answer[len(body) :], False)]
             done = turn
         full = self._render(messages, generation=False)
         if not full.startswith(done):
@@ -375,10 +379,12 @@ class ConversationCollator:
             # The processor expands the image placeholder into many tokens; the labelled turns all come after the
             # image, so they sit at the same distance from the end in both tokenizations.
             shift = first + length - len(plain_ids)
+            # A token belongs to a turn if it overlaps it: one that merges the prompt's last characters with the
+            # answer's first is the answer's (the candidate-token rule of `vcontrast.candidates`).
             positions = [
                 j
                 for j, (start, end) in enumerate(offsets)
-                if end > start and any(s <= start < e for s, e in example_spans)
+                if end > start and any(start < e and end > s for s, e in example_spans)
             ]
             if not positions:
                 raise ValueError(f"sample {ids[b]!r}: no assistant token to train on (all labels would be -100)")

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from vcontrast.candidates import CandidateTokens, candidate_tokens
 from vcontrast.crg.decode import stack_streams, two_stream_generate
 from vcontrast.crg.guidance import check_alpha, check_beta
 from vcontrast.crg.processor import CRGLogitsProcessor
@@ -34,6 +35,8 @@ MODES = ("union", "each", "combined", "whole")
 IMPLEMENTATIONS = ("auto", "batched", "processor")
 MATCH_TEMPLATE = "Does this image match: {text}?"
 RERANK_PROMPT = "Describe the image."
+# How many of the prompt's last tokens are checked against the processor's (and may merge with a candidate).
+_TAIL_CHECK = 8
 # Decoding modes CRG runs: one token per sequence and step, from the guided scores.
 _SUPPORTED_MODES = ("greedy_search", "sample", "beam_search", "beam_sample")
 
@@ -349,8 +352,10 @@ class CRG:
     ) -> list[float]:
         """Guided log-likelihood of each candidate answer to `prompt`.
 
-        Each candidate's tokens (`processor.tokenizer(candidate, add_special_tokens=False)`, no EOS) follow the
-        generation prompt. The score sums (or averages, `reduce="mean"`) over those tokens
+        Each candidate's tokens are the ones the model itself would produce after the generation prompt (no EOS):
+        the tail of the joint tokenization of the rendered prompt, a separator and the candidate
+        (`vcontrast.candidates.candidate_tokens`; `▁yes`/`Ġyes` after `ASSISTANT:`, not a bare `yes`). The score
+        sums (or averages, `reduce="mean"`) over those tokens
         `log_softmax((1 + alpha) * lp_ref - alpha * lp_con)[y_t]` (`normalize=True`), or the unnormalised
         `(1 + alpha) * lp_ref[y_t] - alpha * lp_con[y_t]` (`normalize=False`). The prompt with its image is
         prefilled once per condition and all candidates run as one batch on that cache.
@@ -392,10 +397,14 @@ class CRG:
             raise ValueError(f"need one candidate list per image; got {len(candidates)} for {len(images)} images")
         prepared = self.prepare(images, prompts, regions)
         count = prepared.reference["input_ids"].shape[0]
+        tokens = [
+            self._tokens(prepared, example, prompt, c)
+            for example, (prompt, c) in enumerate(zip(prompts, candidates, strict=True))
+        ]
         jobs = [
-            ScoreJob(example, tuple(count + row for row in prepared.groups[example]), self._tokens(candidate))
-            for example, example_candidates in enumerate(candidates)
-            for candidate in example_candidates
+            (ScoreJob(example, tuple(count + row for row in prepared.groups[example]), ct.ids), ct.drop)
+            for example, example_tokens in enumerate(tokens)
+            for ct in example_tokens
         ]
         scores = self._run(prepared, jobs, normalize)
         out, start = [], 0
@@ -405,9 +414,20 @@ class CRG:
             out.append([float(s.sum() if reduce == "sum" else s.mean()) for s in chunk])
         return out
 
-    def _run(self, prepared: CRGInputs, jobs: list[ScoreJob], normalize: bool) -> list[torch.Tensor]:
+    def _run(self, prepared: CRGInputs, jobs: list[tuple[ScoreJob, int]], normalize: bool) -> list[torch.Tensor]:
+        # Jobs are (job, drop): a candidate whose first token merges with the prompt's last `drop` tokens is scored
+        # after the prompt with those tokens removed (see `vcontrast.candidates`); one prefill per distinct drop.
         prefix = stack_streams(prepared.reference, prepared.contrast)
-        return score_jobs(self.model, prefix, jobs, self.alpha, self.plausibility_beta, normalize)
+        results: list[torch.Tensor | None] = [None] * len(jobs)
+        for drop in sorted({drop for _, drop in jobs}):
+            index = [i for i, (_, d) in enumerate(jobs) if d == drop]
+            batch = prefix if drop == 0 else _drop_last_tokens(prefix, self.adapter, drop)
+            scores = score_jobs(
+                self.model, batch, [jobs[i][0] for i in index], self.alpha, self.plausibility_beta, normalize
+            )
+            for i, score in zip(index, scores, strict=True):
+                results[i] = score
+        return results
 
     def _check_candidates(self, candidates: Sequence[str]) -> list[str]:
         if isinstance(candidates, str) or not isinstance(candidates, Sequence) or len(candidates) == 0:
@@ -417,12 +437,34 @@ class CRG:
                 raise ValueError(f"candidate {candidate!r} has to be a string")  # noqa: TRY004
         return list(candidates)
 
-    def _tokens(self, text: str) -> tuple[int, ...]:
+    def rendered_prompt(self, prompt: str) -> str:
+        """The text the model reads before an answer: `prompt_text(prompt)` plus what the processor appends after a
+        prompt (PaliGemma's newline)."""
+        return self.prompt_text(prompt) + self.adapter.text_after_prompt
+
+    def _tokens(
+        self, prepared: CRGInputs, example: int, prompt: str, candidates: Sequence[str]
+    ) -> list[CandidateTokens]:
+        # The one candidate-token rule, after checking that the processor's prompt ends in the tokenizer's tokens
+        # (else the rule's split point would not be where the model's prompt ends).
+        rendered = self.rendered_prompt(prompt)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        tokens = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if not tokens:
-            raise ValueError(f"candidate {text!r} has no tokens")
-        return tokens
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        # Only the text after the image placeholder: the processor expands the placeholder into many tokens.
+        after_image = max((i + 1 for i, t in enumerate(ids) if t == self.adapter.image_token_id), default=0)
+        tail = ids[max(after_image, len(ids) - _TAIL_CHECK) :]
+        row = prepared.reference["input_ids"][example]
+        if row[-len(tail) :].tolist() != list(tail):
+            raise ValueError(
+                f"the processor's tokens for prompt {prompt!r} end in {row[-len(tail) :].tolist()}, the tokenizer's "
+                f"in {list(tail)}: candidate tokens cannot be placed after the prompt (does the model's adapter "
+                "know what the processor appends after the prompt?)"
+            )
+        out = candidate_tokens(tokenizer, rendered, candidates)
+        for candidate, tokens in zip(candidates, out, strict=True):
+            if tokens.drop >= len(tail):
+                raise ValueError(f"candidate {candidate!r} merges with more of the prompt than its last tokens")
+        return out
 
     def rerank(
         self,
@@ -461,8 +503,8 @@ class CRG:
         if boxes is None or len(boxes) == 0:
             raise ValueError(f"`proposals` (={proposals!r}) is empty: nothing to re-rank")
         prepared = self.prepare([image], [prompt], [boxes], mode="each")
-        tokens = self._tokens(text)
-        jobs = [ScoreJob(0, (1 + row,), tokens) for row in prepared.groups[0]]
+        (tokens,) = self._tokens(prepared, 0, prompt, [text])
+        jobs = [(ScoreJob(0, (1 + row,), tokens.ids), tokens.drop) for row in prepared.groups[0]]
         scores = [float(s.sum() if reduce == "sum" else s.mean()) for s in self._run(prepared, jobs, normalize)]
         return max(range(len(scores)), key=scores.__getitem__), scores
 
@@ -514,6 +556,22 @@ def _is_empty(regions: Any) -> bool:
         return len(regions) == 0
     except TypeError:
         return False
+
+
+def _drop_last_tokens(batch: dict, adapter, drop: int) -> dict:
+    """The left-padded prompt batch with each row's last `drop` tokens removed (the row shifts right by `drop`,
+    padding enters on the left), pixel inputs unchanged: positions from the attention mask stay the same."""
+    out = dict(batch)
+    for key in adapter.token_keys:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            # Masked out by the attention mask; the prompt's last token stands in as a pad id that no family reads
+            # as an image token.
+            pad = value[:, -1:].expand(-1, drop) if key == "input_ids" else value.new_zeros(value.shape[0], drop)
+            out[key] = torch.cat([pad, value[:, :-drop]], dim=1)
+    if bool(adapter.image_token_mask(batch["input_ids"][:, -drop:]).any()):
+        raise ValueError(f"a candidate merges with the prompt's last {drop} tokens, which include image tokens")
+    return out
 
 
 def _pad_token_id(model: torch.nn.Module, processor: Any) -> int | None:

@@ -21,10 +21,6 @@ from vcontrast._compat import cache_from_output, cache_kwargs
 from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
 from vcontrast.models import ModelAdapter, get_adapter
 
-# Token type of a generated (or appended candidate) token, for the inputs aligned with the tokens: PaliGemma's
-# suffix is causal (1); Qwen2-VL's generated tokens are text (0).
-GENERATED_TOKEN_TYPE = {"token_type_ids": 1, "mm_token_type_ids": 0}
-
 
 def stack_streams(reference: dict, contrast: dict) -> dict:
     """One batch of the reference rows followed by the contrast rows (tensors concatenated on dim 0).
@@ -154,7 +150,7 @@ def _decode(
         cache.batch_select_indices(index)
         logits, mask, positions = logits[index], mask[index], batch_rows(positions, index)
     keep_mask = not bool(mask.all())  # like generate: no mask at all when nothing is padded
-    extra = {key: value for key, value in GENERATED_TOKEN_TYPE.items() if key in stacked}
+    extra = {key: value for key, value in adapter.generated_token_types.items() if key in stacked}
 
     pad_token_id = generation_config._pad_token_tensor
     has_eos = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)

@@ -18,7 +18,7 @@ import torch
 
 from vcontrast._compat import cache_from_output, cache_kwargs
 from vcontrast.contrast import head_logits
-from vcontrast.crg.decode import GENERATED_TOKEN_TYPE, batch_rows, model_inputs
+from vcontrast.crg.decode import batch_rows, model_inputs
 from vcontrast.crg.guidance import guided_logprobs
 from vcontrast.models import ModelAdapter, get_adapter
 
@@ -125,7 +125,7 @@ def _suffix_hidden(
         "use_cache": True,
         **cache_kwargs(cache),
     }
-    for key, value in GENERATED_TOKEN_TYPE.items():
+    for key, value in adapter.generated_token_types.items():
         if key in adapter.token_keys and prefix.get(key) is not None:
             call[key] = torch.full_like(ids, value)
     return adapter.backbone()(**call).last_hidden_state

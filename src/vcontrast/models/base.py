@@ -6,6 +6,9 @@ questions, so supporting a new family means answering them in a small subclass.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import torch
 from torch import nn
 
@@ -18,12 +21,19 @@ class ModelAdapter:
     """
 
     model_types: tuple[str, ...] = ()
+    # Whether the family's parity suite runs in vcontrast's tests (False only for the generic adapter).
+    tested: bool = True
     # Inputs that carry the image (dropped for the no-image condition, swapped for a contrast image).
     pixel_keys: tuple[str, ...] = ("pixel_values",)
     # Inputs aligned with the tokens, shape (B, T): compacted together with `input_ids` when image tokens are dropped.
     token_keys: tuple[str, ...] = ("input_ids", "attention_mask")
     # Position id of the first token (PaliGemma counts from 1).
     first_position: int = 0
+    # Value of each token-aligned type input (`token_type_ids`, `mm_token_type_ids`) for a generated or appended text
+    # token: PaliGemma's suffix is causal (1), Qwen2-VL's text is 0, Gemma 3's text is 0 (1 marks image tokens).
+    generated_token_types: Mapping[str, int] = MappingProxyType({})
+    # Text the processor itself appends after the (rendered) prompt, which the answer follows (PaliGemma's "\n").
+    text_after_prompt: str = ""
 
     def __init__(self, model: nn.Module):
         self.model = unwrap_model(model)

@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -76,6 +77,50 @@ def load_model(
         model = model.to(device)
     logger.info("loaded %s (%s) from %s", type(model).__name__, model.config.model_type, path)
     return model.eval(), processor
+
+
+@dataclass
+class ModelSupport:
+    """How vcontrast supports a model: its class, `model_type`, the adapter it gets (None if refused), whether that
+    adapter's parity suite runs in vcontrast's tests, and the refusal message where there is one."""
+
+    model_class: str
+    model_type: str
+    adapter: str | None
+    tested: bool
+    refusal: str | None = None
+
+
+def model_support(path: str | Path) -> ModelSupport:
+    """Which adapter the model in `path` would get, read from its config alone (the model is built on the meta
+    device: no weights are loaded, nothing is allocated).
+
+    Raises:
+        ValueError: if the folder does not exist or holds no image-text-to-text model config.
+
+    Examples:
+
+    ```python
+    >>> model_support("checkpoints/llava-1.5-7b-hf")
+    ModelSupport(model_class='LlavaForConditionalGeneration', model_type='llava', adapter='LlavaAdapter', tested=True)
+    ```
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    local = Path(path)
+    if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
+        raise ValueError(f"model path {str(path)!r} does not exist")
+    config = AutoConfig.from_pretrained(str(path))
+    try:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    except ValueError as error:
+        raise ValueError(f"{path}: not an image-text-to-text model ({config.model_type!r}): {error}") from error
+    try:
+        adapter = get_adapter(model)
+    except ValueError as error:
+        return ModelSupport(type(model).__name__, config.model_type, None, False, str(error))
+    return ModelSupport(type(model).__name__, config.model_type, type(adapter).__name__, adapter.tested)
 
 
 def check_device(device: str | torch.device | None) -> torch.device | None:
@@ -197,10 +242,13 @@ def _check_model_folder(folder: Path) -> None:
             f"{str(config_file)!r} is not valid JSON ({error}); re-save or re-download the model"
         ) from error
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in supported_model_types():
+    has_image_token = isinstance(config, dict) and any(k in config for k in ("image_token_id", "image_token_index"))
+    if model_type not in supported_model_types() and not has_image_token:
+        # A text-only model (no image token): say so before transformers lists its ~100 config classes. Other
+        # vision-language models get the generic adapter, which checks them once loaded.
         raise ValueError(
-            f"model folder {str(folder)!r} holds a {model_type!r} model, which vcontrast does not support; it needs a "
-            f"vision-language model of one of these types: {', '.join(supported_model_types())}"
+            f"model folder {str(folder)!r} holds a {model_type!r} model without an image token, not a "
+            f"vision-language model; vcontrast supports these model types: {', '.join(supported_model_types())}"
         )
     weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
     if not weights:

@@ -1,5 +1,7 @@
 """PaliGemma: prefix-LM attention (bidirectional over image + prompt, causal over the suffix), 1-indexed positions."""
 
+from types import MappingProxyType
+
 from vcontrast.models.base import ModelAdapter
 
 
@@ -10,3 +12,5 @@ class PaliGemmaAdapter(ModelAdapter):
     model_types = ("paligemma",)
     token_keys = ("input_ids", "attention_mask", "token_type_ids")
     first_position = 1
+    generated_token_types = MappingProxyType({"token_type_ids": 1})
+    text_after_prompt = "\n"  # the processor writes `<image>...<bos>{prompt}\n` and the answer follows

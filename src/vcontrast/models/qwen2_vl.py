@@ -1,6 +1,8 @@
-"""Qwen2-VL and Qwen2.5-VL: flattened patches + `image_grid_thw`, and 3-D M-RoPE position ids."""
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: flattened patches + `image_grid_thw`, and 3-D M-RoPE position ids."""
 
 from __future__ import annotations
+
+from types import MappingProxyType
 
 import torch
 
@@ -18,6 +20,7 @@ class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
     pixel_keys = ("pixel_values", "image_grid_thw")
     token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
 
     def position_ids(self, inputs: dict) -> torch.Tensor:
         if inputs.get("image_grid_thw") is None:
@@ -31,3 +34,13 @@ class Qwen2VLAdapter(ModelAdapter):
             mm_token_type_ids=inputs["mm_token_type_ids"],
         )
         return pos
+
+
+class Qwen3VLAdapter(Qwen2VLAdapter):
+    """Qwen3-VL (`qwen3_vl`): Qwen2-VL's inputs and `get_rope_index`, with interleaved M-RoPE sections, and deepstack:
+    features of intermediate vision layers are added to the hidden states of the image positions in the first LM
+    layers. The no-image pass runs without pixels, so it injects nothing, and keeps the 3-D positions the text
+    tokens have with the image.
+    """
+
+    model_types = ("qwen3_vl",)

@@ -1,0 +1,50 @@
+"""Gemma 3: SigLIP tower, image soft tokens attended bidirectionally (marked by `token_type_ids`), 1-D positions."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import torch
+
+from vcontrast.models.base import ModelAdapter
+
+
+class Gemma3Adapter(ModelAdapter):
+    """Gemma 3 (`gemma3`).
+
+    `token_type_ids` (1 = image soft token, 0 = text) make the image tokens attend to each other bidirectionally; they
+    travel with the tokens, so the no-image pass (image tokens dropped) is plain causal text, and generated tokens get
+    type 0. The image block of the no-image condition is the soft tokens only: the `<start_of_image>` /
+    `<end_of_image>` markers around them are text tokens the model also reads without an image.
+
+    `Gemma3ForConditionalGeneration` applies no final logit soft-cap (only `Gemma3ForCausalLM` reads
+    `final_logit_softcapping`), so none is applied here either, whatever the config says.
+
+    The no-image pass drops the image tokens from the sequence; Gemma 3's sliding-window layers count the window in
+    sequence positions, so that pass is exact only while a whole sequence fits in the window (1024 tokens in the
+    released models). Longer sequences raise a ValueError pointing to the attention-mask condition, which is exact
+    at any length.
+    """
+
+    model_types = ("gemma3",)
+    token_keys = ("input_ids", "attention_mask", "token_type_ids")
+    generated_token_types = MappingProxyType({"token_type_ids": 0})
+
+    def batch_images(self, images: list) -> list:
+        # The processor reads a flat list as several images of one sample; one list per sample is unambiguous.
+        return [[image] for image in images]
+
+    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        head = self.model.get_output_embeddings()
+        return head.weight, head.bias, None
+
+    def text_only_inputs(self, inputs: dict, order: torch.Tensor, keep: torch.Tensor) -> dict:
+        window = getattr(self.config.get_text_config(), "sliding_window", None)
+        length = int(inputs["attention_mask"].sum(-1).max())
+        if window is not None and length > window:
+            raise ValueError(
+                f"a sequence of {length} tokens is longer than Gemma 3's sliding window ({window}): dropping the "
+                "image tokens would shift which tokens each sliding-window layer sees; use the attention-mask "
+                "condition (condition='attention_mask') for the no-image pass instead"
+            )
+        return super().text_only_inputs(inputs, order, keep)

@@ -1,0 +1,143 @@
+"""Family-specific behaviour the shared parity suite (tests/models/test_contrast.py, tests/crg, tests/cal) does not
+show on its own: that each tiny model really exercises its family's quirk, and the limits adapters refuse."""
+
+import copy
+
+import pytest
+import torch
+
+from tests import tiny_models as tm
+from tests.models.test_contrast import brute_force, make_batch
+from vcontrast.conditions import NoImage
+from vcontrast.contrast import ATTENTION_MASK, gold_token_logits
+from vcontrast.models import get_adapter
+
+
+@torch.no_grad()
+def test_every_family_builds_with_its_released_tokenizer_kind():
+    for family in tm.FAMILIES:
+        model, _ = tm.build(family)
+        assert tm.tokenizer_kind(family) in tm.TOKENIZER_KINDS
+        adapter = get_adapter(model)
+        assert model.config.model_type in adapter.model_types
+        assert sum(p.numel() for p in model.parameters()) < 150_000  # tiny: the suite runs every family
+
+
+@torch.no_grad()
+def test_qwen3_vl_deepstack_is_exercised_and_left_out_without_the_image():
+    """The tiny Qwen3-VL injects deepstack features (zeroing them changes the reference logits), and the no-image
+    pass equals the attention-mask form, in which the injected image positions are masked out."""
+    model, _, batch, labels = make_batch("qwen3_vl")
+    reference = gold_token_logits(model, batch, labels).logits
+    muted = copy.deepcopy(model)
+    for merger in muted.model.visual.deepstack_merger_list:
+        torch.nn.init.zeros_(merger.linear_fc2.weight)
+        torch.nn.init.zeros_(merger.linear_fc2.bias)
+    assert not torch.allclose(gold_token_logits(muted, batch, labels).logits, reference, atol=1e-4)
+    # without the image, deepstack has nothing to inject: the muted and the full model agree
+    torch.testing.assert_close(
+        gold_token_logits(muted, batch, labels, NoImage()).logits,
+        gold_token_logits(model, batch, labels, NoImage()).logits,
+    )
+
+
+@torch.no_grad()
+def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
+    model, _, batch, labels = make_batch("gemma3")
+    assert model.config.text_config.final_logit_softcapping is not None  # set, and ignored by the model
+    assert get_adapter(model).output_head()[2] is None
+    causal = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    assert not torch.allclose(
+        model(**batch).logits, model(**causal).logits, atol=1e-4
+    )  # the token types change the attention, so the suite's parity covers the bidirectional block
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+
+
+def test_gemma3_no_image_pass_refuses_sequences_longer_than_the_sliding_window():
+    model, _, batch, labels = make_batch("gemma3")
+    short_window = copy.deepcopy(model)
+    short_window.config.text_config.sliding_window = 8
+    with pytest.raises(ValueError, match=r"longer than Gemma 3's sliding window \(8\).*attention_mask"):
+        gold_token_logits(short_window, batch, labels, NoImage())
+    gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs
+
+
+@torch.no_grad()
+def test_mistral3_break_and_end_tokens_belong_to_the_image_block():
+    model, processor, batch, labels = make_batch("mistral3")
+    tok = processor.tokenizer
+    ids = batch["input_ids"]
+    image = ids == tok.convert_tokens_to_ids("[IMG]")
+    markers = (ids == tok.convert_tokens_to_ids("[IMG_BREAK]")) | (ids == tok.convert_tokens_to_ids("[IMG_END]"))
+    assert markers.sum(-1).tolist() == [3, 3]  # three rows of merged patches per image: two breaks, one end
+    assert torch.equal(get_adapter(model).image_token_mask(ids), image | markers)
+    # the no-image pass drops them: it equals the attention-mask form with the markers masked too, and differs from
+    # one that keeps them
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    logit, _ = brute_force(model, batch, labels, mask_image=True)
+    torch.testing.assert_close(no_image.logits, logit, atol=1e-4, rtol=1e-4)
+    keep_markers = dict(batch, attention_mask=batch["attention_mask"].masked_fill(image, 0))
+    positions = get_adapter(model).position_ids(batch)
+    kept = model(**keep_markers, position_ids=positions).logits
+    target = labels[:, 1:]
+    gold = kept[:, :-1].gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    mask = target != -100
+    assert not torch.allclose(gold[mask], no_image.logits[:, 1:][mask], atol=1e-3)
+
+
+@pytest.fixture
+def without_adapter(monkeypatch):
+    """Remove one family's adapter, as if vcontrast did not know it."""
+    from vcontrast import models
+
+    def remove(model_type):
+        monkeypatch.setattr(models, "ADAPTERS", {k: v for k, v in models.ADAPTERS.items() if k != model_type})
+
+    return remove
+
+
+@torch.no_grad()
+def test_generic_adapter_warns_once_and_passes_the_parity_checks(without_adapter, caplog):
+    """A LLaVA model without its adapter goes through the generic one: warned about once, and exact."""
+    import logging
+
+    from vcontrast.models import GenericAdapter
+    from vcontrast.models import generic as generic_module
+
+    without_adapter("llava")
+    generic_module._warned.discard("LlavaForConditionalGeneration")
+    model, _, batch, labels = make_batch("llava")
+    with caplog.at_level(logging.WARNING, logger="vcontrast.models.generic"):
+        adapter = get_adapter(model)
+        get_adapter(model)
+    assert isinstance(adapter, GenericAdapter) and not adapter.tested
+    warnings = [r.getMessage() for r in caplog.records if "untested" in r.getMessage()]
+    assert len(warnings) == 1 and "LlavaForConditionalGeneration" in warnings[0] and "\n" not in warnings[0]
+    logit, lp = brute_force(model, batch, labels)
+    scores = gold_token_logits(model, batch, labels, logprobs=True)
+    torch.testing.assert_close(scores.logits, logit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores.logprobs, lp, atol=1e-5, rtol=1e-5)
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    torch.testing.assert_close(
+        no_image.logits, brute_force(model, batch, labels, mask_image=True)[0], atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [
+        ("qwen2_vl", "multimodal rotary positions"),
+        ("qwen3_vl", "multimodal rotary positions"),
+        ("gemma3", "`token_type_ids`"),
+        ("paligemma", "`token_type_ids`"),
+    ],
+)
+def test_generic_adapter_refuses_what_it_cannot_prove_right(without_adapter, family, reason):
+    without_adapter(family)
+    model, _ = tm.build(family)
+    name = type(model).__name__
+    with pytest.raises(
+        ValueError, match=rf"{name} \(model type '{family}'\) is not supported: .*{reason}.*ModelAdapter"
+    ):
+        get_adapter(model)
