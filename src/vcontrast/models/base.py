@@ -105,16 +105,17 @@ class ModelAdapter:
         A processor of another family (or another checkpoint) otherwise fails deep inside the forward pass, with
         errors such as "not enough values to unpack" or mismatched tensor sizes.
         """
+        from vcontrast._compat import processor_image_token_ids
+
         tokenizer = getattr(processor, "tokenizer", None)
-        image_token_id = getattr(processor, "image_token_id", None)
-        if image_token_id is None and getattr(processor, "image_token", None) is not None and tokenizer is not None:
-            image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+        ids = processor_image_token_ids(processor)
+        if not ids and getattr(processor, "image_token", None) is not None and tokenizer is not None:
+            ids = [int(tokenizer.convert_tokens_to_ids(processor.image_token))]
         model_name = f"{type(self.model).__name__} ({self.config.model_type})"
-        if image_token_id is not None and int(image_token_id) != self.image_token_id:
+        if ids and self.image_token_id not in ids:
             raise ValueError(
-                f"processor {type(processor).__name__} does not match model {model_name}: its image token has id "
-                f"{int(image_token_id)}, the model's config says {self.image_token_id}; load both from the same "
-                "checkpoint folder"
+                f"processor {type(processor).__name__} does not match model {model_name}: its image token ids are "
+                f"{ids}, the model's config says {self.image_token_id}; load both from the same checkpoint folder"
             )
         vocab_size = getattr(self.config.get_text_config(), "vocab_size", None)
         if tokenizer is not None and isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
