@@ -273,3 +273,17 @@ def test_draw_boxes_outlines_only():
     outline = region_mask((10, 10), (2, 2, 8, 8)) & ~region_mask((10, 10), (3, 3, 7, 7))
     np.testing.assert_array_equal(drawn, outline)
     assert drawn.sum() == 20
+
+
+def test_normalized_looking_boxes_warn_once(caplog):
+    import logging
+
+    from vcontrast import regions
+
+    regions._warn_normalized_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="vcontrast.regions"):
+        for _ in range(3):
+            regions.parse_boxes((0.1, 0.2, 0.5, 0.5), (10, 8))
+    assert [r.getMessage() for r in caplog.records] == [
+        "All boxes lie inside [0, 1] pixels; pass `normalized=True` if they are fractions of the size."
+    ]

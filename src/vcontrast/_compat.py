@@ -45,3 +45,16 @@ def cache_from_output(output: Mapping[str, Any]) -> Any:
         if output.get(name) is not None:
             return output[name]
     return None
+
+
+def processor_image_token_ids(processor: Any) -> list[int]:
+    """The token ids a processor writes into `input_ids` for an image.
+
+    transformers 5.x processors list them in `image_token_ids` (Gemma3's `image_token_id` is its begin-of-image
+    marker; the soft tokens the model replaces are in the list); older ones, and processors that do not override it,
+    have only `image_token_id`. Empty if the processor names none.
+    """
+    ids = getattr(processor, "image_token_ids", None)
+    if ids is None:
+        ids = [getattr(processor, "image_token_id", None)]
+    return [int(i) for i in ids if i is not None]

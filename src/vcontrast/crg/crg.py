@@ -104,6 +104,7 @@ class CRG:
         self.model = model
         self.processor = processor
         self.adapter = get_adapter(model)
+        self.adapter.check_processor(processor)
         self.alpha = check_alpha(alpha)
         self.fill = _check_fill(fill)
         self.mode = mode

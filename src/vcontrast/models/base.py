@@ -98,6 +98,35 @@ class ModelAdapter:
             )
         if has_pixels and not has_tokens:
             raise ValueError(f"the batch has `{self.pixel_keys[0]}` but no image tokens (id {self.image_token_id})")
+        from vcontrast.models.loading import check_text_length
+
+        check_text_length(self.model, inputs["input_ids"], inputs["attention_mask"])
+
+    def check_processor(self, processor) -> None:
+        """Raise ValueError if `processor` was not made for this model: its image token or vocabulary differ.
+
+        A processor of another family (or another checkpoint) otherwise fails deep inside the forward pass, with
+        errors such as "not enough values to unpack" or mismatched tensor sizes.
+        """
+        from vcontrast._compat import processor_image_token_ids
+
+        tokenizer = getattr(processor, "tokenizer", None)
+        ids = processor_image_token_ids(processor)
+        if not ids and getattr(processor, "image_token", None) is not None and tokenizer is not None:
+            ids = [int(tokenizer.convert_tokens_to_ids(processor.image_token))]
+        model_name = f"{type(self.model).__name__} ({self.config.model_type})"
+        if ids and self.image_token_id not in ids:
+            raise ValueError(
+                f"processor {type(processor).__name__} does not match model {model_name}: its image token ids are "
+                f"{ids}, the model's config says {self.image_token_id}; load both from the same checkpoint folder"
+            )
+        vocab_size = getattr(self.config.get_text_config(), "vocab_size", None)
+        if tokenizer is not None and isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+            raise ValueError(
+                f"processor {type(processor).__name__} does not match model {model_name}: its tokenizer has "
+                f"{len(tokenizer)} tokens, the model's vocabulary {vocab_size}; load both from the same checkpoint "
+                "folder"
+            )
 
     def output_head(self) -> tuple[nn.Module, float | None]:
         """(the language-model head module, final logit soft-cap or None).
