@@ -54,11 +54,23 @@ def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
     torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
 
 
-def test_gemma3_no_image_pass_refuses_sequences_longer_than_the_sliding_window():
-    model, _, batch, labels = make_batch("gemma3")
+@torch.no_grad()
+def test_gemma4_image_tokens_attend_bidirectionally_and_the_softcap_is_applied():
+    model, _, batch, labels = make_batch("gemma4")
+    assert get_adapter(model).output_head()[2] == model.config.text_config.final_logit_softcapping == 30.0
+    causal = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    assert not torch.allclose(model(**batch).logits, model(**causal).logits, atol=1e-4)
+    assert model(**batch).logits.abs().max() < 30.0  # capped: the soft-cap is in play
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "name"), [("gemma3", "Gemma 3"), ("gemma4", "Gemma 4")])
+def test_gemma_no_image_pass_refuses_sequences_longer_than_the_sliding_window(family, name):
+    model, _, batch, labels = make_batch(family)
     short_window = copy.deepcopy(model)
     short_window.config.text_config.sliding_window = 8
-    with pytest.raises(ValueError, match=r"longer than Gemma 3's sliding window \(8\).*attention_mask"):
+    with pytest.raises(ValueError, match=rf"longer than {name}'s sliding window \(8\).*attention_mask"):
         gold_token_logits(short_window, batch, labels, NoImage())
     gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs
 

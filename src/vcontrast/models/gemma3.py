@@ -1,4 +1,4 @@
-"""Gemma 3: SigLIP tower, image soft tokens attended bidirectionally (marked by `token_type_ids`), 1-D positions."""
+"""Gemma 3 and Gemma 4: image soft tokens attended bidirectionally (marked by token types), 1-D positions."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class Gemma3Adapter(ModelAdapter):
     """
 
     model_types = ("gemma3",)
+    family = "Gemma 3"
     token_keys = ("input_ids", "attention_mask", "token_type_ids")
     generated_token_types = MappingProxyType({"token_type_ids": 0})
 
@@ -43,8 +44,26 @@ class Gemma3Adapter(ModelAdapter):
         length = int(inputs["attention_mask"].sum(-1).max())
         if window is not None and length > window:
             raise ValueError(
-                f"a sequence of {length} tokens is longer than Gemma 3's sliding window ({window}): dropping the "
-                "image tokens would shift which tokens each sliding-window layer sees; use the attention-mask "
+                f"a sequence of {length} tokens is longer than {self.family}'s sliding window ({window}): dropping "
+                "the image tokens would shift which tokens each sliding-window layer sees; use the attention-mask "
                 "condition (condition='attention_mask') for the no-image pass instead"
             )
         return super().text_only_inputs(inputs, order, keep)
+
+
+class Gemma4Adapter(Gemma3Adapter):
+    """Gemma 4 (`gemma4`), image and text: Gemma 3's pattern with `mm_token_type_ids` (1 = image soft token) for the
+    bidirectional block, variable-resolution `pixel_values` (B, patches, 3 * p * p) with their 2-D
+    `image_position_ids`, and per-layer input embeddings the model derives from `input_ids` (so the no-image pass,
+    which drops the image tokens, gives every text token the same ones). Unlike Gemma 3's, its forward applies the
+    config's final logit soft-cap, and so does the adapter. Video and audio inputs are not supported.
+    """
+
+    model_types = ("gemma4",)
+    family = "Gemma 4"
+    pixel_keys = ("pixel_values", "image_position_ids")
+    token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
+
+    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+        return ModelAdapter.output_head(self)
