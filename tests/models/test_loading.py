@@ -11,9 +11,9 @@ from vcontrast.contrast import gold_token_logits
 from vcontrast.models.loading import load_model
 
 
-# Left out: the families whose processors need torchvision through AutoProcessor (their video processors, or
-# Pixtral's image module), which has no CPU wheel here: Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision, InternVL, Mistral 3,
-# Gemma 4. The tiny builders work around that in-process only.
+# Left out: families whose processors cannot be saved and loaded without torchvision, which has no CPU wheel here
+# (checked): Qwen2/2.5/3-VL, SmolVLM, LLaVA-OneVision, InternVL and Gemma 4 (their in-process processors have no
+# video processor, so `save_pretrained` fails) and Mistral 3 (`AutoProcessor` imports Pixtral's torchvision module).
 @pytest.mark.parametrize("family", ["llava", "llava_next", "vipllava", "idefics3", "paligemma", "gemma3"])
 @torch.no_grad()
 def test_save_and_load_round_trip(family, tmp_path):
