@@ -217,3 +217,14 @@ def test_collator_labels_follow_the_rule(family, space_after_prompt):
         "<|im_end|>",
         "<end_of_utterance>",
     )
+
+
+@pytest.mark.parametrize(("family", "marker"), [("idefics3", "Ġ"), ("llava", "▁"), ("vipllava", "▁")])
+def test_crg_scores_the_word_start_token_after_a_colon(family, marker):
+    """`Assistant:` / `ASSISTANT:` / `###Assistant:` then "yes": CRG scores (and `match` asks for) `Ġyes` / `▁yes`."""
+    model, processor = tm.build(family)
+    crg = CRG(model, processor)
+    prepared = crg.prepare([tm.image(0)], ["is it red ?"], [[(2, 2, 12, 10)]])
+    assert crg.rendered_prompt("is it red ?").endswith(":")
+    (yes,) = crg._tokens(prepared, 0, "is it red ?", ["yes"])
+    assert tokens(processor.tokenizer, yes.ids) == [marker + "yes"] and yes.drop == 0
