@@ -90,3 +90,15 @@ def test_info_says_generic_and_untested_or_refused(tmp_path, monkeypatch, capsys
         with pytest.raises(SystemExit):
             main(["info", "--model", str(folder)])
         assert expected in capsys.readouterr().out
+
+
+def test_model_support_refuses_what_is_not_an_image_text_to_text_model(tmp_path):
+    import transformers as tf
+
+    from vcontrast.models.loading import model_support
+
+    with pytest.raises(ValueError, match="does not exist"):
+        model_support(tmp_path / "nope")
+    tf.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"not an image-text-to-text model \('gpt2'\)"):
+        model_support(tmp_path)
