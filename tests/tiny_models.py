@@ -117,12 +117,13 @@ QWEN_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# LLaVA-OneVision's: Qwen2 turns with the image first, generation prompt ending in a newline.
+# LLaVA-OneVision's, quirks included: a turn opens with `<|im_start|>{role} ` and each text follows a newline, while
+# the generation prompt is `<|im_start|>assistant\n`.
 ONEVISION_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] + ' ' }}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ '\n' + item['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # InternVL's (`-hf` checkpoints): Qwen2 turns, the image as `<IMG_CONTEXT>` and a newline before the text.
 INTERNVL_TEMPLATE = (
@@ -256,6 +257,8 @@ def make_tokenizer(
             eos_token=eos,
             extra_special_tokens=dict(named),
         )
+        # the named ones are special tokens already; the others have to be listed again on the new wrapper
+        fast.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in dict(named).values()]})
     return fast
 
 
@@ -687,6 +690,9 @@ def _gemma4(kind):
         chat_template=GEMMA4_TEMPLATE,
         image_seq_length=70,
     )
+    # The processor registers `<|video|>` by replacing the tokenizer's list of extra special tokens; list the turn
+    # markers again, so that the collator sees the assistant turn's `<turn|>` as its end-of-turn token.
+    tok.add_special_tokens({"additional_special_tokens": ["<|turn>", "<turn|>", "<|video|>"]})
     text = _text_config(
         tf.Gemma4TextConfig,
         len(tok),
