@@ -10,7 +10,7 @@ OLDEST := requirements/oldest.txt
 PYTEST := -m pytest -q -p no:cacheprovider
 REPORT_VERSIONS := pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate|trl|peft|huggingface.hub) '
 
-.PHONY: install test test-all test-latest test-oldest lint lock demo clean
+.PHONY: install test test-all test-latest test-oldest lint lock demo clean test-lmms
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -63,4 +63,23 @@ demo: $(STAMP)
 	$(BIN)/vcontrast demo --out out
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock out .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock out .pytest_cache $(LMMS_DIR)
+
+# --- lmms-eval integration (tests/bench/test_lmms.py) ----------------------------------------------------------
+# lmms-eval 0.7.3 requires torch 2.14 + CUDA wheels, wandb, openai, opencv, yt-dlp, ...: it is installed --no-deps
+# into its own folder with only what its model registry and evaluator import (filelock<4: lmms-eval patches
+# filelock._api, gone in filelock 4), and its tests run with that folder on PYTHONPATH. Run before every submission.
+LMMS_DIR := .lmms
+LMMS_STAMP := $(LMMS_DIR)/.installed
+LMMS_PKGS := lmms-eval==0.7.3 evaluate==0.4.6 loguru==0.7.3 sacrebleu==2.6.0 portalocker==4.4.2 tabulate==0.10.0 \
+	colorama==0.4.6 lxml==6.1.3 tenacity==9.2.1 aiohttp==3.14.5 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 \
+	frozenlist==1.8.0 multidict==7.2.1 yarl==1.25.1 propcache==0.5.4 attrs==26.1.0 requests==2.34.2 \
+	urllib3==2.8.0 certifi==2026.10.19.post1 pytz==2026.6 filelock==3.32.7
+
+$(LMMS_STAMP): | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(LMMS_DIR) $(LMMS_PKGS)
+	touch $(LMMS_STAMP)
+
+test-lmms: $(LMMS_STAMP)
+	PYTHONPATH=$(LMMS_DIR) $(BIN)/python $(PYTEST) tests/bench/test_lmms.py
+# --- end lmms-eval ---------------------------------------------------------------------------------------------

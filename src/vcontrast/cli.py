@@ -61,7 +61,7 @@ def demo(
 
 def _register() -> None:
     # Command functions live beside the code they drive; their modules import torch/transformers lazily.
-    from vcontrast.bench.cli import eval_command
+    from vcontrast.bench.cli import LMMS_EVAL_CONTEXT, eval_command, lmms_eval_command
     from vcontrast.cal.cli import cal_app, train
     from vcontrast.crg.cli import ask, rerank, score
     from vcontrast.toy.cli import experiment_command, train_command
@@ -70,6 +70,7 @@ def _register() -> None:
     app.command("score")(score)
     app.command("rerank")(rerank)
     app.command("eval")(eval_command)
+    app.command("lmms-eval", context_settings=LMMS_EVAL_CONTEXT)(lmms_eval_command)
     app.command("train")(train)
     app.add_typer(cal_app, name="cal")
     toy_app = typer.Typer(help="The toy world: retrain the shipped model, run the measured experiments.")

@@ -114,10 +114,11 @@ def test_compute_metrics_choice_per_split_and_groups():
     items = [_choice(i, split="s1" if i < 2 else "s2", pair=f"p{i // 2}", set_id="g") for i in range(4)]
     preds = {"0": {"scores": [1, 0]}, "1": {"scores": [1, 0]}, "2": {"scores": [1, 1]}, "3": {"scores": [0, 1]}}
     out = compute_metrics("whatsup", items, preds)
-    assert out["accuracy"] == 0.5
-    assert out["pair_accuracy"] == 0.5
-    assert out["set_accuracy"] == 0.0
-    assert out["s1/accuracy"] == 1.0 and out["s2/accuracy"] == 0.0
+    # What'sUp's numbers are per subset: the figures over all items are named pooled
+    assert out["pooled/accuracy"] == 0.5 and "accuracy" not in out
+    assert out["pooled/pair_accuracy"] == 0.5
+    assert out["pooled/set_accuracy"] == 0.0
+    assert out["s1/accuracy"] == 1.0 and out["s2/accuracy"] == 0.0 and out["mean/accuracy"] == 0.5
     # no groups -> group metrics left out
     out = compute_metrics("sugarcrepe", [_choice(0)], {"0": {"scores": [-1.0, -3.0]}})
     assert out == {"accuracy": 1.0}
@@ -153,7 +154,8 @@ def test_compute_metrics_match_refexp_and_open_answers():
         "2": {"pred_box": [0, 0, 2, 1], "pred_index": 1},  # pred_box wins; IoU 0.5 counts
         "3": {"scores": [0.9, 0.1], "pred_index": 1},  # pred_index wins over scores
     }
-    assert compute_metrics("refcoco", items, preds) == {"acc@0.5": 0.5}
+    # every item has one proposal of two hitting the target: oracle 1, random pick 1/2
+    assert compute_metrics("refcoco", items, preds) == {"acc@0.5": 0.5, "oracle@0.5": 1.0, "random@0.5": 0.5}
 
     vqa = [Item(id="a", task="vqa", image="x.png", prompt="q", answer="Red"), _choice("c")]
     out = compute_metrics("toy", vqa, {"a": {"text": "red."}, "c": {"scores": [0, 1]}})
@@ -169,5 +171,25 @@ def test_per_split_auroc_left_out_when_one_class():
         for i, (y, s) in enumerate([(1, "a"), (0, "a"), (1, "b")])
     ]
     out = compute_metrics("seetrue", items, {str(i): {"p_yes": v} for i, v in enumerate([0.8, 0.2, 0.6])})
-    assert out["auroc"] == 1.0 and out["a/auroc"] == 1.0
+    assert out["pooled/auroc"] == 1.0 and out["a/auroc"] == 1.0 and "auroc" not in out
     assert "b/auroc" not in out and not math.isnan(out["b/f1"])
+    assert out["mean/auroc"] == 1.0  # the mean over the sources where AUROC is defined
+
+
+def test_official_per_split_names_pooled_and_mean():
+    # SeeTRUE: AUROC per source, their unweighted mean, and the pooled AUROC only under "pooled/"
+    rows = [(1, "a", 0.9), (0, "a", 0.1), (1, "b", 0.4), (0, "b", 0.6), (1, "b", 0.7), (0, "b", 0.2)]
+    items = [
+        Item(id=str(i), task="match", image="x.png", prompt="t", label=y, meta={"split": s})
+        for i, (y, s, _) in enumerate(rows)
+    ]
+    preds = {str(i): {"p_yes": p} for i, (_, _, p) in enumerate(rows)}
+    out = compute_metrics("seetrue", items, preds)
+    b_auroc = auroc([1, 0, 1, 0], [0.4, 0.6, 0.7, 0.2])
+    assert out["a/auroc"] == 1.0 and out["b/auroc"] == pytest.approx(b_auroc)
+    assert out["mean/auroc"] == pytest.approx((1.0 + b_auroc) / 2)
+    assert out["pooled/auroc"] == pytest.approx(auroc([y for y, _, _ in rows], [p for _, _, p in rows]))
+    assert "auroc" not in out and "f1" not in out
+    # toy (not official per split) keeps its pooled numbers unprefixed
+    toy = compute_metrics("toy", items, preds)
+    assert "match/auroc" in toy and not any(k.startswith(("pooled/", "mean/")) for k in toy)

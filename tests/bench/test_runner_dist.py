@@ -54,7 +54,9 @@ if __name__ == "__main__":
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # the checkout's own src/ first, so that the subprocess runs the code under test (not another installed copy)
+    pythonpath = os.pathsep.join([str(ROOT), str(ROOT / "src")])
+    env = dict(os.environ, PYTHONPATH=pythonpath, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("WORLD_SIZE", None)
     return env
 

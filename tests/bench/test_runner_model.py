@@ -149,7 +149,8 @@ def test_cli_on_a_saved_checkpoint(tmp_path, make_image):
     assert result.exit_code == 0, result.output
     assert "sugarcrepe · crg · alpha 0.5 · 3 items" in result.output and "accuracy" in result.output
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert summary["model"] == str((tmp_path / "ckpt").resolve()) and summary["regions_source"] == {"whole": 3}
+    assert summary["model"]["name"] == str((tmp_path / "ckpt").resolve()) and summary["regions_source"] == {"whole": 3}
+    assert set(summary["model"]["files"]) >= {"config.json", "model.safetensors"}
     # rerun: nothing left to do, so the model is not even loaded; the same table
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "Loading weights" not in again.output

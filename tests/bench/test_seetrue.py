@@ -31,14 +31,15 @@ def test_load_and_score(tmp_path, make_image):
     assert items[0].task == "match" and items[0].prompt == "a red square"
     assert items[0].image == str(tmp_path / "images" / "a.png")
     assert items[2].meta == {"dataset_source": "DrawBench", "original_dataset_id": "3", "split": "DrawBench"}
-    assert [it.id for it in seetrue.load(tmp_path, split="DrawBench")] == ["2", "3"]
+    assert [it.id for it in seetrue.load(tmp_path, split="DrawBench")] == ["DrawBench/3", "DrawBench/4"]
     assert len(seetrue.load(tmp_path, limit=1)) == 1
 
-    p_yes = {"0": 0.9, "1": 0.6, "2": 0.6, "3": 0.2}
+    p_yes = {"Winoground/1": 0.9, "Winoground/2": 0.6, "DrawBench/3": 0.6, "DrawBench/4": 0.2}
     out = compute_metrics("seetrue", items, {k: {"p_yes": v} for k, v in p_yes.items()})
     # pos {0.9, 0.6} vs neg {0.6, 0.2}: 1 + 1 + 0.5 + 1 = 3.5 / 4; F1: TP 2, FP 1 -> 0.8
-    assert out["auroc"] == 0.875 and out["f1"] == pytest.approx(0.8)
-    assert out["Winoground/auroc"] == 1.0 and out["DrawBench/auroc"] == 1.0
+    assert out["pooled/auroc"] == 0.875 and out["pooled/f1"] == pytest.approx(0.8)
+    assert out["Winoground/auroc"] == 1.0 and out["DrawBench/auroc"] == 1.0 and out["mean/auroc"] == 1.0
+    assert "auroc" not in out  # the pooled AUROC is no official SeeTRUE number
 
 
 def test_missing_and_bad(tmp_path, make_image):
@@ -53,3 +54,18 @@ def test_missing_and_bad(tmp_path, make_image):
     (tmp_path / "images" / "a.png").unlink()
     with pytest.raises(ValueError, match="image not found"):
         seetrue.load(tmp_path)
+
+
+def test_public_csv_name(tmp_path, make_image):
+    _write(tmp_path, make_image)
+    (tmp_path / "SeeTRUE.csv").rename(tmp_path / "SeeTRUE_public.csv")
+    items = seetrue.load(tmp_path)
+    assert [it.id for it in items] == ["Winoground/1", "Winoground/2", "DrawBench/3", "DrawBench/4"]
+
+
+def test_ids_come_from_the_data_not_positions(tmp_path, make_image):
+    _write(tmp_path, make_image)
+    first = {it.id: it.prompt for it in seetrue.load(tmp_path)}
+    lines = (tmp_path / "SeeTRUE.csv").read_text().splitlines()
+    (tmp_path / "SeeTRUE.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    assert {it.id: it.prompt for it in seetrue.load(tmp_path)} == first  # same id, same row content

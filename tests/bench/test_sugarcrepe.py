@@ -31,7 +31,9 @@ def test_load_and_score(tmp_path, make_image):
     preds = {it.id: {"scores": [-1.0, -2.0]} for it in both}
     preds["swap_att/1"] = {"scores": [-2.0, -2.0]}  # tie -> wrong
     out = compute_metrics("sugarcrepe", both, preds)
-    assert out["accuracy"] == 0.8 and out["swap_att/accuracy"] == pytest.approx(2 / 3) and out["add_obj/accuracy"] == 1
+    assert out["swap_att/accuracy"] == pytest.approx(2 / 3) and out["add_obj/accuracy"] == 1
+    assert out["pooled/accuracy"] == 0.8 and out["mean/accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert "accuracy" not in out
 
 
 def test_missing_and_bad(tmp_path, make_image):
@@ -43,8 +45,19 @@ def test_missing_and_bad(tmp_path, make_image):
     with pytest.raises(ValueError, match="must hold an object"):
         sugarcrepe.load(tmp_path, split="replace_rel")
     (tmp_path / "replace_rel.json").write_text(json.dumps({"0": {"filename": "x.jpg", "caption": "c"}}))
-    with pytest.raises(ValueError, match="entry '0'"):
+    with pytest.raises(ValueError, match=r"replace_rel.json, key '0': `negative_caption` \(=None\)"):
         sugarcrepe.load(tmp_path, split="replace_rel")
     (tmp_path / "replace_rel.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         sugarcrepe.load(tmp_path, split="replace_rel")
+
+
+def test_image_root(tmp_path, make_image):
+    _write(tmp_path / "sugar", make_image)
+    (tmp_path / "sugar" / "val2017").rename(tmp_path / "coco_val2017")
+    with pytest.raises(ValueError, match=r"swap_att.json, key '0': `filename` names an image not found"):
+        sugarcrepe.load(tmp_path / "sugar")
+    items = sugarcrepe.load(tmp_path / "sugar", image_root=tmp_path / "coco_val2017")
+    assert items[0].image == str(tmp_path / "coco_val2017" / "000000000000.jpg")
+    with pytest.raises(ValueError, match="does not exist"):
+        sugarcrepe.load(tmp_path / "sugar", image_root=tmp_path / "nowhere")

@@ -79,3 +79,26 @@ def test_missing_and_bad_files(tmp_path, make_image):
     (tmp_path / "coco_qa_two_obj.json").write_text(json.dumps([[1, "a", "b"]]))
     with pytest.raises(ValueError, match="image not found.*000000000001.jpg"):
         whatsup.load(tmp_path, split="coco_spatial_two")
+
+
+def test_headline_is_per_subset_with_mean_and_pooled_names(tmp_path, make_image):
+    _write_whatsup(tmp_path, make_image)
+    items = whatsup.load(tmp_path)
+    preds = {it.id: {"scores": [1.0] + [0.0] * (len(it.candidates) - 1)} for it in items}
+    preds["controlled_a/beer-bottle_under_armchair"] = {"scores": [0.0, 1.0, 0.0, 0.0]}
+    preds["coco_spatial_one/139"] = {"scores": [0.0, 1.0]}
+    out = compute_metrics("whatsup", items, preds)
+    assert out["controlled_a/accuracy"] == 7 / 8 and out["controlled_a/pair_accuracy"] == 0.75
+    assert out["coco_spatial_one/accuracy"] == 0.0 and out["gqa_spatial_two/accuracy"] == 1.0
+    assert out["mean/accuracy"] == pytest.approx((7 / 8 + 0 + 1) / 3)  # subsets weigh the same
+    assert out["pooled/accuracy"] == pytest.approx(8 / 10)  # 10 items; named pooled, not the headline
+    assert out["mean/set_accuracy"] == 0.5  # only the controlled subset has sets
+    assert "accuracy" not in out and "pair_accuracy" not in out
+
+
+def test_ids_come_from_the_data(tmp_path, make_image):
+    _write_whatsup(tmp_path, make_image)
+    (tmp_path / "coco_qa_one_obj.json").write_text(json.dumps([[139, "a", "b"], [139, "c", "d"]]))
+    ids = [it.id for it in whatsup.load(tmp_path)]
+    assert ids[0] == "controlled_a/mug_left_of_table"
+    assert "coco_spatial_one/139" in ids and "coco_spatial_one/139#2" in ids and "gqa_spatial_two/2345" in ids

@@ -37,11 +37,28 @@ def eval_command(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length for open-answer tasks (greedy).")] = 32,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (items/s).")] = True,
+    proposals: Annotated[
+        str | None,
+        typer.Option(
+            help="RefCOCO/+/g: 'gt' (the image's COCO boxes, default), 'proposer' (the region proposer's boxes), or a "
+            "detections JSON in MAttNet ({det_id, box, image_id, ...}) or COCO results ({image_id, bbox, ...}) format."
+        ),
+    ] = None,
+    split_by: Annotated[
+        str | None, typer.Option(help="RefCOCO/+/g: refer's splitBy: unc, google (RefCOCO, RefCOCOg) or umd.")
+    ] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="SugarCrepe, RefCOCO/+/g: folder of the COCO images, if not in --data-dir.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the predictions of an earlier run in --out and start over.")
+    ] = False,
 ) -> None:
     """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
 
-    Predictions go to OUT/predictions.jsonl as they are made; rerun with the same --out to resume. Metrics go to
-    OUT/metrics.json.
+    Predictions go to OUT/predictions.jsonl as they are made; rerun with the same --out to resume (refused when the
+    data files, model, method or options differ from the run in OUT; --overwrite starts over). Metrics go to
+    OUT/metrics.json. Every data row and image is checked before the model loads.
 
     Several processes: accelerate launch --num_processes N -m vcontrast.cli eval ... (on a machine without GPUs add
     --multi_gpu to the launcher's options). The processes split the items; process 0 merges and scores.
@@ -63,9 +80,13 @@ def eval_command(
             proposer=None if proposer.lower() == "none" else proposer,
             proposer_model=proposer_model,
             max_new_tokens=max_new_tokens,
+            proposals=proposals,
+            split_by=split_by,
+            image_root=image_root,
+            overwrite=overwrite,
         )
-    except ValueError as e:
-        print(f"error: {e}")
+    except (ValueError, FileNotFoundError) as e:
+        print(short_error(e))
         raise typer.Exit(code=2) from e
     if not _is_main_process():
         return
@@ -77,6 +98,48 @@ def eval_command(
     if "metrics_error" in summary:
         print(f"error: no metrics: {summary['metrics_error']}")
         raise typer.Exit(code=1)
+
+
+def short_error(error: Exception) -> str:
+    """The one- or two-line form of a user error for the terminal: a loader's multi-line "Expected layout" hint
+    becomes a pointer to docs/eval.md (the full text stays in the exception for Python callers).
+
+    Examples:
+
+    ```python
+    >>> print(short_error(ValueError("seetrue: missing file d/S.csv. Expected layout:\\n  <data_dir>/S.csv")))
+    error: seetrue: missing file d/S.csv.
+      expected layout: docs/eval.md, 'The benchmarks'
+    ```
+    """
+    message = str(error)
+    head, sep, _ = message.partition(" Expected layout:\n")
+    if sep:
+        return f"error: {head}\n  expected layout: docs/eval.md, 'The benchmarks'"
+    return f"error: {message}"
+
+
+# Every argument, --help included, goes to lmms-eval.
+LMMS_EVAL_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def lmms_eval_command(ctx: typer.Context) -> None:
+    """Run lmms-eval with CRG registered as the model `vcontrast_crg` (the default --model); every argument goes to
+    lmms-eval, e.g. --tasks mme --model_args pretrained=CKPT,alpha=1.0,contrast=blackout,proposer=grounding-dino.
+
+    Needs the optional extra: pip install 'vcontrast[lmms]'. model_args: pretrained, alpha, contrast
+    (blackout | no-image | noise), proposer, proposer_model, noise_step, max_new_tokens (see docs/eval.md).
+    """
+    from vcontrast.bench.lmms import run_lmms_eval
+
+    try:
+        code = run_lmms_eval(list(ctx.args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}")
+        raise typer.Exit(code=2) from e
+    if code:
+        print("error: lmms-eval produced no results (see its log above)")
+    raise typer.Exit(code=code)
 
 
 def _is_main_process() -> bool:

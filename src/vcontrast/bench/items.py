@@ -14,6 +14,8 @@ from pathlib import Path
 Box = tuple[float, float, float, float]
 
 TASKS = ("caption", "vqa", "region_vqa", "choice", "match", "refexp")
+# Tasks whose prompt is the item's own text (a question, a caption to match, an expression): it cannot be empty.
+_TEXT_TASKS = ("vqa", "region_vqa", "match", "refexp")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class Item:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"Item {self.id!r}: `task` (={self.task!r}) must be one of {TASKS}")
+        if not isinstance(self.image, str) or not self.image:
+            raise ValueError(f"Item {self.id!r}: `image` (={self.image!r}) must be a non-empty path string")
+        if not isinstance(self.prompt, str) or (self.task in _TEXT_TASKS and not self.prompt.strip()):
+            raise ValueError(f"Item {self.id!r}: `prompt` (={self.prompt!r}) must be a non-empty string")
         self.regions = [tuple(float(v) for v in b) for b in self.regions]
         self.proposals = [tuple(float(v) for v in b) for b in self.proposals]
         if self.target is not None:
@@ -77,8 +83,16 @@ class Item:
 
 
 def read_items(path: str | Path) -> Iterator[Item]:
-    """Yield the items of a JSONL file; image paths are resolved against the file's folder."""
+    """Yield the items of a JSONL file; image paths are resolved against the file's folder.
+
+    Raises:
+        `ValueError`: naming the file and line: invalid JSON, unknown or missing keys, a bad field, or an `image`
+            file that does not exist.
+    """
+    from vcontrast.bench.fingerprint import note_read
+
     path = Path(path)
+    note_read(path)
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -91,6 +105,8 @@ def read_items(path: str | Path) -> Iterator[Item]:
                 raise ValueError(f"{path}:{lineno}: {e}") from e
             if not Path(item.image).is_absolute():
                 item.image = str(path.parent / item.image)
+            if not Path(item.image).is_file():
+                raise ValueError(f"{path}:{lineno}: item {item.id!r}: `image` file {item.image} does not exist")
             yield item
 
 

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from vcontrast.bench.items import Item
-from vcontrast.regions import _iou, box_iou  # noqa: F401 (box_iou is one of the plain functions listed above)
+from vcontrast.regions import _iou, box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +384,28 @@ def _acc_iou_item(item: Item, prediction: dict) -> float:
     return acc_at_iou([_refexp_box(item, prediction)], [item.target], IOU_THRESHOLD)
 
 
+def _proposal_ious(item: Item, prediction: dict) -> np.ndarray | None:
+    # The proposals the method chose among: the item's own, else those the method recorded (from the proposer).
+    proposals = item.proposals or prediction.get("proposals") or []
+    if item.target is None or not proposals:
+        return None
+    return box_iou(np.asarray(proposals, dtype=np.float64), np.asarray([item.target], dtype=np.float64))[:, 0]
+
+
+@register_metric("oracle@0.5", aggregation="mean")
+def _oracle_iou_item(item: Item, prediction: dict) -> float | None:
+    # 1 when some proposal reaches IoU 0.5 with the target: the ceiling of any re-ranking of these proposals.
+    ious = _proposal_ious(item, prediction)
+    return None if ious is None else float(ious.max() >= IOU_THRESHOLD)
+
+
+@register_metric("random@0.5", aggregation="mean")
+def _random_iou_item(item: Item, prediction: dict) -> float | None:
+    # The expected acc@0.5 of a uniformly random proposal: the fraction of proposals with IoU >= 0.5.
+    ious = _proposal_ious(item, prediction)
+    return None if ious is None else float(np.mean(ious >= IOU_THRESHOLD))
+
+
 @register_metric("exact_match", aggregation="mean")
 def _exact_match_item(item: Item, prediction: dict) -> float:
     if item.answer is None:
@@ -407,7 +429,10 @@ def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Ma
     Returns:
         `dict[str, float]`: metric name -> value. Single-task benchmarks use plain names ("accuracy"); benchmarks
         with several tasks (toy) use "task/metric". When the items span several `meta["split"]` values, every
-        metric is also given per split as "split/name". Metrics whose items were all skipped are left out.
+        metric is also given per split as "split/name". For a benchmark whose official numbers are per split
+        (`Benchmark.official_per_split`: What'sUp, SugarCrepe, SeeTRUE) the figure over all items is then named
+        "pooled/name" (it is no official number) and "mean/name" is the unweighted mean of the per-split values
+        (over the splits where the metric is defined). Metrics whose items were all skipped are left out.
         ViP-Bench declares no metric (its grader is GPT-4) and gives `{}`.
 
     Examples:
@@ -438,6 +463,7 @@ def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Ma
 
     prefix_task = len(spec.metrics) > 1
     splits = sorted({str(item.meta["split"]) for item in items if "split" in item.meta})
+    pooled = "pooled/" if spec.official_per_split and len(splits) > 1 else ""
     subsets: list[tuple[str, list[Item]]] = [("", items)]
     if len(splits) > 1:
         subsets += [(f"{s}/", [item for item in items if str(item.meta.get("split")) == s]) for s in splits]
@@ -458,5 +484,12 @@ def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Ma
                     logger.warning("%s%s is undefined: %s", split_prefix, name, e)
                     continue
                 if value is not None:
-                    results[f"{split_prefix}{task + '/' if prefix_task else ''}{name}"] = value
+                    results[f"{split_prefix or pooled}{task + '/' if prefix_task else ''}{name}"] = value
+    if pooled:
+        per_split: dict[str, list[float]] = defaultdict(list)
+        for key, value in results.items():
+            head, _, rest = key.partition("/")
+            if head in splits:
+                per_split[rest].append(value)
+        results.update({f"mean/{name}": float(np.mean(values)) for name, values in per_split.items()})
     return results

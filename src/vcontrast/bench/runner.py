@@ -5,7 +5,8 @@ or any `Method`) over them in batches, and writes into `out_dir`:
 
 ```
 out_dir/
-  run.json                   what produced the predictions: benchmark, split, model, method and its settings
+  run.json                   what produced the predictions: benchmark, split, data files (size + SHA-256) and loader
+                             options, model (folder + file fingerprints), method and its settings
   predictions.partR.jsonl    process R's predictions while it runs, one JSON object a line ({"id": ..., ...})
   predictions.jsonl          all predictions once the run is complete (the part files are merged into it)
   metrics.json               the metrics of `vcontrast.bench.metrics.compute_metrics` and the run's description
@@ -17,8 +18,10 @@ loses at most the batches in flight. A rerun with the same `out_dir` reads every
 items that have one; a line torn by a crash is ignored (and cut off before the owner appends again). Batches are
 fixed by the item order and `batch_size` alone, and a batch with any item missing runs whole (only the missing items
 are written), so a resumed run computes every item in the same batch as an uninterrupted run. `run.json` guards the
-folder: a rerun with a different benchmark, split, model, method or setting raises instead of mixing predictions.
-A larger `limit` reuses the predictions of the smaller run.
+folder: a rerun whose benchmark, split, data files, loader options, model, method or settings differ raises (naming
+every difference) instead of mixing predictions; `overwrite=True` deletes the earlier run's files and starts over.
+A larger `limit` reuses the predictions of the smaller run. Every row and image is validated (by the loader) before
+the model loads.
 
 Several processes. Launched with `accelerate launch --num_processes N` (or `torchrun --nproc_per_node N`), each
 process takes every N-th batch (a strided shard), loads the model on its own device and writes its own part file.
@@ -46,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vcontrast.bench.fingerprint import fingerprint_files, model_identity, record_reads
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import DEFAULT_PROPOSER, Method, get_method, method_config
 from vcontrast.bench.registry import Benchmark, check_limit, get_benchmark
@@ -246,36 +250,95 @@ class _Processes:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _model_id(model: Any) -> str:
-    if model is None:
-        return "toy"
-    if isinstance(model, (str, Path)):
-        path = Path(model).expanduser()
-        return str(path.resolve()) if path.exists() else str(model)
-    if isinstance(model, tuple) and len(model) == 2:
-        config = getattr(model[0], "config", None)
-        return getattr(config, "_name_or_path", "") or type(model[0]).__name__
-    raise ValueError(f"`model` (={model!r}) has to be None (the toy model), a path, or a (model, processor) pair")
+def _data_files(paths: list[Path], data_dir: Path) -> dict[str, dict]:
+    # Files under data_dir are keyed relative to it, so that a moved copy of the same data resumes.
+    root = Path(data_dir).expanduser().resolve()
+    fingerprints = fingerprint_files(paths)
+    return {
+        (str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p): fp for p, fp in fingerprints.items()
+    }
+
+
+def _differences(before: Any, now: Any, key: str = "") -> list[str]:
+    """Dotted keys where two run descriptions differ, with both values (short)."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        out = []
+        for k in sorted(set(before) | set(now), key=str):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in before:
+                out.append(f"{sub}: not recorded before, now {_short(now[k])}")
+            elif k not in now:
+                out.append(f"{sub}: was {_short(before[k])}, now absent")
+            else:
+                out += _differences(before[k], now[k], sub)
+        return out
+    return [] if before == now else [f"{key}: was {_short(before)}, now {_short(now)}"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_run(out_dir: Path, run: dict) -> bool:
-    """True if `run.json` is missing (a new run); raises if it describes a different run."""
+    """True if `run.json` is missing (a new run); raises if it describes a different run, naming what differs."""
     path = out_dir / RUN_FILE
     if not path.is_file():
         return True
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it to start over") from e
-    if previous != run:
-        diff = {
-            k: (previous.get(k), run.get(k)) for k in sorted(set(previous) | set(run)) if previous.get(k) != run.get(k)
-        }
+        raise ValueError(f"{path} is not valid JSON ({e}); rerun with --overwrite to start over") from e
+    diffs = _differences(previous, run)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ValueError(
-            f"`out_dir` (={str(out_dir)!r}) holds predictions of a different run; differences (before, now): {diff}. "
-            "Use another output folder, or delete this one to start over."
+            f"`out_dir` (={str(out_dir)!r}) holds predictions of a different run: {shown}. "
+            "Use another output folder, or --overwrite (overwrite=True) to delete them and start over."
         )
     return False
+
+
+def _clear_run(out_dir: Path) -> None:
+    """Delete what a run wrote into `out_dir` (only the runner's own files)."""
+    import shutil
+
+    for path in [out_dir / RUN_FILE, out_dir / PREDICTIONS_FILE, out_dir / METRICS_FILE, *out_dir.glob(_PART_GLOB)]:
+        path.unlink(missing_ok=True)
+    if (out_dir / "vipbench").is_dir():
+        shutil.rmtree(out_dir / "vipbench")
+
+
+def _check_images(items: list[Item], benchmark: str) -> None:
+    """Every item's image exists and is an image file PIL recognises (its header; decoding happens per batch), so
+    that a bad image stops the run before the model loads. Loaders already name the row of a missing image; this
+    catches items from any other source and unreadable files."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing = [item for item in items if not Path(item.image).is_file()]
+    if missing:
+        raise ValueError(
+            f"{benchmark}: {len(missing)} item(s) name image files that do not exist, e.g. item "
+            f"{missing[0].id!r}: {missing[0].image}"
+        )
+    first_item = {}
+    for item in items:
+        first_item.setdefault(item.image, item)  # each file once (RefCOCO has several sentences per image)
+    for item in first_item.values():
+        try:
+            with Image.open(item.image):
+                pass
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ValueError(
+                f"{benchmark}: item {item.id!r}: `image` {item.image} is not a readable image ({e})"
+            ) from e
+
+
+def _open(item: Item) -> Any:
+    try:
+        return open_image(item.image)
+    except ValueError as e:
+        raise ValueError(f"item {item.id!r}: {e}") from e
 
 
 def _build_method(
@@ -319,7 +382,7 @@ def _summary(run: dict, items: list[Item], predictions: dict[str, dict], metrics
 def _write_vipbench(out_dir: Path, run: dict, items: list[Item], predictions: dict[str, dict]) -> list[str]:
     from vcontrast.bench.vipbench import write_vipbench_predictions
 
-    tag = f"{Path(run['model']).name}-{run['method']}" if run["model"] else run["method"]
+    tag = f"{Path(run['model']['name']).name}-{run['method']}" if run["model"] else run["method"]
     files = []
     for split in sorted({str(item.meta.get("split")) for item in items}):
         subset = [item for item in items if str(item.meta.get("split")) == split]
@@ -342,6 +405,11 @@ def evaluate(
     proposer: Any = DEFAULT_PROPOSER,
     proposer_model: str | None = None,
     max_new_tokens: int = 32,
+    *,
+    proposals: str | Path | None = None,
+    split_by: str | None = None,
+    image_root: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate a model on a benchmark, writing predictions as it goes and resuming where an earlier run stopped.
 
@@ -366,6 +434,12 @@ def evaluate(
             instead. Loaded only when an item needs it.
         proposer_model (`str`, *optional*): checkpoint folder of the proposer (offline use).
         max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks.
+        proposals (`str` or `Path`, *optional*): RefCOCO/+/g only: "gt" (the default: the image's COCO boxes),
+            "proposer" (the region proposer's boxes), or a detections file (MAttNet or COCO results format).
+        split_by (`str`, *optional*): RefCOCO/+/g only: refer's splitBy ("unc", "google", "umd").
+        image_root (`str` or `Path`, *optional*): SugarCrepe and RefCOCO/+/g: the folder of the COCO images.
+        overwrite (`bool`, *optional*, defaults to `False`): delete the predictions of an earlier run in `out_dir`
+            and start over, instead of refusing when that run had other inputs.
 
     Returns:
         `dict`: the content of `metrics.json`: `benchmark`, `split`, `model`, `method`, `config`, `n_items`,
@@ -374,7 +448,8 @@ def evaluate(
         `grader_files`, and `metrics_error` when the metrics could not be computed (e.g. AUROC of one class).
 
     Raises:
-        `ValueError`: bad arguments, an unreadable benchmark folder or image, or an `out_dir` holding another run.
+        `ValueError`: bad arguments, a malformed data file (naming the file, the row and the field), a missing image,
+            or an `out_dir` holding a run with other inputs. All of these are checked before the model loads.
 
     Examples:
 
@@ -393,25 +468,43 @@ def evaluate(
         raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
     if isinstance(method, str):
         config = method_config(method, alpha, proposer, proposer_model, max_new_tokens)
-        name, model_id = method, _model_id(model)
+        name, model_id = method, model_identity(model)
     elif isinstance(method, Method):
-        config, name, model_id = dict(method.config), method.name, _model_id(model) if model is not None else None
+        config, name = dict(method.config), method.name
+        model_id = model_identity(model) if model is not None else None
     else:
         raise ValueError(f"`method` (={method!r}) has to be 'base', 'crg' or a Method object")  # noqa: TRY004
-    run = {"benchmark": spec.name, "split": split, "model": model_id, "method": name, "config": config}
-    json.dumps(run)  # a Method's config must be JSON-ready: fail before any work
+    json.dumps(config)  # a Method's config must be JSON-ready: fail before any work
 
-    items = spec.load(data_dir, split=split, limit=limit)
+    options = {"proposals": proposals, "split_by": split_by, "image_root": image_root}
+    options = {k: v for k, v in options.items() if v is not None and not (k == "proposals" and v == "gt")}
+    # "proposer": items without proposals, which the method then takes from the region proposer
+    loader_options = {k: (None if k == "proposals" and v == "proposer" else v) for k, v in options.items()}
+    with record_reads() as read_paths:
+        items = spec.load(data_dir, split=split, limit=limit, **loader_options)
     if not items:
         raise ValueError(f"{spec.name}: no items in {data_dir} (split={split!r}, limit={limit!r})")
     counts = Counter(item.id for item in items)
     duplicates = [key for key, n in counts.items() if n > 1]
     if duplicates:
         raise ValueError(f"{spec.name}: item ids must be unique, found duplicates {duplicates[:5]}")
+    _check_images(items, spec.name)
+    data = {
+        "options": {k: str(v) for k, v in options.items() if v is not None},
+        "files": _data_files(read_paths, Path(data_dir)),
+    }
+    run = {"benchmark": spec.name, "split": split, "data": data, "model": model_id, "method": name, "config": config}
 
     procs = _Processes()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"`out_dir` (={str(out_dir)!r}) is a file; give a folder for the predictions and metrics")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        procs.barrier()
+        if procs.is_main:
+            _clear_run(out_dir)
+        procs.barrier()
     # Every process checks run.json and reads what is done before any process writes (same error on every rank).
     new_run = _check_run(out_dir, run)
     done = set(_known_predictions(out_dir)) & set(counts)
@@ -440,7 +533,7 @@ def evaluate(
         )
         with part.open("a", encoding="utf-8") as f, bar:
             for batch in todo:
-                images = [open_image(item.image) for item in batch]
+                images = [_open(item) for item in batch]
                 predictions = runner.predict(batch, images)
                 if len(predictions) != len(batch):
                     raise ValueError(f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items")

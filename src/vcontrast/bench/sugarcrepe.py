@@ -15,9 +15,14 @@ The split files may also sit in `data_dir/data/` (the repository layout). An ear
 the object splits `add_ent.json`, `replace_ent.json`, `swap_ent.json`; those names are read for the `*_obj` splits
 when the `*_obj` file is absent.
 
+The images may live anywhere else: `image_root` (`--image-root`) names the folder of COCO val2017 images, looked up
+first.
+
 Items: task "choice", `candidates = [caption, negative_caption]`, `answer` 0, `prompt` = `PROMPT` (SugarCrepe has
 no prompt), `regions` empty. `split=None` loads every split file present; `limit` applies per split. Metric
-(`main_eval.py`): accuracy, correct iff the positive scores strictly higher than the negative (a tie is wrong).
+(`main_eval.py`): accuracy per split, correct iff the positive scores strictly higher than the negative (a tie is
+wrong); the paper reports each split, so `compute_metrics` gives `<split>/accuracy`, their unweighted mean
+`mean/accuracy` and the accuracy over all items as `pooled/accuracy` only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ import logging
 from pathlib import Path
 
 from vcontrast.bench.items import Item
-from vcontrast.bench.registry import Benchmark, check_limit, find_image, read_json, require_dir, select_splits
+from vcontrast.bench.registry import (
+    Benchmark,
+    check_limit,
+    find_image,
+    read_json,
+    require_dir,
+    require_text,
+    row_error,
+    select_splits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +62,21 @@ def _split_file(root: Path, split: str) -> Path | None:
     return None
 
 
-def load(data_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Item]:
+def load(
+    data_dir: str | Path,
+    split: str | None = None,
+    limit: int | None = None,
+    *,
+    image_root: str | Path | None = None,
+) -> list[Item]:
     """Load SugarCrepe split files (see the module docstring for the layout).
 
     Args:
         data_dir (`str` or `Path`): folder with the seven `<split>.json` files and `val2017/`.
         split (`str`, *optional*): one of `SPLITS`; `None` loads every split file present.
         limit (`int`, *optional*): keep the first `limit` items of each split (file order).
+        image_root (`str` or `Path`, *optional*): folder holding the COCO val2017 images (`<image_root>/<filename>`)
+            when they are not in `data_dir/val2017/`.
 
     Returns:
         `list[Item]`: "choice" items `[caption, negative_caption]` with `answer=0`, ids `"<split>/<key>"`.
@@ -69,6 +91,9 @@ def load(data_dir: str | Path, split: str | None = None, limit: int | None = Non
     """
     check_limit(limit)
     root = require_dir(data_dir, "sugarcrepe", _LAYOUT)
+    image_dirs = [root / "val2017", root]
+    if image_root is not None:
+        image_dirs.insert(0, require_dir(image_root, "sugarcrepe", "  image_root: the folder of COCO val2017 images"))
     items: list[Item] = []
     found = 0
     for name in select_splits(split, SPLITS, "sugarcrepe"):
@@ -83,14 +108,14 @@ def load(data_dir: str | Path, split: str | None = None, limit: int | None = Non
             path, "sugarcrepe", expect=dict, shape="an object {id: {filename, caption, negative_caption}}"
         )
         for key, rec in list(records.items())[:limit]:
-            if not (
-                isinstance(rec, dict)
-                and all(isinstance(rec.get(k), str) for k in ("filename", "caption", "negative_caption"))
-            ):
-                raise ValueError(
-                    f"sugarcrepe: {path} entry {key!r} must have string filename, caption, negative_caption"
-                )
-            image = find_image([root / "val2017" / rec["filename"], root / rec["filename"]], "sugarcrepe", _LAYOUT)
+            row = f"key {key!r}"
+            if not isinstance(rec, dict):
+                raise row_error("sugarcrepe", path, row, None, "must be {filename, caption, negative_caption}")
+            for field in ("filename", "caption", "negative_caption"):
+                require_text(rec.get(field), "sugarcrepe", path, row, field)
+            image = find_image(
+                [d / rec["filename"] for d in image_dirs], "sugarcrepe", _LAYOUT, (path, row, "filename")
+            )
             items.append(
                 Item(
                     id=f"{name}/{key}",
@@ -112,5 +137,7 @@ SUGARCREPE = Benchmark(
     loader=load,
     splits=SPLITS,
     metrics={"choice": ("accuracy",)},
+    options=("image_root",),
+    official_per_split=True,
     reference="Hsieh et al., NeurIPS 2023 D&B; github.com/RAIVNLab/sugar-crepe",
 )

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -49,6 +50,8 @@ from vcontrast.bench.registry import (
     read_jsonl_rows,
     require_dir,
     require_file,
+    require_text,
+    row_error,
     select_splits,
 )
 
@@ -65,11 +68,23 @@ _LAYOUT = (
 _OBJ = re.compile(r"<(obj\d*)>")
 
 
-def _shape_box(shape: dict) -> Box | None:
-    # LabelMe rectangles are two corner points; polygons take their bounding box.
-    points = shape.get("points") or []
-    if shape.get("shape_type") not in ("rectangle", "polygon") or len(points) < 2:
+def _shape_box(shape: object, path: Path, row: str) -> Box | None:
+    # LabelMe rectangles are two corner points; polygons take their bounding box. Other shape types (points, lines,
+    # circles) mark no region and are skipped; malformed points are an error naming the shape.
+    if not isinstance(shape, dict):
+        raise row_error("vipbench", path, row, None, "must be a LabelMe shape object {label, points, shape_type}")
+    if shape.get("shape_type", "polygon") not in ("rectangle", "polygon"):
         return None
+    points = shape.get("points")
+    ok = isinstance(points, list) and len(points) >= 2
+    ok = ok and all(
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+        for p in points
+    )
+    if not ok:
+        raise row_error("vipbench", path, row, "points", f"(={points!r}) must be two or more [x, y] number pairs")
     xs = [float(p[0]) for p in points]
     ys = [float(p[1]) for p in points]
     return (min(xs), min(ys), max(xs), max(ys))
@@ -83,19 +98,40 @@ def _regions(root: Path, entry: dict) -> list[Box]:
     if not path.is_file():
         return []
     shapes = read_json(path, "vipbench", expect=dict, shape="a LabelMe object with `shapes`").get("shapes", [])
+    if not isinstance(shapes, list):
+        raise row_error("vipbench", path, "top level", "shapes", "must be a list of LabelMe shapes")
     labels = _OBJ.findall(entry.get("question", "")) or ["obj"]
     boxes = []
     for label in dict.fromkeys(labels):
-        for shape in shapes:
-            if shape.get("label") == label and (box := _shape_box(shape)) is not None:
+        for i, shape in enumerate(shapes):
+            box = _shape_box(shape, path, f"shapes[{i}]")
+            if shape.get("label") == label and box is not None:
                 boxes.append(box)
                 break
     return boxes
 
 
-def _read_questions(path: Path) -> list[dict]:
+def _read_questions(path: Path) -> list[tuple[int, dict]]:
     shape = "question_id, image and text"
-    return [row for _, row in read_jsonl_rows(path, "vipbench", ("question_id", "image", "text"), shape)]
+    rows = list(read_jsonl_rows(path, "vipbench", ("question_id", "image", "text"), shape))
+    for lineno, row in rows:
+        require_text(row["text"], "vipbench", path, f"line {lineno}", "text")
+        require_text(row["image"], "vipbench", path, f"line {lineno}", "image")
+    return rows
+
+
+def _check_entry(entry: object, path: Path, key: str) -> dict:
+    row = f"key {key!r}"
+    if not isinstance(entry, dict):
+        raise row_error("vipbench", path, row, None, "must be an object {image, image_source, question, answer, ...}")
+    require_text(entry.get("answer"), "vipbench", path, row, "answer")
+    require_text(entry.get("question"), "vipbench", path, row, "question")
+    capability = entry.get("capability", [])
+    if not (isinstance(capability, list) and all(isinstance(c, str) for c in capability)):
+        raise row_error("vipbench", path, row, "capability", f"(={capability!r}) must be a list of strings")
+    if entry.get("image_source") is not None:
+        require_text(entry["image_source"], "vipbench", path, row, "image_source")
+    return entry
 
 
 def load(data_dir: str | Path, split: str | None = None, limit: int | None = None) -> list[Item]:
@@ -123,13 +159,16 @@ def load(data_dir: str | Path, split: str | None = None, limit: int | None = Non
     meta = read_json(meta_path, "vipbench", expect=dict, shape="an object {'v1_<id>': {question, answer, ...}}")
     items = []
     for name in select_splits(split, SPLITS, "vipbench"):
-        questions = _read_questions(require_file(root / name / "questions.jsonl", "vipbench", _LAYOUT))
-        for row in questions[:limit]:
+        questions_path = require_file(root / name / "questions.jsonl", "vipbench", _LAYOUT)
+        for lineno, row in _read_questions(questions_path)[:limit]:
             key = f"v1_{row['question_id']}"
             if key not in meta:
-                raise ValueError(f"vipbench: {root / name / 'questions.jsonl'} question {key!r} is not in {META_NAME}")
-            entry = meta[key]
-            image = find_image([root / name / "images" / row["image"]], "vipbench", _LAYOUT)
+                raise row_error(
+                    "vipbench", questions_path, f"line {lineno}", "question_id", f"({key!r}) is not in {meta_path}"
+                )
+            entry = _check_entry(meta[key], meta_path, key)
+            source = (questions_path, f"line {lineno}", "image")
+            image = find_image([root / name / "images" / row["image"]], "vipbench", _LAYOUT, source)
             items.append(
                 Item(
                     id=f"{name}/{key}",

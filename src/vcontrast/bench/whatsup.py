@@ -37,6 +37,14 @@ opposite-relation axis form a **pair** (`meta["pair_id"]` = set + axis: left/rig
 (set) accuracy is the fraction of pairs (sets) with every image answered correctly. The authors divide by N/2 and
 N/4, which is the same number when every group is complete; we divide by the number of groups present, so a
 `limit` that cuts a group scores its present members only. COCO/GQA-spatial have no groups and report accuracy.
+
+Headline numbers: the paper reports every subset on its own, so `compute_metrics` gives `<split>/accuracy` (and
+`<split>/pair_accuracy`, `<split>/set_accuracy` for the controlled subsets), `mean/<metric>` = the unweighted average
+over the subsets present (pair/set: over the controlled subsets), and the accuracy over all items, which mixes 4-way
+and 2-way choices, only as `pooled/accuracy`.
+
+Item ids come from the data: `<split>/<image file stem>` for the controlled subsets, `<split>/<image id>` for
+COCO/GQA-spatial (`#2`, `#3`, ... for further entries about the same image).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from vcontrast.bench.registry import (
     find_image,
     read_json,
     require_dir,
+    require_text,
+    row_error,
     select_splits,
 )
 
@@ -99,18 +109,13 @@ def _parse_controlled_name(image_path: str) -> tuple[str, str, str] | None:
 def _controlled_items(records: list, path: Path, split: str, folder: str, data_dir: Path) -> list[Item]:
     items = []
     for i, rec in enumerate(records):
-        if not (
-            isinstance(rec, dict)
-            and isinstance(rec.get("image_path"), str)
-            and _is_captions(rec.get("caption_options"))
-        ):
-            raise ValueError(f"whatsup: {path} entry {i} must be {{'image_path': str, 'caption_options': [str, ...]}}")
-        rel_path = rec["image_path"]
-        image = find_image(
-            [data_dir / folder / Path(rel_path).name, data_dir / rel_path, data_dir.parent / rel_path],
-            "whatsup",
-            _LAYOUT,
-        )
+        row = f"entry {i}"
+        if not isinstance(rec, dict):
+            raise row_error("whatsup", path, row, None, "must be {'image_path': str, 'caption_options': [str, ...]}")
+        rel_path = require_text(rec.get("image_path"), "whatsup", path, row, "image_path")
+        _check_captions(rec.get("caption_options"), path, row, "caption_options")
+        candidates = [data_dir / folder / Path(rel_path).name, data_dir / rel_path, data_dir.parent / rel_path]
+        image = find_image(candidates, "whatsup", _LAYOUT, (path, row, "image_path"))
         meta = {"split": split, "source_image_path": rel_path}
         parsed = _parse_controlled_name(rel_path)
         if parsed is not None and parsed[1] in _AXES:
@@ -119,26 +124,38 @@ def _controlled_items(records: list, path: Path, split: str, folder: str, data_d
             meta.update(relation=relation, set_id=set_id, pair_id=f"{set_id}:{_AXES[relation]}")
         else:
             logger.warning("whatsup: cannot read the relation from %r; it is left out of pair/set accuracy", rel_path)
-        items.append(_item(f"{split}/{i}", str(image), list(rec["caption_options"]), meta))
+        # The image file name identifies a controlled item (one image per object pair and relation).
+        items.append(_item(f"{split}/{Path(rel_path).stem}", str(image), list(rec["caption_options"]), meta))
     return items
 
 
 def _qa_items(records: list, path: Path, split: str, folder: str, kind: str, data_dir: Path) -> list[Item]:
     items = []
+    seen: dict[int, int] = {}
     for i, rec in enumerate(records):
-        if not (isinstance(rec, list) and len(rec) == 3 and _is_captions(rec[1:])):
-            raise ValueError(
-                f"whatsup: {path} entry {i} must be [image_id, correct caption, wrong caption], got {rec!r}"
-            )
+        row = f"entry {i}"
+        if not (isinstance(rec, list) and len(rec) == 3):
+            shape = f"must be [image_id, correct caption, wrong caption], got {rec!r}"
+            raise row_error("whatsup", path, row, None, shape)
         image_id = rec[0]
-        name = f"{int(image_id):012d}.jpg" if kind == "coco" else f"{image_id}.jpg"
-        image = find_image([data_dir / folder / name], "whatsup", _LAYOUT)
-        items.append(_item(f"{split}/{i}", str(image), [rec[1], rec[2]], {"split": split, "image_id": image_id}))
+        if isinstance(image_id, str) and image_id.isdigit():
+            image_id = int(image_id)
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id < 0:
+            raise row_error("whatsup", path, row, "image_id", f"(={rec[0]!r}, first element) must be an integer")
+        _check_captions(rec[1:], path, row, "captions")
+        name = f"{image_id:012d}.jpg" if kind == "coco" else f"{image_id}.jpg"
+        image = find_image([data_dir / folder / name], "whatsup", _LAYOUT, (path, row, "image_id"))
+        # Ids from the data: the image id, and "#k" for the k-th further question about the same image.
+        seen[image_id] = seen.get(image_id, 0) + 1
+        item_id = f"{split}/{image_id}" + (f"#{seen[image_id]}" if seen[image_id] > 1 else "")
+        meta = {"split": split, "image_id": image_id}
+        items.append(_item(item_id, str(image), [rec[1], rec[2]], meta))
     return items
 
 
-def _is_captions(value: object) -> bool:
-    return isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) for c in value)
+def _check_captions(value: object, path: Path, row: str, field: str) -> None:
+    if not (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c.strip() for c in value)):
+        raise row_error("whatsup", path, row, field, f"(={value!r}) must be two or more non-empty caption strings")
 
 
 def _item(item_id: str, image: str, candidates: list[str], meta: dict) -> Item:
@@ -193,5 +210,6 @@ WHATSUP = Benchmark(
     loader=load,
     splits=SPLITS,
     metrics={"choice": ("accuracy", "pair_accuracy", "set_accuracy")},
+    official_per_split=True,
     reference="Kamath et al., EMNLP 2023; github.com/amitakamath/whatsup_vlms",
 )

@@ -1,0 +1,160 @@
+"""Resume is bound to its inputs: run.json records data-file fingerprints, the model and the options, and a rerun
+with any of them changed is refused with a message naming what differs (overwrite=True starts over). Validation of
+every row and image happens before the model loads, and the CLI turns it into exit 2."""
+
+import csv
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tests.bench.test_refcoco import write_refer
+from tests.bench.test_runner import FakeMethod, run, write_seetrue, write_sugarcrepe
+from vcontrast.bench import runner
+from vcontrast.bench.cli import eval_command
+from vcontrast.bench.fingerprint import file_fingerprint
+from vcontrast.bench.runner import PREDICTIONS_FILE, RUN_FILE, evaluate, read_predictions
+
+
+def _rewrite_seetrue(root, labels):
+    with (root / "SeeTRUE.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "text", "label", "original_dataset_id", "dataset_source"])
+        for i, label in enumerate(labels):
+            w.writerow([f"{i}.png", f"another text {i}", label, str(i), "Winoground"])
+
+
+def test_run_json_records_data_model_and_options(tmp_path, make_image):
+    data = write_seetrue(tmp_path / "data", make_image)
+    run(data, tmp_path / "out", benchmark="seetrue")
+    recorded = json.loads((tmp_path / "out" / RUN_FILE).read_text())
+    assert recorded["data"] == {"options": {}, "files": {"SeeTRUE.csv": file_fingerprint(data / "SeeTRUE.csv")}}
+    assert recorded["benchmark"] == "seetrue" and recorded["method"] == "fake" and recorded["model"] is None
+
+
+def test_changed_data_file_is_refused_then_overwrite_starts_over(tmp_path, make_image):
+    # the reported failure: a different SeeTRUE CSV into the same --out reused the old predictions
+    data = write_seetrue(tmp_path / "data", make_image)
+    run(data, tmp_path / "out", benchmark="seetrue")
+    _rewrite_seetrue(data, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"different run: data.files.SeeTRUE.csv.sha256: was .* --overwrite"):
+        run(data, tmp_path / "out", benchmark="seetrue")
+    method = FakeMethod()
+    fresh = run(data, tmp_path / "out", method, benchmark="seetrue", overwrite=True)
+    assert sum(map(len, method.calls)) == 4  # nothing reused
+    assert fresh == run(data, tmp_path / "ref", benchmark="seetrue")
+    assert read_predictions(tmp_path / "out" / PREDICTIONS_FILE) == read_predictions(
+        tmp_path / "ref" / PREDICTIONS_FILE
+    )
+
+
+def test_moved_copy_of_the_same_data_resumes(tmp_path, make_image):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=3)
+    first = run(data, tmp_path / "out")
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    again = FakeMethod()
+    assert run(moved, tmp_path / "out", again) == first and again.calls == []
+
+
+def test_changed_model_or_loader_option_is_refused(tmp_path, make_image):
+    data = write_refer(tmp_path / "refer", make_image)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    (model / "model.safetensors").write_bytes(b"0" * 10)
+    method = FakeRefexp()
+    run(data, tmp_path / "out", method, benchmark="refcoco", model=str(model), split="testA")
+    (model / "config.json").write_text('{"model_type": "llava", "vocab_size": 3}')
+    with pytest.raises(ValueError, match=r"different run: model.files.config.json.sha256"):
+        run(data, tmp_path / "out", method, benchmark="refcoco", model=str(model), split="testA")
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"det_id": 0, "box": [30, 10, 20, 20], "image_id": 581857, "score": 1.0}]))
+    with pytest.raises(ValueError, match=r"different run: data.files.*dets.json: not recorded before.*proposals"):
+        run(data, tmp_path / "out", method, benchmark="refcoco", model=str(model), split="testA", proposals=dets)
+    # explicit "gt" is the default: the same run
+    assert run(data, tmp_path / "out", method, benchmark="refcoco", model=str(model), split="testA", proposals="gt")
+
+
+class FakeRefexp:
+    name = "fake-refexp"
+
+    def __init__(self):
+        self.config = {}
+
+    def predict(self, items, images):
+        return [{"pred_index": 0} for _ in items]
+
+
+def test_validation_happens_before_the_model_loads(tmp_path, make_image, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load before the data is validated")
+
+    monkeypatch.setattr(runner, "_build_method", no_model)
+    data = write_seetrue(tmp_path / "data", make_image)
+    (data / "images" / "3.png").unlink()  # the last row's image: found before any batch runs
+    with pytest.raises(ValueError, match=r"SeeTRUE.csv, line 5: `image` names an image not found"):
+        evaluate("seetrue", data, method="crg", out_dir=tmp_path / "out", show_progress=False)
+    (data / "images" / "2.png").write_bytes(b"not an image")
+    make_image(data / "images" / "3.png")
+    with pytest.raises(ValueError, match=r"item 'Winoground/2': `image` .*2.png is not a readable image"):
+        evaluate("seetrue", data, method="crg", out_dir=tmp_path / "out", show_progress=False)
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    row = {"id": "q7", "task": "vqa", "image": "images/missing.png", "prompt": "what?", "answer": "a"}
+    (toy / "vqa_test.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"vqa_test.jsonl:1: item 'q7': `image` file .*missing.png does not exist"):
+        evaluate("toy", toy, method="base", out_dir=tmp_path / "out2", show_progress=False)
+
+
+def _cli(args):
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.callback()(lambda: None)
+    return CliRunner().invoke(app, ["eval", *args])
+
+
+def test_cli_user_errors_exit_2_with_a_short_message(tmp_path, make_image):
+    data = write_seetrue(tmp_path / "data", make_image)
+    _rewrite_seetrue(data, [1, "maybe", 0, 1])
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(data), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: seetrue: {data / 'SeeTRUE.csv'}, line 3: `label` (='maybe') must be 0 or 1"
+    ]
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: seetrue: data folder {tmp_path / 'nowhere'} does not exist.",
+        "  expected layout: docs/eval.md, 'The benchmarks'",
+    ]
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(data), "--image-root", str(tmp_path)])
+    assert result.exit_code == 2 and "image_root do not apply to this benchmark (it takes none)" in result.output
+    result = _cli(["--benchmark", "refcoco", "--data-dir", str(data), "--split-by", "umd"])
+    assert result.exit_code == 2 and "`split_by` (='umd') must be one of unc, google" in result.output
+    _rewrite_seetrue(data, [1, 0, 1, 0])
+    (tmp_path / "afile").write_text("")
+    result = _cli(["--benchmark", "seetrue", "--data-dir", str(data), "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "is a file; give a folder" in result.output
+
+
+class RecordingRefexp(FakeRefexp):
+    def __init__(self):
+        super().__init__()
+        self.proposals = []
+
+    def predict(self, items, images):
+        self.proposals += [item.proposals for item in items]
+        return [{"pred_box": [0, 0, 10, 20]} for _ in items]
+
+
+def test_proposals_option_selects_the_loader_setting(tmp_path, make_image):
+    data = write_refer(tmp_path / "refer", make_image)
+    method = RecordingRefexp()
+    run(data, tmp_path / "gt", method, benchmark="refcoco", split="val")
+    assert method.proposals == [[(0.0, 0.0, 10.0, 20.0), (30.0, 10.0, 50.0, 30.0)]]
+    method = RecordingRefexp()
+    summary = run(data, tmp_path / "proposer", method, benchmark="refcoco", split="val", proposals="proposer")
+    assert method.proposals == [[]]  # the method takes them from its region proposer
+    assert summary["data"]["options"] == {"proposals": "proposer"} and summary["metrics"]["acc@0.5"] == 1.0
