@@ -6,7 +6,13 @@ import torch
 from transformers import LogitsProcessor
 
 from tests import tiny_models as tm
-from vcontrast.candidates import CandidateTokens, candidate_separator, candidate_tokens, shared_prefix_length
+from vcontrast.candidates import (
+    CandidateTokens,
+    candidate_separator,
+    candidate_tokens,
+    shared_prefix_length,
+    shared_suffix_length,
+)
 from vcontrast.crg import CRG
 
 TRAINED = ("byte_bpe", "sentencepiece", "sentencepiece_no_prefix")
@@ -33,10 +39,12 @@ def test_separator():
     assert candidate_separator("[INST]is it red?[/INST]", "yes") == " "
 
 
-def test_shared_prefix_length():
+def test_shared_prefix_and_suffix_length():
     assert shared_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
     assert shared_prefix_length([1, 2], [1, 2, 3]) == 2
     assert shared_prefix_length([], [1]) == 0
+    assert shared_suffix_length([9, 2, 3], [1, 7, 2, 3]) == 2
+    assert shared_suffix_length([1], [2]) == 0
 
 
 @pytest.mark.parametrize("kind", TRAINED)
@@ -225,3 +233,21 @@ def test_crg_scores_the_word_start_token_after_a_colon(family, marker):
     assert crg.rendered_prompt("is it red ?").endswith(":")
     (yes,) = crg._tokens(prepared, 0, "is it red ?", ["yes"])
     assert tokens(processor.tokenizer, yes.ids) == [marker + "yes"] and yes.drop == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", tm.FAMILIES)
+def test_short_prompts_and_a_processor_suffix_the_adapter_does_not_know(family, monkeypatch):
+    """A two-word prompt (the image expansion close to the end) scores like brute force on every family; a processor
+    that appends text the adapter does not know about is refused rather than scored at the wrong split."""
+    model, processor = tm.build(family)
+    crg = CRG(model, processor, alpha=0.0)
+    image, regions, prompt = tm.image(0), [(2, 2, 12, 10)], "red ?"
+    score = crg.score(image, prompt, ["yes"], regions)[0]
+    reference = crg.prepare([image], [prompt], [regions]).reference
+    (yes,) = crg._tokens(crg.prepare([image], [prompt], [regions]), 0, prompt, ["yes"])
+    logits = model(**reference, position_ids=crg.adapter.position_ids(reference)).logits[0, -1]
+    assert score == pytest.approx(float(torch.log_softmax(logits.float(), -1)[yes.ids[0]]), abs=1e-4)
+    monkeypatch.setattr(type(crg.adapter), "text_after_prompt", crg.adapter.text_after_prompt + " Answer:")
+    with pytest.raises(ValueError, match="candidate tokens cannot be placed after the prompt"):
+        crg.score(image, prompt, ["yes"], regions)

@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CandidateTokens", "candidate_separator", "candidate_tokens", "shared_prefix_length"]
+__all__ = [
+    "CandidateTokens",
+    "candidate_separator",
+    "candidate_tokens",
+    "shared_prefix_length",
+    "shared_suffix_length",
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,11 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def shared_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many trailing tokens `a` and `b` share."""
+    return shared_prefix_length(list(reversed(a)), list(reversed(b)))
 
 
 def candidate_tokens(
