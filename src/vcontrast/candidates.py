@@ -13,8 +13,10 @@ and the candidate's tokens are the joint tokens after the prompt's:
   both share: the candidate's tokens are the joint tokens from there, and `drop` says how many of the prompt's
   trailing tokens the scorer has to remove before scoring them.
 
-Scoring, re-ranking and matching (`vcontrast.crg.CRG`) and the labels of `vcontrast.cal.ConversationCollator` use
-this module.
+Scoring, re-ranking and matching (`vcontrast.crg.CRG`) and the lmms-eval model call this module. The labels of
+`vcontrast.cal.ConversationCollator` follow the same rule on the jointly tokenized conversation (a token that merges
+the prompt's end with the answer's start is the answer's); tests/test_candidates.py checks them against
+`candidate_tokens` on every family.
 """
 
 from __future__ import annotations
