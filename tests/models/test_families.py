@@ -153,3 +153,15 @@ def test_generic_adapter_refuses_what_it_cannot_prove_right(without_adapter, fam
         ValueError, match=rf"{name} \(model type '{family}'\) is not supported: .*{reason}.*ModelAdapter"
     ):
         get_adapter(model)
+
+
+def test_word_level_tokenizer_on_request_and_unknown_kinds_named():
+    _, processor = tm.build("llava", tokenizer="word")
+    ids = processor.tokenizer("a red cup", add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.convert_ids_to_tokens(ids) == ["a", "red", "cup"]  # hand-readable: one word, one id
+    _, realistic = tm.build("llava")
+    assert realistic.tokenizer.convert_ids_to_tokens(
+        realistic.tokenizer("a red cup", add_special_tokens=False)["input_ids"]
+    ) == ["▁a", "▁red", "▁cup"]
+    with pytest.raises(ValueError, match="tokenizer kind 'wordpiece' is not one of"):
+        tm.make_tokenizer("wordpiece")
