@@ -509,8 +509,8 @@ def _qwen3_vl(kind):
 
 def _internvl(kind):
     # InternVL (3 / 3.5 `-hf`): InternViT tower, pixel-shuffle (downsample 0.5: 16 patches -> 4 tokens per tile), a
-    # Qwen2 language model. One tile per image: with several, `generate`'s beam expansion repeats tiles, not images,
-    # and beams of the second image get the first image's tiles (a transformers limitation; see the adapter).
+    # Qwen2 language model. One tile per image here, because the brute-force references of the shared suite cut the
+    # batch's `pixel_values` into one row per image; tests/models/test_families.py runs several tiles per image.
     named = {
         "start_image_token": "<img>",
         "end_image_token": "</img>",

@@ -165,3 +165,31 @@ def test_word_level_tokenizer_on_request_and_unknown_kinds_named():
     ) == ["▁a", "▁red", "▁cup"]
     with pytest.raises(ValueError, match="tokenizer kind 'wordpiece' is not one of"):
         tm.make_tokenizer("wordpiece")
+
+
+@torch.no_grad()
+def test_internvl_images_of_several_tiles_batch_like_single_images():
+    """`pixel_values` holds tiles, not images (here 1 + 3 rows for 2 images): CRG greedy, beam search and scores of
+    the batch equal those of each image alone."""
+    from vcontrast.crg import CRG
+
+    model, processor = tm.build("internvl")
+    processor = copy.deepcopy(processor)
+    processor.image_processor.max_patches = 2
+    crg = CRG(model, processor)
+    images = [tm.image(0), tm.image(1, size=(32, 16))]
+    prompts = ["what is in the box ?", "which colour is the cup ?"]
+    regions = [[(2, 2, 12, 10)], [(0, 0, 8, 8)]]
+    prepared = crg.prepare(images, prompts, regions)
+    assert prepared.reference["pixel_values"].shape[0] == 4  # tiles: 1 + (2 crops + thumbnail)
+    pad = processor.tokenizer.pad_token_id
+    for kwargs in ({"do_sample": False}, {"num_beams": 2, "do_sample": False}):
+        batched = crg.generate_batch(images, prompts, regions, max_new_tokens=3, pad_token_id=pad, **kwargs)
+        single = [
+            crg.generate(i, p, r, max_new_tokens=3, pad_token_id=pad, **kwargs)
+            for i, p, r in zip(images, prompts, regions, strict=True)
+        ]
+        assert batched == single
+    scores = crg.score_batch(images, prompts, [["a red cup", "yes"]] * 2, regions)
+    for i in range(2):
+        assert scores[i] == pytest.approx(crg.score(images[i], prompts[i], ["a red cup", "yes"], regions[i]), abs=1e-4)
