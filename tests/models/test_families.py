@@ -65,11 +65,12 @@ def test_gemma4_image_tokens_attend_bidirectionally_and_the_softcap_is_applied()
     torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("family", "name"), [("gemma3", "Gemma 3"), ("gemma4", "Gemma 4")])
-def test_gemma_no_image_pass_refuses_sequences_longer_than_the_sliding_window(family, name):
+@pytest.mark.parametrize("family", ["gemma3", "gemma4", "mistral3"])
+def test_no_image_pass_refuses_sequences_longer_than_the_sliding_window(family):
     model, _, batch, labels = make_batch(family)
     short_window = copy.deepcopy(model)
     short_window.config.text_config.sliding_window = 8
+    name = type(model).__name__
     with pytest.raises(ValueError, match=rf"longer than {name}'s sliding window \(8\).*attention_mask"):
         gold_token_logits(short_window, batch, labels, NoImage())
     gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs

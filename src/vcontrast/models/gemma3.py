@@ -20,14 +20,11 @@ class Gemma3Adapter(ModelAdapter):
     `Gemma3ForConditionalGeneration` applies no final logit soft-cap (only `Gemma3ForCausalLM` reads
     `final_logit_softcapping`), so none is applied here either, whatever the config says.
 
-    The no-image pass drops the image tokens from the sequence; Gemma 3's sliding-window layers count the window in
-    sequence positions, so that pass is exact only while a whole sequence fits in the window (1024 tokens in the
-    released models). Longer sequences raise a ValueError pointing to the attention-mask condition, which is exact
-    at any length.
+    Its sliding-window layers (`config.text_config.sliding_window` tokens) limit the no-image pass to sequences that
+    fit in the window (see `ModelAdapter.text_only_inputs`).
     """
 
     model_types = ("gemma3",)
-    family = "Gemma 3"
     token_keys = ("input_ids", "attention_mask", "token_type_ids")
     generated_token_types = MappingProxyType({"token_type_ids": 0})
 
@@ -39,17 +36,6 @@ class Gemma3Adapter(ModelAdapter):
         head = self.model.get_output_embeddings()
         return head.weight, head.bias, None
 
-    def text_only_inputs(self, inputs: dict, order: torch.Tensor, keep: torch.Tensor) -> dict:
-        window = getattr(self.config.get_text_config(), "sliding_window", None)
-        length = int(inputs["attention_mask"].sum(-1).max())
-        if window is not None and length > window:
-            raise ValueError(
-                f"a sequence of {length} tokens is longer than {self.family}'s sliding window ({window}): dropping "
-                "the image tokens would shift which tokens each sliding-window layer sees; use the attention-mask "
-                "condition (condition='attention_mask') for the no-image pass instead"
-            )
-        return super().text_only_inputs(inputs, order, keep)
-
 
 class Gemma4Adapter(Gemma3Adapter):
     """Gemma 4 (`gemma4`), image and text: Gemma 3's pattern with `mm_token_type_ids` (1 = image soft token) for the
@@ -60,7 +46,6 @@ class Gemma4Adapter(Gemma3Adapter):
     """
 
     model_types = ("gemma4",)
-    family = "Gemma 4"
     pixel_keys = ("pixel_values", "image_position_ids")
     token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
     generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
