@@ -122,9 +122,22 @@ def test_patch_mask_blacks_out_exact_number_of_cells(size, grid, ratio, expected
 
 def test_patch_mask_grid_is_columns_by_rows():
     # A 20x10 grid on a 40x20 image: cells are 2x2 pixels, so every black run along x has an even length.
-    mask = PatchMask(0.5).mask((40, 20))
+    mask = PatchMask(0.5, grid=(20, 10)).mask((40, 20))
     np.testing.assert_array_equal(mask, np.repeat(np.repeat(mask[::2, ::2], 2, axis=0), 2, axis=1))
     assert mask[::2, ::2].shape == (10, 20)
+
+
+def test_patch_mask_default_grid_is_10_across_and_20_down():
+    # The CAL paper: "10 pieces in width and 20 in height". On a 100 (wide) x 200 (tall) image the cells are 10x10
+    # squares: the mask is constant on each 10x10 block, 20 blocks down and 10 across. The transposed grid (20 across,
+    # 10 down) would make 5x20 cells, which no 10x10 block tiling holds.
+    mask = PatchMask(0.5).mask((100, 200))
+    assert mask.shape == (200, 100)  # (height, width)
+    blocks = mask.reshape(20, 10, 10, 10)  # (row, y in cell, column, x in cell)
+    cells = blocks[:, 0, :, 0]  # (20 rows, 10 columns)
+    np.testing.assert_array_equal(blocks, np.broadcast_to(cells[:, None, :, None], blocks.shape))
+    assert cells.shape == (20, 10) and int(cells.sum()) == 100
+    assert PatchMask(0.5).grid == (10, 20) and PatchMask(0.5, grid=(20, 10)).name == "patch:0.5,grid=20x10"
 
 
 def test_patch_mask_is_deterministic_per_seed_and_key():

@@ -174,13 +174,18 @@ class Blackout(VisualCondition):
         return blackout(image, self.boxes, fill=self.fill, normalized=self.normalized)
 
 
+# The CAL paper (appendix): "10 pieces in width and 20 in height"; (columns, rows) in PIL's (width, height) order.
+PATCH_GRID = (10, 20)
+
+
 @dataclass(frozen=True)
 class PatchMask(VisualCondition):
     """
     Random patch masking (CAL's appendix): split the image into a grid of patches and paint a fraction of them black.
 
     The grid has `grid[0]` columns (along x, the width) and `grid[1]` rows (along y, the height), following PIL's
-    `(width, height)` order, so the default `(20, 10)` is 20 patches across and 10 down. Patch edges are at
+    `(width, height)` order. The default `(10, 20)` is the CAL paper's "10 pieces in width and 20 in height": 10
+    patches across and 20 down (on a square image each patch is twice as wide as tall). Patch edges are at
     `floor(i * width / columns)` (likewise for rows), so patch sizes differ by at most one pixel. An image narrower
     (or shorter) than the grid uses one patch per pixel column (or row). Exactly `round(ratio * n)` of the `n`
     patches are painted (half rounds up, and at least one), chosen without replacement by a generator seeded with
@@ -189,7 +194,7 @@ class PatchMask(VisualCondition):
     Args:
         ratio (`float`):
             Fraction of the patches to paint, in `(0, 1]`. The paper uses 0.5, 0.7 and 0.9.
-        grid (`tuple[int, int]`, *optional*, defaults to `(20, 10)`):
+        grid (`tuple[int, int]`, *optional*, defaults to `(10, 20)`):
             `(columns, rows)` of the patch grid.
         seed (`int`, *optional*, defaults to `0`):
             Non-negative seed of the random choice of patches.
@@ -208,7 +213,7 @@ class PatchMask(VisualCondition):
     """
 
     ratio: float
-    grid: tuple[int, int] = (20, 10)
+    grid: tuple[int, int] = PATCH_GRID
     seed: int = 0
     fill: tuple[int, int, int] = (0, 0, 0)
 
@@ -230,7 +235,7 @@ class PatchMask(VisualCondition):
     @property
     def name(self) -> str:
         parts = [f"patch:{_fmt(self.ratio)}"]
-        if self.grid != (20, 10):
+        if self.grid != PATCH_GRID:
             parts.append(f"grid={self.grid[0]}x{self.grid[1]}")
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
@@ -418,7 +423,7 @@ def parse_condition(spec: str) -> VisualCondition:
 
     ```python
     >>> parse_condition("patch:0.5")
-    PatchMask(ratio=0.5, grid=(20, 10), seed=0, fill=(0, 0, 0))
+    PatchMask(ratio=0.5, grid=(10, 20), seed=0, fill=(0, 0, 0))
     >>> parse_condition("noise:500,seed=1").name
     'noise:500,seed=1'
     ```

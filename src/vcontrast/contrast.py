@@ -12,8 +12,9 @@ Image-space conditions (`Blackout`, `PatchMask`, ...) change pixels, not tokens:
 processor, and pass the contrast batch here as the reference (`CRG.build_inputs` builds such a batch for CRG,
 `vcontrast.cal.add_contrast_pixels` and `ContrastCollator` for CAL).
 
-Only the logits of the gold tokens are computed (`hidden @ lm_head.weight[token]`), never a second
-vocabulary-sized tensor; log-probabilities need a log-sum-exp over the vocabulary, done in chunks of positions.
+Scores come from the model's own forward (through FSDP's hooks) and its own head module (PEFT LoRA on `lm_head`, a
+quantised head): a pre-hook on the head takes the final hidden states and scores only the gold tokens' rows, through
+the head in chunks of positions, so no vocabulary-sized tensor of the whole batch is built.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vcontrast.models import ModelAdapter, get_adapter
 
 IGNORE_INDEX = -100
 ATTENTION_MASK = "attention_mask"
+CHUNK_SIZE = 256  # rows of (rows, V) head outputs alive at once when scoring gold tokens
 
 
 @dataclass
@@ -63,16 +65,28 @@ def check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
         )
 
 
-def hidden_states(model: nn.Module | ModelAdapter, inputs: dict, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last hidden states of the language model under `condition`, and where each input position landed.
+def refuse_zero3(module: nn.Module) -> None:
+    """Raise a ValueError if `module`'s parameters are partitioned by DeepSpeed ZeRO-3.
+
+    ZeRO-3 gathers a module's parameters in its forward hooks and releases them after each call, so the head cannot
+    be called again on the gold rows inside its own forward, as vcontrast does under FSDP. Rather than run wrong,
+    vcontrast refuses.
+    """
+    if any(hasattr(param, "ds_id") for param in module.parameters()):
+        raise ValueError(
+            "DeepSpeed ZeRO-3 partitions the output head's parameters, which vcontrast's gold-token scoring cannot "
+            "gather; train CAL with FSDP (accelerate's FSDP plugin), DDP, or DeepSpeed ZeRO-1/2"
+        )
+
+
+def _forward_inputs(adapter: ModelAdapter, inputs: dict, condition=None) -> tuple[dict, torch.Tensor]:
+    """Forward kwargs of the model under `condition`, and where each input position lands in its output.
 
     Returns:
-        `(hidden, index)`: hidden (B, L, H); index (B, T) long: the row of `hidden` holding position p or, where p
-        was dropped (an image token under `NoImage`), the row of the last kept position before it (-1 if none).
+        `(kwargs, index)`: index (B, T) long: the output row holding position p or, where p was dropped (an image
+        token under `NoImage`), the row of the last kept position before it (-1 if none).
     """
-    adapter = get_adapter(model)
     adapter.check_inputs(inputs)
-    backbone = adapter.backbone()
     input_ids = inputs["input_ids"]
     batch, length = input_ids.shape
     positions = adapter.position_ids(inputs)
@@ -83,8 +97,7 @@ def hidden_states(model: nn.Module | ModelAdapter, inputs: dict, condition=None)
         if condition == ATTENTION_MASK:
             image = adapter.image_token_mask(input_ids)
             kwargs["attention_mask"] = inputs["attention_mask"].masked_fill(image, 0)
-        out = backbone(**kwargs, position_ids=positions, use_cache=False)
-        return out.last_hidden_state, rows
+        return {**kwargs, "position_ids": positions}, rows
 
     if not getattr(condition, "drops_image", False):
         raise ValueError(
@@ -95,10 +108,49 @@ def hidden_states(model: nn.Module | ModelAdapter, inputs: dict, condition=None)
     kept = keep.sum(1)
     # Stable sort puts each row's kept tokens first, in their original order; the rest become right padding.
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, : max(int(kept.max()), 1)]
-    text_inputs = adapter.text_only_inputs(inputs, order, keep)
-    out = backbone(**text_inputs, use_cache=False)
     index = keep.long().cumsum(1) - 1  # (B, T): row in the compacted sequence (last kept one for dropped tokens)
-    return out.last_hidden_state, index
+    return adapter.text_only_inputs(inputs, order, keep), index
+
+
+def _gold_through_forward(
+    adapter: ModelAdapter,
+    kwargs: dict,
+    select: tuple[torch.Tensor, torch.Tensor],
+    tokens: torch.Tensor,
+    *,
+    logprobs: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # Run the model's own forward (through FSDP's hooks, which gather sharded parameters) and score the gold tokens
+    # inside it: a pre-hook on the head module takes its input hidden states (B, L, H), scores the selected rows
+    # through the head in chunks, and hands the head an empty slice instead, so no (B, L, V) tensor is ever built.
+    head, softcap = adapter.output_head()
+    refuse_zero3(head)
+    state: dict = {"busy": False}
+
+    def score_in_head(module, args, head_kwargs):
+        if state["busy"]:  # our own chunked calls of the head
+            return None
+        hidden = args[0] if args else head_kwargs["input"]
+        state["busy"] = True
+        try:
+            state["scores"] = _score_rows(head, softcap, hidden[select], tokens, logprobs, chunk_size)
+        finally:
+            state["busy"] = False
+        empty = hidden[:, :0]
+        return ((empty, *args[1:]), head_kwargs) if args else (args, {**head_kwargs, "input": empty})
+
+    handle = head.register_forward_pre_hook(score_in_head, with_kwargs=True)
+    try:
+        adapter.forward_model(**kwargs, use_cache=False)
+    finally:
+        handle.remove()
+    if "scores" not in state:
+        raise ValueError(
+            f"{type(adapter.model).__name__}'s forward never called its output head "
+            f"({type(head).__name__}, from get_output_embeddings()): vcontrast cannot score tokens with it"
+        )
+    return state["scores"]
 
 
 def gold_token_logits(
@@ -108,7 +160,7 @@ def gold_token_logits(
     condition=None,
     *,
     logprobs: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
 ) -> TokenScores:
     """Gold-token logits (and optionally log-probs) of `labels` under a visual condition, for a padded batch.
 
@@ -119,7 +171,7 @@ def gold_token_logits(
             from position p - 1 (the usual causal-LM shift).
         condition (*optional*): None (reference, image included), `NoImage()` or `"attention_mask"`.
         logprobs (`bool`, *optional*, defaults to `False`): also return log-softmax values of the gold tokens.
-        chunk_size (`int`, *optional*, defaults to 1024): positions per chunk of the log-sum-exp over the vocabulary.
+        chunk_size (`int`, *optional*, defaults to 256): positions per chunk of head outputs (chunk, V).
 
     Returns:
         `TokenScores` with float32 (B, T) tensors. Gradients flow unless called under `torch.no_grad()`.
@@ -134,15 +186,16 @@ def gold_token_logits(
     if labels.shape != inputs["input_ids"].shape:
         raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(inputs['input_ids'].shape)}")
     adapter = get_adapter(model)
-    hidden, index = hidden_states(adapter, inputs, condition)
+    kwargs, index = _forward_inputs(adapter, inputs, condition)
     target = shift_labels(labels)  # (B, T): target[b, p] is predicted at position p
     mask = target != IGNORE_INDEX
     b_idx, p_idx = mask.nonzero(as_tuple=True)
     rows = index[b_idx, p_idx]
     if bool((rows < 0).any()):
         raise ValueError("a label is predicted from a position with no text token before it under this condition")
-    h = hidden[b_idx, rows].float()  # (N, H)
-    gold = score_tokens(adapter, h, target[b_idx, p_idx], logprobs=logprobs, chunk_size=chunk_size)
+    tokens = target[b_idx, p_idx]
+    check_token_ids(tokens, adapter.vocab_size)
+    gold = _gold_through_forward(adapter, kwargs, (b_idx, rows), tokens, logprobs=logprobs, chunk_size=chunk_size)
 
     logit_map = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
     label_pos = p_idx + 1  # the label sits one to the right of the position that predicts it
@@ -161,46 +214,50 @@ def score_tokens(
     tokens: torch.Tensor,
     *,
     logprobs: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Raw logits (and log-probs) of `tokens` (N,) from final hidden states (N, H), in float32.
 
-    The gold logit is a dot product with one row of the output embedding; the log-softmax normaliser is a
-    log-sum-exp over the vocabulary computed `chunk_size` rows at a time, so no (N, V) tensor is kept alive.
-    Gradients flow unless called under `torch.no_grad()`.
+    The hidden states go through the model's head module (PEFT layers and quantisation apply), `chunk_size` rows at
+    a time, so no (N, V) tensor of all rows is kept alive (except by autograd, when gradients flow). Gradients flow
+    unless called under `torch.no_grad()`. Called outside the model's forward, so an FSDP-sharded head is not
+    gathered here; [`gold_token_logits`] scores inside the forward.
     """
-    weight, bias, softcap = get_adapter(model).output_head()
-    check_token_ids(tokens, weight.shape[0])
-    h = hidden.float()
-    gold = (h * weight[tokens].float()).sum(-1)
-    if bias is not None:
-        gold = gold + bias[tokens].float()
-    if softcap is not None:
-        gold = torch.tanh(gold / softcap) * softcap
+    adapter = get_adapter(model)
+    check_token_ids(tokens, adapter.vocab_size)
+    head, softcap = adapter.output_head()
+    return _score_rows(head, softcap, hidden, tokens, logprobs, chunk_size)
+
+
+def _score_rows(
+    head: nn.Module, softcap: float | None, hidden: torch.Tensor, tokens: torch.Tensor, logprobs: bool, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # hidden (N, H), tokens (N,) -> gold (N,), log-probs (N,) or None; float32; (chunk_size, V) logits at a time.
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` (={chunk_size!r}) has to be a positive integer")
+    gold, norm = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        logits = _head_forward(head, softcap, hidden[start : start + chunk_size])  # (chunk, V)
+        gold.append(logits.gather(-1, tokens[start : start + chunk_size, None]).squeeze(-1))
+        if logprobs:
+            norm.append(torch.logsumexp(logits, dim=-1))
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    gold_all = torch.cat(gold) if gold else empty
     if not logprobs:
-        return gold, None
-    weight = weight.float()  # once, not once per chunk (a copy for half-precision models)
-    lse = [
-        torch.logsumexp(_head_logits(h[start : start + chunk_size], weight, bias, softcap), dim=-1)
-        for start in range(0, h.shape[0], chunk_size)
-    ]
-    norm = torch.cat(lse) if lse else gold.new_zeros(0)
-    return gold, gold - norm
+        return gold_all, None
+    return gold_all, gold_all - (torch.cat(norm) if norm else empty)
 
 
 def head_logits(model: nn.Module | ModelAdapter, hidden: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary float32 logits (..., V) of final hidden states (..., H), with the head's bias and soft-cap."""
-    weight, bias, softcap = get_adapter(model).output_head()
-    return _head_logits(hidden.float(), weight.float(), bias, softcap)
+    """Full-vocabulary float32 logits (..., V) of final hidden states (..., H), through the head module, with the
+    model's final soft-cap."""
+    head, softcap = get_adapter(model).output_head()
+    return _head_forward(head, softcap, hidden)
 
 
-def _head_logits(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
-) -> torch.Tensor:
-    # The output head in float32: h (..., H) float32, weight (V, H) float32 -> (..., V).
-    logits = h @ weight.T
-    if bias is not None:
-        logits = logits + bias.float()
+def _head_forward(head: nn.Module, softcap: float | None, hidden: torch.Tensor) -> torch.Tensor:
+    # The head module's own forward (LoRA, quantisation apply), in the model's dtype as in its forward, then float32.
+    logits = head(hidden).float()
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits

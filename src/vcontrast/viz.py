@@ -97,6 +97,37 @@ def _check_tokens(tokens: Sequence[str], values: Sequence[float]) -> None:
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
 
 
+_PAD = 8
+
+
+def _wrap_tokens(
+    labels: Sequence[str], width: int, line_h: int, top: int, gap: int = 2
+) -> tuple[list[tuple[int, int, int, str]], int]:
+    # Lay labels out left to right, wrapping at `width`: ([(x, y, box width, label)], y of the last line).
+    placed, x, y = [], _PAD, top
+    for label in labels:
+        w = _text_size(label)[0] + 6
+        if x + w > width - _PAD and x > _PAD:
+            x, y = _PAD, y + line_h
+        placed.append((x, y, w, label))
+        x += w + gap
+    return placed, y
+
+
+def _canvas(width: int, height: int, image: Image.Image | None) -> tuple[Image.Image, int]:
+    # A white canvas `width` wide plus, on the left, `image` scaled (nearest) to its height (at least 128 px):
+    # (canvas, x offset of the area right of the image).
+    thumb = None
+    if image is not None:
+        side = max(height, 128)
+        thumb = to_rgb(image).resize((max(1, side * image.width // image.height), side), Image.NEAREST)
+    offset = thumb.width + _PAD if thumb else 0
+    canvas = Image.new("RGB", (width + offset, max(height, thumb.height if thumb else 0)), (255, 255, 255))
+    if thumb:
+        canvas.paste(thumb, (0, 0))
+    return canvas, offset
+
+
 def token_heatmap(
     tokens: Sequence[str],
     values: Sequence[float],
@@ -120,26 +151,12 @@ def token_heatmap(
     """
     _check_tokens(tokens, values)
     pad, line_h = 8, _text_size("Ag")[1] + 8
-    placed, x, y = [], pad, pad + (line_h if title else 0)
-    for tok, value in zip(tokens, values, strict=True):
-        w = _text_size(tok)[0] + 6
-        if x + w > width - pad and x > pad:
-            x, y = pad, y + line_h
-        placed.append((x, y, w, tok, value))
-        x += w + 2
-    text_h = y + line_h + pad
-    thumb = None
-    if image is not None:
-        side = max(text_h, 128)
-        thumb = to_rgb(image).resize((side * image.width // image.height, side), Image.NEAREST)
-    offset = thumb.width + pad if thumb else 0
-    canvas = Image.new("RGB", (width + offset, max(text_h, thumb.height if thumb else 0)), (255, 255, 255))
-    if thumb:
-        canvas.paste(thumb, (0, 0))
+    placed, bottom = _wrap_tokens(tokens, width, line_h, top=pad + (line_h if title else 0))
+    canvas, offset = _canvas(width, bottom + line_h + pad, image)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((offset + pad, pad), title, fill=(0, 0, 0), font=_FONT)
-    for x, y, w, tok, value in placed:
+    for (x, y, w, tok), value in zip(placed, values, strict=True):
         draw.rectangle([offset + x, y - 2, offset + x + w, y + line_h - 6], fill=_weight_colour(value, low, high))
         draw.text((offset + x + 3, y), tok, fill=(0, 0, 0), font=_FONT)
     return canvas

@@ -42,7 +42,7 @@ def test_show_prints_every_token_and_writes_png_and_html(tmp_path, model_dir):
         assert 1.0 <= weight <= 5.0 and abs(delta) < 100
     assert "\x1b[" not in out
     assert Image.open(png).size[0] > 64
-    assert page.read_text().count("<span") == 6
+    assert page.read_text().count('class="token"') == 6 and "class='legend'" in page.read_text()
     assert "\x1b[48;2;" in run(*args, "--color").stdout
 
 
@@ -64,7 +64,7 @@ def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
     out = run("cal", "precompute", data, "--model", model_dir, "--limit", "2", "--no-progress").stdout
     assert "stopped after 2 of 5 samples" in out
     default = data.with_name("data.cal.jsonl")
-    assert len(default.read_text().splitlines()) == 2
+    assert len(default.read_text().splitlines()) == 1 + 2  # the provenance record, then 2 samples
     run("cal", "precompute", data, "--model", model_dir, "--batch-size", "2")
     resumed, expected = load_weights(default), load_weights(full)
     assert sorted(resumed) == sorted(expected) == ["a", "b", "c", "d", "e"]
@@ -78,12 +78,12 @@ def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
 def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
     full = data.with_name("full.audit.jsonl")
     out = run("cal", "audit", data, "--model", model_dir, "--out", full, "--top", "3").stdout
-    assert "audited 5 samples" in out and "most contradicted token" in out
-    assert len(out.split("most contradicted token")[1].strip().splitlines()) == 3
+    assert "audited 5 samples" in out and "contradicted tokens (delta < 0)" in out
+    assert len(out.split("contradicted tokens (delta < 0)")[1].strip().splitlines()) == 3
     assert "stopped after 2 of 5" in run("cal", "audit", data, "--model", model_dir, "--limit", "2").stdout
     run("cal", "audit", data, "--model", model_dir)
-    resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in full.read_text().splitlines()]
+    resumed = [json.loads(line) for line in data.with_name("data.audit.jsonl").read_text().splitlines()[1:]]
+    expected = [json.loads(line) for line in full.read_text().splitlines()[1:]]
     assert {r["id"] for r in resumed} == {r["id"] for r in expected} == set("abcde")
     by_id = {r["id"]: r for r in expected}
     for record in resumed:
@@ -109,3 +109,42 @@ def test_audit_missing_image_and_data(data, model_dir):
     (data.parent / "images" / "blue.png").unlink()
     assert "blue.png' not found" in run("cal", "audit", data, "--model", model_dir, code=2).output
     assert "no data file" in run("cal", "audit", data.with_name("nope.jsonl"), "--model", model_dir, code=2).output
+
+
+def test_show_on_the_toy_demos_swapped_caption_draws_contradicted_tokens_blue(tmp_path):
+    # The demo's swapped caption (another scene's caption under scene 7's image), with the shipped toy model.
+    import re
+
+    from vcontrast.cal.show import delta_colour
+    from vcontrast.toy.grammar import caption
+    from vcontrast.toy.scenes import make_scene
+
+    image, _ = make_scene(7, n_objects=2)
+    _, other = make_scene(8, n_objects=2)
+    image.save(tmp_path / "scene.png")
+    png, page = tmp_path / "show.png", tmp_path / "show.html"
+    args = ("cal", "show", tmp_path / "scene.png", caption(other), "--prompt", "describe the image .")
+    out = run(*args, "--out", png, "--html", page, "--no-color").stdout
+    rows = [line.split() for line in out.splitlines()[1:] if len(line.split()) == 3]
+    deltas = {tok: float(delta) for tok, delta, _ in rows}
+    weights = [float(weight) for _, _, weight in rows]
+    negative = [tok for tok, delta in deltas.items() if delta < 0]
+    assert negative, f"no token the image argues against in {deltas}"
+    assert min(weights) >= 1.0  # the clamped weights alone could not show them
+
+    cells = re.findall(
+        r'<td class="(\w+)" title="delta ([-\d.]+), weight [-\d.]+" style="background:rgb\((\d+),(\d+),(\d+)\)"',
+        page.read_text(),
+    )
+    by_row = {}
+    for cls, delta, *rgb in cells:
+        by_row.setdefault(cls, []).append((float(delta), tuple(map(int, rgb))))
+    assert len(by_row["token"]) == len(by_row["weight"]) == len(rows)
+    for delta, (r, _, b) in by_row["token"]:
+        assert (b > r) == (delta < 0)  # blue exactly where the gain is negative
+    assert all(r == 255 for _, (r, _, _) in by_row["weight"])  # weights: white to red, never blue
+
+    # The PNG holds boxes in the colour of the most contradicted token's gain, and a legend's blue end.
+    pixels = set(Image.open(png).convert("RGB").getdata())
+    worst = min(by_row["token"])[1]
+    assert worst in pixels and delta_colour(-5.0) in pixels

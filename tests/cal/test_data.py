@@ -65,7 +65,8 @@ def test_repeated_ids_are_made_unique(tmp_path):
         ('{"conversations": [{"from": "gpt", "value": "hi"}]}', r"turn 0 is an assistant \('gpt'\) turn"),
         ('{"conversations": [{"from": "bot", "value": "hi"}]}', r"unknown speaker `from` \(='bot'\)"),
         ('{"conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]}', "no image"),
-        ('{"image": ["images/red.png"], "conversations": []}', r"`image` \(=\['images/red.png'\]\) has to be one"),
+        ('{"image": [], "conversations": []}', r"`image` \(=\[\]\) has to be a path or a non-empty list"),
+        ('{"image": ["images/red.png", 3], "conversations": []}', r"has to be a path or a non-empty list of paths"),
         ('{"conversations": [{"from": "human", "value": 3}]}', r"turn 0 \(=.*\) has to be an object with a text"),
     ],
 )

@@ -7,34 +7,19 @@ the CPU, where accelerate's distributed type is MULTI_CPU and the process group 
 """
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cal.utils import ROOT, launch
 
 
 def test_two_process_ddp_step_matches_a_single_big_batch(tmp_path):
     pytest.importorskip("accelerate")
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if launcher is None:
-        pytest.skip("the `accelerate` launcher is not installed")
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
     script = str(ROOT / "tests" / "cal" / "ddp_script.py")
-    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, str(tmp_path)]
-    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = launch("accelerate", cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]

@@ -1,12 +1,15 @@
 """`vcontrast train` / `finetune`: a few real Trainer steps on a tiny toy VLM from a LLaVA-style JSONL file, with CAL
 and with MLE; checkpoints, exact resume, a final model that `load_model` reads, and clear errors."""
 
+import copy
+import json
 import shutil
 
 import pytest
 import torch
+from PIL import Image
 
-from tests.cal.conversations import run, save_toy_model, write_data
+from tests.cal.conversations import RECORDS, run, save_toy_model, write_data
 from vcontrast.models.loading import load_model
 
 
@@ -89,3 +92,134 @@ def test_train_missing_image(tmp_path, data, model_dir):
     (data.parent / "images" / "green.png").unlink()
     result = run(*train_args(data, model_dir, tmp_path / "run", "--max-steps", "1"), code=2)
     assert "data.jsonl:3: image file" in result.output and "green.png' not found" in result.output
+
+
+PT_RECORDS = [  # LLaVA's pre-training data: an image and its caption
+    {"id": f"p{i}", "image": f"images/{c}.png", "conversations": [{"from": "human", "value": "<image>\n"},
+     {"from": "gpt", "value": f"a {c} circle"}]}
+    for i, c in enumerate(["red", "blue", "green", "red"])
+]  # fmt: skip
+TWO_IMAGES = {
+    "id": "two",
+    "image": ["images/red.png", "images/blue.png"],
+    "conversations": [
+        {"from": "human", "value": "<image>\n<image>\nwhat color is the circle ?"},
+        {"from": "gpt", "value": "red"},
+    ],
+}
+
+
+def parts(state_dict):
+    from vcontrast.cal.stages import model_part
+
+    return {name: model_part(name) for name in state_dict}
+
+
+def test_two_stage_recipe_pt_then_cal_it_end_to_end(tmp_path, model_dir):
+    pt_data = write_data(tmp_path, PT_RECORDS, name="pt.jsonl")
+    it_data = write_data(tmp_path, [*RECORDS, TWO_IMAGES], name="it.jsonl")
+    pt, it = tmp_path / "pt", tmp_path / "it"
+    run(*train_args(pt_data, model_dir, pt, "--stage", "pt", "--method", "mle", "--max-steps", "2"))
+    before, after_pt = state(model_dir), state(pt)
+    assert {parts(before)[k] for k in changed(before, after_pt)} == {"projector"}  # PT: the projector only
+
+    extra = (
+        "--stage",
+        "it",
+        "--max-steps",
+        "2",
+        "--eval-data",
+        it_data,
+        "--eval-steps",
+        "1",
+        "--gradient-checkpointing",
+    )
+    result = run(*train_args(it_data, pt, it, *extra))
+    assert "trained 2 steps (cal)" in result.stdout
+    after_it = state(it)
+    assert {parts(before)[k] for k in changed(after_pt, after_it)} == {"projector", "language"}  # tower frozen
+    logs = json.loads((it / "trainer_state.json").read_text())["log_history"]
+    evals = [log for log in logs if "eval_loss" in log]
+    assert len(evals) == 2 and all("eval_cal/mean_weight" in log for log in evals)
+
+
+def test_plain_format_labels_the_caption_only():
+    from tests.cal.conversations import toy_processor
+    from vcontrast.cal import ConversationCollator
+
+    proc = toy_processor()
+    example = {"image": Image.new("RGB", (64, 64)), "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image ."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]}  # fmt: skip
+    batch = ConversationCollator(proc, plain=True)([example])
+    tokens = proc.tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    labelled = proc.tokenizer.convert_ids_to_tokens(batch["input_ids"][0][batch["labels"][0] != -100])
+    assert labelled == ["a", "red", "circle", proc.tokenizer.eos_token]
+    assert "describe" not in tokens and tokens.count(proc.image_token) > 0  # no prompt, no chat template
+
+
+def test_lora_and_tower_learning_rate(tmp_path, data, model_dir):
+    pytest.importorskip("peft")
+    lora = tmp_path / "lora"
+    run(*train_args(data, model_dir, lora, "--max-steps", "2", "--lora-r", "4", "--lora-targets", "q_proj,v_proj"))
+    before, after = state(model_dir), state(lora)  # merged: a plain model
+    moved = changed(before, after)
+    assert {parts(before)[k] for k in moved} == {"projector", "language"}
+    language = [k for k in moved if parts(before)[k] == "language"]
+    assert language and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in language)
+
+    tower = tmp_path / "tower"
+    run(*train_args(data, model_dir, tower, "--max-steps", "1", "--tower-lr-ratio", "0.5"))
+    assert "tower" in {parts(before)[k] for k in changed(before, state(tower))}
+
+
+def test_stages_set_what_trains_on_every_family():
+    from tests import tiny_models as tm
+    from vcontrast.cal.cli import LORA_TARGETS_DEFAULT
+    from vcontrast.cal.stages import LORA_TARGETS, apply_stage, stage_optimizer
+
+    assert LORA_TARGETS_DEFAULT == LORA_TARGETS
+    for family in ("llava", "qwen2_vl", "idefics3", "paligemma"):
+        model = copy.deepcopy(tm.build(family)[0])
+        counts = apply_stage(model, "pt")
+        assert counts["projector"] > 0 and counts["tower"] == counts["language"] == 0
+        counts = apply_stage(model, "it")
+        assert counts["tower"] == 0 and counts["language"] > 0
+        assert all(v > 0 for v in apply_stage(model, "all").values())
+        apply_stage(model, "it", tower_lr_ratio=0.1)
+        optimizer = stage_optimizer(model, 1e-3, 0.1)
+        assert [group["lr"] for group in optimizer.param_groups] == [1e-3, pytest.approx(1e-4)]
+    with pytest.raises(ValueError, match="stage"):
+        apply_stage(model, "sft")
+    with pytest.raises(ValueError, match="tower_lr_ratio"):
+        apply_stage(model, "pt", tower_lr_ratio=0.5)
+
+
+def test_records_with_several_images_collate_and_train(tmp_path, model_dir):
+    from vcontrast.cal import ConversationCollator, cal_loss, read_conversations
+
+    examples = read_conversations(write_data(tmp_path, [RECORDS[0], TWO_IMAGES]))
+    assert isinstance(examples[1]["image"], list) and len(examples[1]["image"]) == 2
+    assert [c["type"] for c in examples[1]["messages"][0]["content"]] == ["image", "image", "text"]
+    model, proc = load_model(model_dir)
+    batch = ConversationCollator(proc)(examples)
+    per_row = (batch["input_ids"] == model.config.image_token_id).sum(1)
+    assert per_row[1] == 2 * per_row[0] > 0 and batch["pixel_values"].shape[0] == 3
+    out = cal_loss(model.train(), batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.mask[1].any()
+    bad = {
+        **TWO_IMAGES,
+        "conversations": [{"from": "human", "value": "<image>\nwhat ?"}, {"from": "gpt", "value": "red"}],
+    }
+    with pytest.raises(ValueError, match="1 times for 2 image"):
+        read_conversations(write_data(tmp_path, [bad], name="bad.jsonl"))
+
+
+def test_pt_refuses_a_model_without_a_projector():
+    from vcontrast.cal.stages import apply_stage
+
+    text_only = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="stage 'pt' trains the projector"):
+        apply_stage(text_only, "pt")
+    assert apply_stage(text_only, "all")["language"] == 6

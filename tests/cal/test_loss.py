@@ -215,13 +215,20 @@ class Counter:
         self.rows.append(x.shape[0])
 
 
-def test_vision_tower_runs_once_and_lm_head_once():
+def test_vision_tower_runs_once_and_the_contrast_pass_heads_only_the_label_rows():
     model, _, batch = cal_batch("llava")
     model = copy.deepcopy(model)
-    vision, head = Counter(model.model.vision_tower), Counter(model.lm_head)
-    cal_loss(model, batch)
+    vision = Counter(model.model.vision_tower)
+    head_outputs = []
+    model.lm_head.register_forward_hook(lambda m, a, out: head_outputs.append(tuple(out.shape)))
+    out = cal_loss(model, batch)
     assert vision.calls == 1  # the no-image pass skips the vision tower
-    assert head.calls == 1  # and computes gold-token logits only (no second vocabulary-sized tensor)
+    vocab = model.config.text_config.vocab_size
+    (batch_size, length), n_labels = batch["input_ids"].shape, int(out.mask.sum())
+    # The training forward's (B, T, V) logits; then the contrast pass: the head module itself on the label rows only
+    # (no second (B, T, V) tensor), and the model's own head call emptied.
+    assert head_outputs[0] == (batch_size, length, vocab)
+    assert head_outputs[1:-1] == [(n_labels, vocab)] and head_outputs[-1][1] == 0
     cal_loss(model, batch, CALConfig(contrast="attention_mask"))
     assert vision.calls == 3  # the paper's form runs it twice
 

@@ -19,6 +19,7 @@ from vcontrast.cal import (
     summarize_audit,
     token_report,
 )
+from vcontrast.cal.precompute import provenance
 
 
 def rows(n=5):
@@ -112,14 +113,15 @@ def test_audit_sorts_the_most_suspicious_first_and_resumes(tmp_path):
     data = rows(5)
     path = tmp_path / "audit.jsonl"
     collator = CountingCollator(proc)
-    audit(model, data[:3], collator, path, show_progress=False)
+    audit(model, data[:3], collator, path, show_progress=False, tokenizer=proc)
     collator.seen.clear()
-    records = audit(model, data, collator, path, batch_size=2, show_progress=False)
+    records = audit(model, data, collator, path, batch_size=2, show_progress=False, tokenizer=proc)
     assert collator.seen == ["s3", "s4"]
     assert sorted(r["id"] for r in records) == [f"s{i}" for i in range(5)]
     fractions = [r["frac_negative"] for r in records]
     assert fractions == sorted(fractions, reverse=True)
-    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [r["id"] for r in records]
+    header, *lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert "vcontrast_cal" in header and [line["id"] for line in lines] == [r["id"] for r in records]
     delta, mask = cal_deltas(model, RowCollator(proc)(data))
     by_id = {r["id"]: r for r in records}
     for b in range(5):
@@ -136,9 +138,13 @@ def test_duplicate_ids_and_bad_batch_size_raise(tmp_path):
     data = rows(2)
     data[1]["id"] = "s0"
     with pytest.raises(ValueError, match="not unique"):
-        audit(model, data, RowCollator(proc), tmp_path / "a.jsonl", show_progress=False)
+        audit(model, data, RowCollator(proc), tmp_path / "a.jsonl", show_progress=False, tokenizer=proc)
     with pytest.raises(ValueError, match="`batch_size` \\(=0\\)"):
-        audit(model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", batch_size=0, show_progress=False)
+        audit(
+            model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", batch_size=0, show_progress=False, tokenizer=proc
+        )
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        audit(model, rows(2), RowCollator(proc), tmp_path / "a.jsonl", show_progress=False)
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -155,3 +161,124 @@ def test_token_report_and_renderings(family):
     assert "\x1b[48;2;" in text and "plate" in text
     page = token_heatmap_html(tokens, weights)
     assert page.startswith("<!doctype html>") and page.count("<span") == len(report)
+
+
+def _header(path):
+    return json.loads(path.read_text().splitlines()[0])["vcontrast_cal"]
+
+
+def test_provenance_records_model_contrast_params_and_tokenizer(tmp_path):
+    model, proc = tm.build("llava")
+    path = precompute_weights(
+        model,
+        rows(2),
+        RowCollator(proc),
+        tmp_path / "w.jsonl",
+        CALConfig(beta=3.0),
+        tokenizer=proc,
+        show_progress=False,
+    )
+    meta = _header(path)
+    assert meta == provenance(model, CALConfig(beta=3.0), proc.tokenizer)
+    assert {"model_config", "model_weights", "tokenizer"} <= set(meta)
+    assert (meta["contrast"], meta["alpha"], meta["beta"], meta["window"]) == ("none", 1.0, 3.0, 3)
+    # The fingerprints see a changed weight, config or vocabulary.
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1.0
+    assert provenance(other)["model_weights"] != meta["model_weights"]
+    assert provenance(tm.build("qwen2_vl")[0])["model_config"] != meta["model_config"]
+    assert provenance(tokenizer=tm.build("qwen2_vl")[1])["tokenizer"] != meta["tokenizer"]
+    assert provenance(copy.deepcopy(model))["model_weights"] == meta["model_weights"]
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"config": CALConfig(alpha=0.5)}, "alpha"),
+        ({"config": CALConfig(contrast="attention_mask")}, "contrast"),
+        ({"model": "other"}, "model weights"),
+        ({"tokenizer": "other"}, "tokenizer"),
+    ],
+)
+@pytest.mark.parametrize("run", ["precompute", "audit"])
+def test_resume_with_another_run_is_refused_naming_what_differs(tmp_path, change, named, run):
+    model, proc = tm.build("llava")
+    fn = precompute_weights if run == "precompute" else audit
+    path = tmp_path / "w.jsonl"
+    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    before = path.read_text()
+    kwargs = {"config": CALConfig(), "tokenizer": proc, "model": model}
+    kwargs.update(change)
+    if kwargs["model"] == "other":
+        kwargs["model"] = tm.build("llava", 1)[0]
+    if kwargs["tokenizer"] == "other":
+        kwargs["tokenizer"] = tm.build("qwen2_vl")[1]
+    with pytest.raises(ValueError, match=f"another .*{named}") as error:
+        fn(
+            kwargs["model"],
+            rows(4),
+            RowCollator(proc),
+            path,
+            kwargs["config"],
+            show_progress=False,
+            tokenizer=kwargs["tokenizer"],
+        )
+    assert str(path) in str(error.value)
+    assert path.read_text() == before  # nothing appended
+
+
+def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_path):
+    model, proc = tm.build("llava")
+    for suffix in (".jsonl", ".safetensors"):
+        path = precompute_weights(
+            model, rows(2), RowCollator(proc), tmp_path / f"w{suffix}", show_progress=False, tokenizer=proc
+        )
+        assert sorted(load_weights(path, model=model, contrast="none", tokenizer=proc.tokenizer)) == ["s0", "s1"]
+        with pytest.raises(ValueError, match="another tokenizer"):
+            load_weights(path, tokenizer=tm.build("qwen2_vl")[1])
+        with pytest.raises(ValueError, match="another .*model weights"):
+            load_weights(path, model=tm.build("llava", 1)[0])
+        with pytest.raises(ValueError, match="another contrast"):
+            load_weights(path, contrast="patch:0.5")
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(line + "\n" for line in (tmp_path / "w.jsonl").read_text().splitlines()[1:]))
+    assert sorted(load_weights(old)) == ["s0", "s1"]  # nothing expected, nothing checked
+    with pytest.raises(ValueError, match="no provenance"):
+        load_weights(old, tokenizer=proc)
+    with pytest.raises(ValueError, match="no provenance"):
+        precompute_weights(model, rows(3), RowCollator(proc), old, show_progress=False)
+
+
+def test_audit_leaves_out_template_tokens_and_lists_the_contradicted_ones(tmp_path):
+    # ConversationCollator labels each answer and the template's end-of-turn `</s>` after it.
+    from tests.cal.conversations import TINY, toy_processor, write_data
+    from vcontrast.cal import ConversationCollator, read_conversations
+    from vcontrast.cal.precompute import template_token_mask
+    from vcontrast.toy.model import build_model
+
+    torch.manual_seed(0)
+    proc = toy_processor()
+    model = build_model(proc, **TINY).eval()
+    examples = read_conversations(write_data(tmp_path))
+    collate = ConversationCollator(proc)
+    records = {r["id"]: r for r in audit(model, examples, collate, tmp_path / "a.jsonl", show_progress=False)}
+
+    eos = proc.tokenizer.convert_tokens_to_ids("</s>")
+    batch = collate(examples)
+    delta, mask = cal_deltas(model, batch)
+    template = template_token_mask(proc, batch["input_ids"], mask)
+    assert torch.equal(template, mask & (batch["input_ids"] == eos))  # exactly the end-of-turn tokens
+    for b, example in enumerate(examples):
+        record = records[example["id"]]
+        content = mask[b] & ~template[b]
+        d, ids = delta[b][content], batch["input_ids"][b][content]
+        assert record["n_template"] == int(template[b].sum()) >= 1
+        assert record["n_tokens"] == int(content.sum())
+        if record["n_tokens"]:
+            assert record["mean_delta"] == pytest.approx(float(d.mean()), abs=1e-5)
+            assert record["frac_negative"] == pytest.approx(float((d < 0).float().mean()), abs=1e-6)
+        expected = [(i, proc.tokenizer.decode([int(ids[i])])) for i in range(len(d)) if d[i] < 0]
+        assert [(c["position"], c["text"]) for c in record["contradicted"]] == expected
+        assert all(c["delta"] < 0 and "</s>" not in c["text"] for c in record["contradicted"])
+    assert any(r["contradicted"] for r in records.values())  # the random model argues against some tokens

@@ -1,4 +1,4 @@
-"""CALSFTTrainer with TRL's VLM collator on a tiny LLaVA: it trains with CAL's loss, not plain NLL."""
+"""CALSFTTrainer on a tiny LLaVA: completion-only labels by default, and it trains with CAL's loss, not plain NLL."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def rows(n=4):
     ]
 
 
-def test_cal_sft_trainer_trains_with_trls_vlm_collator(tmp_path):
+def test_cal_sft_trainer_labels_completions_only_and_trains(tmp_path):
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from vcontrast.cal import CALSFTTrainer
@@ -51,7 +51,21 @@ def test_cal_sft_trainer_trains_with_trls_vlm_collator(tmp_path):
         processing_class=proc,
         cal_config=CALConfig(alpha=0.5, beta=3.0),
     )
-    assert isinstance(trainer.data_collator, DataCollatorForVisionLanguageModeling)
+    # Completion-only labels by default (as LLaVA trains): the answers and their end-of-turn, never the prompt.
+    assert not isinstance(trainer.data_collator, DataCollatorForVisionLanguageModeling)
+    batch = trainer.data_collator(rows(4))
+    tokenizer = proc.tokenizer
+    for b, row in enumerate(rows(4)):
+        labelled = tokenizer.decode(batch["input_ids"][b][batch["labels"][b] != -100])
+        # The answer, then the template's end of turn and eos: nothing of the user's turn.
+        answer, prompt = row["messages"][1]["content"][0]["text"], row["messages"][0]["content"][1]["text"]
+        assert labelled.replace(" ", "").startswith(answer.replace(" ", ""))
+        assert labelled.endswith(tokenizer.eos_token) and len(labelled) <= len(answer) + len(" .") + 1 + 4
+        assert prompt.replace(" ", "") not in labelled.replace(" ", "")
+    assert not (batch["labels"][batch["input_ids"] == model.config.image_token_id] != -100).any()
+    # TRL's own collator labels the prompt too: what CALSFTTrainer avoids by default.
+    trl_batch = DataCollatorForVisionLanguageModeling(proc)(rows(1))
+    assert (trl_batch["labels"] != -100).sum() > (batch["labels"][0] != -100).sum()
 
     # The loss of a collated batch is CAL's, not the model's plain NLL.
     batch = trainer.data_collator(rows(2))

@@ -1,5 +1,7 @@
 """CALTrainer: trains, is exact under gradient accumulation, evaluates with labels, logs, works with PEFT LoRA."""
 
+import itertools
+
 import pytest
 import torch
 import transformers as tf
@@ -7,6 +9,7 @@ import transformers as tf
 from tests import tiny_models as tm
 from tests.cal.utils import RowCollator, sft_rows, train_copy
 from vcontrast.cal import CALConfig, CALTrainer, cal_deltas, cal_loss
+from vcontrast.cal.trainer import gatherable_outputs
 
 
 def args(tmp_path, **kwargs):
@@ -108,9 +111,36 @@ def test_evaluate_with_labels_reports_the_cal_loss(tmp_path):
         expected = cal_loss(model.eval(), RowCollator(proc)(rows)).loss.item()
     assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
     assert 1.0 <= metrics["eval_cal/mean_weight"] <= 5.0
-    # prediction_step with logits (compute_metrics path) works too
+
+
+def test_predict_with_labels_returns_the_logits_on_the_installed_transformers(tmp_path):
+    # transformers 5.24 returns `image_outputs` (lists, None) beside the logits; accelerate cannot pad those.
+    model = train_copy("llava")
+    proc = tm.build("llava")[1]
+    rows = sft_rows(proc, 4)
+    trainer = trainer_for(model, tmp_path, rows)
     out = trainer.predict(rows)
-    assert out.predictions is not None and out.label_ids.shape[0] == 4
+    batch = RowCollator(proc)(rows)
+    with torch.no_grad():
+        expected = cal_loss(model.eval(), batch)
+    torch.testing.assert_close(torch.as_tensor(out.predictions), expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.as_tensor(out.label_ids), batch["labels"])
+    assert out.metrics["test_loss"] == pytest.approx(expected.loss.item(), rel=1e-5)
+
+
+def test_gatherable_outputs_keeps_tensors_and_drops_caches_and_nested_outputs():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+
+    logits, hidden = torch.zeros(2, 3, 5), (torch.zeros(2, 3, 4), torch.ones(2, 3, 4))
+    nested = BaseModelOutputWithPooling(last_hidden_state=torch.zeros(1), pooler_output=[torch.zeros(1), None])
+    outputs = CausalLMOutputWithPast(logits=logits, hidden_states=hidden)
+    outputs["image_outputs"] = nested
+    outputs["past_key_values"] = (torch.zeros(1),)
+    outputs["cache"] = object()
+    kept = gatherable_outputs(outputs)
+    assert isinstance(kept, CausalLMOutputWithPast) and list(kept.keys()) == ["logits", "hidden_states"]
+    assert kept.logits is logits and kept.hidden_states is hidden
+    assert list(gatherable_outputs({"logits": logits, "x": None, "y": [logits]})) == ["logits"]
 
 
 def test_rejects_a_bad_config(tmp_path):
@@ -144,3 +174,48 @@ def test_peft_lora_trains_and_lora_dropout_is_off_in_the_contrast_pass(tmp_path)
     assert all("lora_" in n for n in after)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in frozen.items())
+
+
+def test_logs_the_delta_histogram_and_the_shares_at_the_clamp_bounds(tmp_path):
+    from vcontrast.cal.trainer import DELTA_BINS
+
+    model = train_copy("llava")
+    proc = tm.build("llava")[1]
+    rows = sft_rows(proc, 4)
+    config = CALConfig(alpha=0.5, beta=2.0)
+    trainer = trainer_for(model, tmp_path, rows, config, max_steps=2)
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        out = cal_loss(model.eval(), RowCollator(proc)(rows), config)
+    delta = out.delta[out.mask]
+    edges = [-float("inf"), *DELTA_BINS, float("inf")]
+    for lo, hi in itertools.pairwise(edges):
+        key = f"eval_cal/delta_hist/{lo:g}_{hi:g}"
+        assert metrics[key] == pytest.approx(float(((delta >= lo) & (delta < hi)).float().mean()))
+    assert metrics["eval_cal/frac_at_alpha"] == pytest.approx(float((delta <= 0.5).float().mean()))
+    assert metrics["eval_cal/frac_at_beta"] == pytest.approx(float((delta >= 2.0).float().mean()))
+    assert 0 < metrics["eval_cal/frac_at_alpha"] < 1  # the check can fail both ways
+
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2
+    for log in logs:  # every logging step carries a whole histogram
+        shares = [value for key, value in log.items() if key.startswith("cal/delta_hist/")]
+        assert len(shares) == len(DELTA_BINS) + 1 and sum(shares) == pytest.approx(1.0)
+        assert 0 <= log["cal/frac_at_alpha"] <= 1 and 0 <= log["cal/frac_at_beta"] <= 1
+
+
+def test_deepspeed_zero3_is_refused_when_the_trainer_is_built(tmp_path, monkeypatch):
+    # DeepSpeed is not installed here: fake the plugin accelerate would hold under ZeRO-3.
+    from types import SimpleNamespace
+
+    original = tf.Trainer.create_accelerator_and_postprocess
+
+    def with_zero3(self):
+        original(self)
+        zero3 = property(lambda state: SimpleNamespace(zero_stage=3))
+        monkeypatch.setattr(type(self.accelerator.state), "deepspeed_plugin", zero3)
+
+    monkeypatch.setattr(tf.Trainer, "create_accelerator_and_postprocess", with_zero3)
+    with pytest.raises(ValueError, match="does not support DeepSpeed ZeRO-3"):
+        CALTrainer(model=train_copy("llava"), args=args(tmp_path))

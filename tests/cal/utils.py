@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,3 +76,24 @@ class RowCollator:
             labels[b, last] = batch["input_ids"][b, last]
         batch["labels"] = labels
         return batch
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(launcher: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run a distributed launcher (`accelerate`, `torchrun`) from this venv on 2 CPU processes, offline, with the
+    repository importable; skips the test if the launcher is not installed."""
+    import pytest
+
+    path = shutil.which(launcher, path=str(Path(sys.executable).parent)) or shutil.which(launcher)
+    if path is None:
+        pytest.skip(f"the `{launcher}` launcher is not installed")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run([path, *args], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

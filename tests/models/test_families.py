@@ -45,7 +45,7 @@ def test_qwen3_vl_deepstack_is_exercised_and_left_out_without_the_image():
 def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
     model, _, batch, labels = make_batch("gemma3")
     assert model.config.text_config.final_logit_softcapping is not None  # set, and ignored by the model
-    assert get_adapter(model).output_head()[2] is None
+    assert get_adapter(model).output_head()[1] is None
     causal = {k: v for k, v in batch.items() if k != "token_type_ids"}
     assert not torch.allclose(
         model(**batch).logits, model(**causal).logits, atol=1e-4
@@ -57,7 +57,7 @@ def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
 @torch.no_grad()
 def test_gemma4_image_tokens_attend_bidirectionally_and_the_softcap_is_applied():
     model, _, batch, labels = make_batch("gemma4")
-    assert get_adapter(model).output_head()[2] == model.config.text_config.final_logit_softcapping == 30.0
+    assert get_adapter(model).output_head()[1] == model.config.text_config.final_logit_softcapping == 30.0
     causal = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
     assert not torch.allclose(model(**batch).logits, model(**causal).logits, atol=1e-4)
     assert model(**batch).logits.abs().max() < 30.0  # capped: the soft-cap is in play

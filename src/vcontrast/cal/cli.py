@@ -60,6 +60,10 @@ def _usage_errors():
         raise typer.BadParameter(str(error)) from error
 
 
+# `vcontrast.cal.stages.LORA_TARGETS`, repeated so that `--help` needs no torch import (a test keeps them equal).
+LORA_TARGETS_DEFAULT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def _config(alpha: float, beta: float, window: int, contrast: str, normalize: str = "batch"):
     from vcontrast.cal.config import CALConfig
 
@@ -150,10 +154,11 @@ def _token_table(report, alpha: float, beta: float, color: bool) -> str:
 
     lines = [f"{'token':<16} {'delta':>8} {'weight':>7}"]
     for t in report:
-        cell = f"{repr(t.text)[1:-1]:<16}"
-        if color:
-            cell = token_heatmap_ansi([cell], [t.weight], low=alpha, high=beta)
-        lines.append(f"{cell} {t.delta:>8.3f} {t.weight:>7.3f}")
+        cell, delta, weight = f"{repr(t.text)[1:-1]:<16}", f"{t.delta:>8.3f}", f"{t.weight:>7.3f}"
+        if color:  # the token and its gain on the gain's diverging colour, the weight on the weight's
+            cell, delta = (token_heatmap_ansi([x], [t.delta], low=0.0, high=beta) for x in (cell, delta))
+            weight = token_heatmap_ansi([weight], [t.weight], low=alpha, high=beta)
+        lines.append(f"{cell} {delta} {weight}")
     return "\n".join(lines)
 
 
@@ -176,13 +181,14 @@ def show(
 ) -> None:
     """Print each token of TEXT with its logit gain from IMAGE and its CAL weight; save PNG/HTML heatmaps.
 
-    TEXT is scored as the answer to --prompt. Tokens are coloured from white (weight alpha) to red (beta), blue for
-    negative gains; the PNG is the paper's Figure 2a."""
+    TEXT is scored as the answer to --prompt. Each token is drawn on the colour of its raw logit gain, as in the
+    paper's Figure 2a: blue where the image argues against it (gain < 0), white at 0, red at beta and above; below
+    it, its CAL weight (the gain clamped to [alpha, beta], pooled) from white (alpha) to red (beta). A legend explains
+    both scales."""
     import sys
 
-    from vcontrast.cal.show import token_report
+    from vcontrast.cal.show import report_heatmap, report_heatmap_html, token_report
     from vcontrast.regions import open_image
-    from vcontrast.viz import token_heatmap, token_heatmap_html
 
     with _usage_errors():
         picture = open_image(image)
@@ -192,14 +198,14 @@ def show(
         report = token_report(vlm, processor, picture, text, prompt=prompt, config=config)
     color = sys.stdout.isatty() if color is None else color
     print(_token_table(report, config.alpha, config.beta, color))
-    tokens, weights = [t.text.strip() or repr(t.text) for t in report], [t.weight for t in report]
-    title = f"CAL weights (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
+    title = f"CAL logit gain and weight (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
+    scale = {"alpha": config.alpha, "beta": config.beta}
     out.parent.mkdir(parents=True, exist_ok=True)
-    token_heatmap(tokens, weights, low=config.alpha, high=config.beta, title=title, image=picture).save(out)
+    report_heatmap(report, title=title, image=picture, **scale).save(out)
     print(f"heatmap written to {out}")
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(token_heatmap_html(tokens, weights, low=config.alpha, high=config.beta, title=title))
+        html.write_text(report_heatmap_html(report, title=title, **scale))
         print(f"HTML heatmap written to {html}")
 
 
@@ -225,10 +231,11 @@ def audit(
 ) -> None:
     """Score how much the image supports each sample of DATA, most suspicious samples first.
 
-    Per sample: the mean logit gain from the image (mean_delta) and the share of tokens with a negative gain
-    (frac_negative: the image argues against them, candidates for hallucinated or mismatched text). Writes JSONL
-    sorted most suspicious first, prints a summary and the top samples. Resumable: a rerun skips the samples already
-    scored."""
+    Per sample, over the answer tokens (template tokens such as end-of-turn left out): the mean logit gain from the
+    image (mean_delta), the share of tokens with a negative gain (frac_negative: the image argues against them,
+    candidates for hallucinated or mismatched text) and those tokens with their text (contradicted). Writes JSONL
+    sorted most suspicious first, prints a summary and the top samples with their contradicted tokens. Resumable: a
+    rerun skips the samples already scored."""
     from vcontrast.cal.precompute import audit as run_audit
     from vcontrast.cal.precompute import summarize_audit
 
@@ -237,7 +244,9 @@ def audit(
         data, out, ".audit.jsonl", config, model, device, image_folder, limit, max_length
     )
     with _usage_errors():
-        records = run_audit(vlm, examples, collate, out, config, batch_size=batch_size, show_progress=progress)
+        records = run_audit(
+            vlm, examples, collate, out, config, batch_size=batch_size, show_progress=progress, tokenizer=processor
+        )
     summary = summarize_audit(records, threshold=threshold)
     print(
         f"audited {summary['samples']} samples, {summary['tokens']} tokens: mean delta {summary['mean_delta']:.4f}, "
@@ -245,14 +254,11 @@ def audit(
         f"{summary['suspicious']} samples above {threshold:g}"
     )
     print(f"records (most suspicious first): {out}")
-    tokenizer = getattr(processor, "tokenizer", processor)
     if top > 0 and records:
-        print(f"{'id':<20} {'frac_neg':>8} {'mean_delta':>10}  most contradicted token")
+        print(f"{'id':<20} {'frac_neg':>8} {'mean_delta':>10}  contradicted tokens (delta < 0)")
         for r in records[:top]:
-            token = tokenizer.decode([r["min_token"]]).strip() if r.get("min_token") is not None else ""
-            print(
-                f"{r['id']:<20} {r['frac_negative']:>8.3f} {r['mean_delta']:>10.3f}  {token!r} ({r['min_delta']:.3f})"
-            )
+            tokens = ", ".join(f"{c['text'].strip()!r} ({c['delta']:.2f})" for c in r["contradicted"]) or "-"
+            print(f"{r['id']:<20} {r['frac_negative']:>8.3f} {r['mean_delta']:>10.3f}  {tokens}")
     _stopped_early(len(examples), total)
 
 
@@ -275,7 +281,10 @@ def train(
     window: WindowOption = 3,
     contrast: ContrastOption = "none",
     normalize: Annotated[
-        str, typer.Option(help="'batch' (sum(w*CE)/sum(w) over the step, the paper's) or 'sample'.")
+        str,
+        typer.Option(
+            help="'batch' (sum(w*CE)/sum(w) over the step, the official code's) or 'sample' (the paper's Eq. 5)."
+        ),
     ] = "batch",
     cal_weights: Annotated[
         Path | None,
@@ -288,12 +297,37 @@ def train(
     image_folder: ImageFolderOption = None,
     max_length: MaxLengthOption = None,
     bf16: Annotated[bool, typer.Option(help="Train in bfloat16 mixed precision (GPU).")] = False,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="'pt': the projector only, on LLaVA's plain format (image + caption); 'it': projector + language "
+            "model, vision tower frozen (or see --tower-lr-ratio); 'all': every parameter."
+        ),
+    ] = "it",
+    tower_lr_ratio: Annotated[
+        float | None,
+        typer.Option(help="The vision tower's learning rate as a fraction of --lr (0 = frozen; 'it' and 'all')."),
+    ] = None,
+    lora_r: Annotated[
+        int, typer.Option(help="LoRA rank on the language model (0 = off); the projector trains in full.")
+    ] = 0,
+    lora_targets: Annotated[
+        str, typer.Option(help="Comma-separated layer names LoRA adapts in the language model.")
+    ] = ",".join(LORA_TARGETS_DEFAULT),
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass (less memory, ~30% slower).")
+    ] = False,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="An eval set in the format of --data, evaluated every --eval-steps.")
+    ] = None,
+    eval_steps: Annotated[int, typer.Option(help="Evaluate on --eval-data every this many steps.")] = 500,
 ) -> None:
     """Fine-tune a VLM on LLaVA-style conversations (image path + human/gpt turns) with CAL or plain MLE.
 
     Labels cover the assistant turns only (every turn of a multi-turn conversation). Uses transformers' Trainer
     (CALTrainer for --method cal): checkpoints every --save-steps, --resume continues from the last one, and the final
-    model and processor are saved in --output-dir (use it as --model). Trains the toy model by default.
+    model and processor are saved in --output-dir (use it as --model). Trains the toy model by default. The CAL
+    paper's recipe is two runs: --stage pt --method mle (projector alignment), then --stage it --method cal.
     """
     from transformers import TrainingArguments
 
@@ -319,6 +353,9 @@ def train(
             bf16=bf16,
             report_to="none",
             remove_unused_columns=False,
+            gradient_checkpointing=gradient_checkpointing,
+            eval_strategy="steps" if eval_data is not None else "no",
+            eval_steps=eval_steps if eval_data is not None else None,
         )
         result = finetune(
             data,
@@ -330,6 +367,11 @@ def train(
             image_folder=image_folder,
             max_length=max_length,
             resume=resume,
+            stage=stage,
+            tower_lr_ratio=tower_lr_ratio,
+            lora_r=lora_r,
+            lora_targets=tuple(lora_targets.split(",")),
+            eval_data=eval_data,
         )
     print(f"trained {result.global_step} steps ({method}), final training loss {result.training_loss:.4f}")
     print(f"model written to {output_dir} (use --model {output_dir})")

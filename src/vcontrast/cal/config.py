@@ -21,7 +21,7 @@ def parse_contrast(spec: str | VisualCondition) -> VisualCondition | str:
 
     ```python
     >>> parse_contrast("patch:0.7")
-    PatchMask(ratio=0.7, grid=(20, 10), seed=0, fill=(0, 0, 0))
+    PatchMask(ratio=0.7, grid=(10, 20), seed=0, fill=(0, 0, 0))
     >>> parse_contrast("paper")
     'attention_mask'
     ```
@@ -43,7 +43,8 @@ class CALConfig:
 
     For each label token `j`: `delta_j = l(t_j | image) - l(t_j | contrast)` (raw gold-token logits, float32, no
     gradient, dropout off in the contrast pass), `w_j = clamp(delta_j, alpha, beta)`, `w~ = avgpool_window(w)` over the
-    label tokens of the same sample only, and `loss = sum(w~ * CE) / sum(w~)`.
+    label tokens of the same sample only, and `loss = sum(w~ * CE) / sum(w~)` (over the batch or per sample, see
+    `normalize`).
 
     Args:
         alpha (`float`, *optional*, defaults to `1.0`):
@@ -59,8 +60,9 @@ class CALConfig:
             condition (`PatchMask`, `GaussianBlur`, `DiffusionNoise`), whose contrast pixels the batch must carry as
             `contrast_pixel_values` etc. (see [`ContrastCollator`]). Texts are parsed by [`parse_contrast`].
         normalize (`str`, *optional*, defaults to `"batch"`):
-            `"batch"`: `sum(w * CE) / sum(w)` over all label tokens of the (accumulated, all-device) batch, as in the
-            paper. `"sample"`: the mean over samples of each sample's weighted mean.
+            `"batch"`: `sum(w * CE) / sum(w)` over all label tokens of the (accumulated, all-device) batch, as the
+            official code does (it produced the paper's tables, hence the default). `"sample"`: the mean over samples
+            of each sample's own `sum(w * CE) / sum(w)`, as the paper's Eq. 5 writes it.
 
     Examples:
 
@@ -90,8 +92,8 @@ class CALConfig:
     normalize: str = field(
         default="batch",
         metadata={
-            "help": "'batch': sum(w*CE)/sum(w) over the whole (accumulated) batch; 'sample': mean of per-sample "
-            "weighted means.",
+            "help": "'batch': sum(w*CE)/sum(w) over the whole (accumulated) batch, the official code's (default); "
+            "'sample': mean of per-sample weighted means, the paper's Eq. 5.",
             "choices": list(NORMALIZE),
         },
     )

@@ -61,17 +61,18 @@ def _records(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
-def to_messages(conversations: list, has_image: bool, where: str = "record") -> list[dict]:
+def to_messages(conversations: list, has_image: bool | int, where: str = "record") -> list[dict]:
     """LLaVA `conversations` turns -> chat-template messages, validated.
 
     Roles: "human"/"user" -> "user", "gpt"/"assistant" -> "assistant", "system". The first non-system turn must be
     the user's, user and assistant turns alternate, and at least one assistant turn must exist. As in LLaVA's own
-    preprocessing, the image goes first in the first user turn: the `<image>` marker is removed from its text (a
-    record with an image but no marker gets one there; a marker anywhere else, or without an image, is an error).
+    preprocessing, the images go first in the first user turn: the `<image>` markers are removed from its text (a
+    record with images but no marker gets them there; markers anywhere else, more markers than images, or fewer but
+    not none, are errors).
 
     Args:
         conversations (`list[dict]`): `[{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}, ...]`.
-        has_image (`bool`): whether the record has an image.
+        has_image (`bool` or `int`): whether the record has an image, or how many images it has.
         where (`str`, *optional*): names the record in error messages (e.g. "data.jsonl:12").
 
     Returns:
@@ -90,6 +91,7 @@ def to_messages(conversations: list, has_image: bool, where: str = "record") -> 
         raise ValueError(f"{where}: `conversations` (={conversations!r}) has to be a non-empty list of turns")
     messages: list[dict] = []
     first_user = None
+    n_images = int(has_image)
     for k, turn in enumerate(conversations):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
             # ValueError for every bad record, so a CLI catches one exception type.
@@ -111,13 +113,15 @@ def to_messages(conversations: list, has_image: bool, where: str = "record") -> 
         if IMAGE_MARKER in value and (role != "user" or first_user is not None or not has_image):
             reason = "the record has no image" if not has_image else "only the first human turn may hold it"
             raise ValueError(f"{where}: turn {k} contains {IMAGE_MARKER!r} but {reason}")
-        if value.count(IMAGE_MARKER) > 1:
-            raise ValueError(f"{where}: turn {k} contains {IMAGE_MARKER!r} more than once (one image per record)")
+        if value.count(IMAGE_MARKER) not in (0, n_images) and IMAGE_MARKER in value:
+            raise ValueError(
+                f"{where}: turn {k} contains {IMAGE_MARKER!r} {value.count(IMAGE_MARKER)} times for {n_images} "
+                "image(s)"
+            )
         content: list[dict] = []
         if role == "user" and first_user is None:
             first_user = k
-            if has_image:
-                content.append({"type": "image"})
+            content += [{"type": "image"}] * n_images
             value = value.replace(IMAGE_MARKER, "").strip()
         content.append({"type": "text", "text": value})
         messages.append({"role": role, "content": content})
@@ -133,7 +137,7 @@ def read_conversations(
 
     Args:
         path (`str` or `Path`): the data file; each record has `conversations` (see [`to_messages`]), optionally
-            `image` (a path) and `id`.
+            `image` (a path, or a list of paths for several images) and `id`.
         image_folder (`str` or `Path`, *optional*): the folder relative image paths resolve against; defaults to the
             data file's folder.
         check_images (`bool`, *optional*, defaults to `True`): fail on a missing image file now rather than when its
@@ -169,14 +173,16 @@ def read_conversations(
         if "conversations" not in record:
             raise ValueError(f"{where}: the record has no `conversations`")
         image = record.get("image")
-        if image is not None:
-            if not isinstance(image, str) or not image:
-                raise ValueError(f"{where}: `image` (={image!r}) has to be one path (one image per record)")
-            resolved = Path(image) if Path(image).is_absolute() else folder / image
-            if check_images and not resolved.is_file():
-                raise ValueError(f"{where}: image file {str(resolved)!r} not found (resolved against {str(folder)!r})")
-            image = str(resolved)
-        messages = to_messages(record["conversations"], image is not None, where)
+        paths = [] if image is None else image if isinstance(image, list) else [image]
+        if not paths and image is not None or not all(isinstance(p, str) and p for p in paths):
+            raise ValueError(f"{where}: `image` (={image!r}) has to be a path or a non-empty list of paths")
+        resolved = [Path(p) if Path(p).is_absolute() else folder / p for p in paths]
+        for path_ in resolved:
+            if check_images and not path_.is_file():
+                raise ValueError(f"{where}: image file {str(path_)!r} not found (resolved against {str(folder)!r})")
+        # One image: its path as text (as before); several: a list of them.
+        image = None if not resolved else str(resolved[0]) if isinstance(image, str) else [str(p) for p in resolved]
+        messages = to_messages(record["conversations"], len(resolved), where)
         sid = str(record["id"]) if record.get("id") is not None else str(index)
         seen[sid] = seen.get(sid, 0) + 1
         if seen[sid] > 1:
@@ -195,6 +201,19 @@ def _open_image(image):
 
         return open_image(image)
     return image
+
+
+_KEY_STRIDE = 1_000_003  # contrast key offset of a record's second, third, ... image
+
+
+def _example_images(example: dict, sid: str) -> list:
+    # The example's images, in order: `image` (one, or a list, as LLaVA-OneVision writes it) or `images` (TRL's rows).
+    image, images = example.get("image"), example.get("images")
+    if image is not None and images is not None:
+        raise ValueError(f"example {sid!r} has both `image` and `images`; use one")
+    if images is None:
+        images = [] if image is None else image
+    return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
 def _example_messages(example: dict) -> list[dict]:
@@ -232,6 +251,9 @@ class ConversationCollator:
             whole, and a sample left without labels raises an error.
         padding_side (`str`, *optional*, defaults to `"right"`): "right" for training, "left" to continue sequences.
         pad_to_multiple_of (`int`, *optional*): pad lengths to a multiple of this (fewer shapes: faster on CPU).
+        plain (`bool`, *optional*, defaults to `False`): LLaVA's *plain* format of its pre-training stage instead of
+            the chat template: the image placeholder(s), then the first answer (the caption) and eos, labelled; the
+            user's text is dropped, as LLaVA's `preprocess_plain` does. For image-caption pairs.
 
     Examples:
 
@@ -251,6 +273,7 @@ class ConversationCollator:
         max_length: int | None = None,
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
+        plain: bool = False,
     ):
         from vcontrast.conditions import VisualCondition
 
@@ -273,6 +296,11 @@ class ConversationCollator:
         self.max_length = max_length
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.plain = plain
+        if plain and not getattr(processor, "image_token", None):
+            raise ValueError(
+                f"the plain format needs a processor with an `image_token`; {type(processor).__name__} has none"
+            )
         specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
         self._specials = [t for t in specials if t not in (tokenizer.pad_token, tokenizer.unk_token)]
 
@@ -297,6 +325,8 @@ class ConversationCollator:
         [' Sleeping on the sofa.</s>', ' Red.</s>']
         ```
         """
+        if self.plain:
+            return self._render_plain(messages, sid)
         pieces: list[tuple[str, bool]] = []
         done = ""  # the template's text up to the end of the last assistant turn placed so far
         for k, message in enumerate(messages):
@@ -335,6 +365,24 @@ class ConversationCollator:
             text += piece
         return text, spans
 
+    def _render_plain(self, messages: list[dict], sid: str) -> tuple[str, list[tuple[int, int]]]:
+        # LLaVA's plain format: <image> (one per image) + caption + eos; only the caption and eos are labelled.
+        answers = [m for m in messages if m["role"] == "assistant"]
+        if len(answers) != 1:
+            raise ValueError(
+                f"sample {sid!r}: the plain format takes one caption (assistant turn), got {len(answers)}"
+            )
+        n_images = sum(1 for m in messages for c in m["content"] if isinstance(c, dict) and c.get("type") == "image")
+        processor = self.processor
+        image = processor.image_token
+        start, end = getattr(processor, "vision_start_token", None), getattr(processor, "vision_end_token", None)
+        if start and end:  # Qwen2-VL marks each image block
+            image = start + image + end
+        caption = "".join(c.get("text", "") for c in answers[0]["content"] if isinstance(c, dict)).strip()
+        prefix = image * n_images
+        text = prefix + caption + (self.tokenizer.eos_token or "")
+        return text, [(len(prefix), len(text))]
+
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("`examples` (=[]) has to hold at least one example")
@@ -347,9 +395,15 @@ class ConversationCollator:
             texts.append(text)
             spans.append(example_spans)
             ids.append(sid)
-            if example.get("image") is not None:
-                images.append(_open_image(example["image"]))
-                keys.append(int(example.get("index", len(keys))))
+            example_images = [_open_image(image) for image in _example_images(example, sid)]
+            images.append(example_images)
+            index = int(example.get("index", n))
+            # Contrast keys: the record index for its first image (reproducible random masks), offset for more.
+            keys += [index + j * _KEY_STRIDE for j in range(len(example_images))]
+        # One image per example: a flat list, as before; several: one list per example.
+        images = [i for group in images for i in group] if all(len(g) <= 1 for g in images) else images
+        if not any(images):
+            images = []
         kwargs = {
             "padding": True,
             "padding_side": self.padding_side,

@@ -20,6 +20,7 @@ from torch import nn
 
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.data import ConversationCollator, read_conversations
+from vcontrast.cal.stages import LORA_TARGETS, apply_stage, lora_config, stage_optimizer
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
@@ -44,6 +45,11 @@ def finetune(
     image_folder: str | Path | None = None,
     max_length: int | None = None,
     resume: bool = False,
+    stage: str = "it",
+    tower_lr_ratio: float | None = None,
+    lora_r: int = 0,
+    lora_targets: Sequence[str] = LORA_TARGETS,
+    eval_data: str | Path | Sequence[dict] | None = None,
 ) -> TrainOutput:
     """Fine-tune a supported VLM on conversation data with CAL or MLE; save the result with `save_pretrained`.
 
@@ -66,6 +72,17 @@ def finetune(
         resume (`bool`, *optional*, defaults to `False`): continue from the last `checkpoint-N` in `output_dir`.
             Without it, an `output_dir` that already holds checkpoints is an error (nothing is overwritten by
             accident).
+        stage (`str`, *optional*, defaults to `"it"`): `"pt"` trains the projector only, on LLaVA's plain format
+            (image, then caption); `"it"` the projector and the language model with the vision tower frozen (or at
+            `tower_lr_ratio`); `"all"` everything (see [`vcontrast.cal.stages`]).
+        tower_lr_ratio (`float`, *optional*): the vision tower's learning rate as a fraction of `args.learning_rate`
+            (0 = frozen, the default for `"pt"` and `"it"`).
+        lora_r (`int`, *optional*, defaults to 0): with `r > 0`, LoRA of rank `r` on the language model's
+            `lora_targets` layers and the projector trained in full (`"it"` and `"all"`; needs peft); the saved
+            model has the adapters merged.
+        lora_targets (`Sequence[str]`, *optional*): layer names LoRA adapts (default: every decoder projection).
+        eval_data (`str`, `Path` or `Sequence[dict]`, *optional*): an eval set, evaluated every `args.eval_steps`
+            when `args.eval_strategy` is `"steps"` (CAL loss for `"cal"`, cross-entropy for `"mle"`).
 
     Returns:
         `TrainOutput`: transformers' `(global_step, training_loss, metrics)`. `args.output_dir` holds the final model,
@@ -90,6 +107,12 @@ def finetune(
         raise ValueError(f"`method` (={method!r}) has to be one of {', '.join(METHODS)}")
     if method != "cal" and (cal_weights is not None or cal_config is not None):
         raise ValueError(f"`cal_weights` and `cal_config` only apply to method 'cal', not {method!r}")
+    if lora_r and stage == "pt":
+        raise ValueError("stage 'pt' trains the projector only: LoRA (`lora_r` > 0) applies to 'it' and 'all'")
+    if lora_r and tower_lr_ratio:
+        raise ValueError(f"with LoRA the vision tower stays frozen: `tower_lr_ratio` (={tower_lr_ratio}) has to be 0")
+    if cal_weights is not None and eval_data is not None:
+        raise ValueError("`eval_data` with `cal_weights`: the eval samples have no precomputed weights; drop one")
     config = CALConfig() if cal_config is None else cal_config
     output_dir = Path(args.output_dir)
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
@@ -109,24 +132,43 @@ def finetune(
             raise ValueError("`processor` is required when `model` is a model object")
     else:
         model, processor = load_model(model)
+    parts = apply_stage(model, stage, tower_lr_ratio)
+    logger.info("stage %s: trainable parameters per part %s", stage, parts)
+    optimizer = stage_optimizer(model, args.learning_rate, tower_lr_ratio or 0.0, args.weight_decay)
+    if lora_r:
+        import peft
+
+        model = peft.get_peft_model(model, lora_config(model, lora_r, tuple(lora_targets)))
+    if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
+        args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs (PT, LoRA)
     contrast = config.contrast if method == "cal" and config.uses_pixels and cal_weights is None else None
-    collator = ConversationCollator(processor, contrast=contrast, max_length=max_length)
+    collator = ConversationCollator(processor, contrast=contrast, max_length=max_length, plain=stage == "pt")
     if cal_weights is not None:
-        collator = PrecomputedWeightsCollator(collator, load_weights(cal_weights), model, config)
+        stored = load_weights(cal_weights, tokenizer=processor)  # the ids must mean the same tokens
+        collator = PrecomputedWeightsCollator(collator, stored, model, config)
     args.remove_unused_columns = False
+    if eval_data is not None:
+        eval_examples = (
+            read_conversations(eval_data, image_folder) if isinstance(eval_data, (str, Path)) else eval_data
+        )
     common = {
         "model": model,
         "args": args,
         "train_dataset": examples,
+        "eval_dataset": None if eval_data is None else list(eval_examples),
         "data_collator": collator,
         "processing_class": processor,
+        "optimizers": (optimizer, None),
     }
     trainer = CALTrainer(**common, cal_config=config) if method == "cal" else Trainer(**common)
     if resume and last is not None:
         logger.info("resuming from %s", last)
         _restore_weights(model, Path(last))
     result = trainer.train(resume_from_checkpoint=last if resume else None)
-    trainer.save_model(str(output_dir))
+    if lora_r:  # a plain model in `output_dir`, loadable with `--model` like any other
+        trainer.model.merge_and_unload().save_pretrained(str(output_dir))
+    else:
+        trainer.save_model(str(output_dir))
     processor.save_pretrained(str(output_dir))
     trainer.save_state()
     return result

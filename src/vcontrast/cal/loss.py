@@ -15,9 +15,9 @@ neither is an image placeholder: a label on an image token, or predicted from on
 
 Cost of the contrast pass for `NoImage()` (the default): one no-grad forward of the language model over the text
 tokens only (image tokens dropped, vision tower skipped, original position ids kept), in eval mode (dropout off, LoRA
-dropout included), that computes only the gold tokens' logits (`h · W[token]`), never a second vocabulary-sized
-tensor. Samples without image tokens get delta 0 and are left out of it. The with-image gold logits come for free
-from the training forward's logits.
+dropout included), whose head module runs on the label rows only, in chunks (see [`vcontrast.contrast`]), never on
+a second (B, T, V) tensor. Samples without image tokens get delta 0 and are left out of it. The with-image gold
+logits come for free from the training forward's logits.
 
 Image-space contrast conditions (`PatchMask`, `GaussianBlur`, `DiffusionNoise`) change pixels, which only the data
 pipeline has: the batch carries the contrast pixels under `contrast_<key>` (`contrast_pixel_values`, ...), built by
@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
 from vcontrast.conditions import VisualCondition, _is_int
-from vcontrast.contrast import IGNORE_INDEX, check_token_ids, gold_token_logits, score_tokens, shift_labels
+from vcontrast.contrast import CHUNK_SIZE, IGNORE_INDEX, check_token_ids, gold_token_logits, score_tokens, shift_labels
 from vcontrast.models import ModelAdapter, get_adapter
 
 CONTRAST_PREFIX = "contrast_"
@@ -144,9 +144,9 @@ def weighted_loss(
 ) -> torch.Tensor:
     """The CAL loss from per-token cross-entropies and (detached) weights.
 
-    - `"batch"`: `sum(w * CE) / sum(w)` over the label tokens of the batch (the paper's normalisation).
-    - `"sample"`: the mean over samples with label tokens of `sum_p(w * CE) / sum_p(w)`; a sample whose weights are all
-      0 (possible only with `alpha = 0`) contributes 0.
+    - `"batch"`: `sum(w * CE) / sum(w)` over the label tokens of the batch (the official code's normalisation).
+    - `"sample"`: the mean over samples with label tokens of `sum_p(w * CE) / sum_p(w)` (the paper's Eq. 5); a sample
+      whose weights are all 0 (possible only with `alpha = 0`) contributes 0.
 
     With `num_items`, the sum is divided by it instead of the batch's own normaliser (`sum(w)` or the number of
     samples): the trainer passes the total over all micro-batches of a gradient-accumulation step and all devices,
@@ -261,7 +261,7 @@ def _check_batch(adapter: ModelAdapter, inputs: dict) -> tuple[torch.Tensor, tor
         )
     adapter.check_inputs(inputs)
     labels = inputs["labels"]
-    check_token_ids(labels[labels != IGNORE_INDEX], adapter.output_head()[0].shape[0])
+    check_token_ids(labels[labels != IGNORE_INDEX], adapter.vocab_size)
     mask = cal_label_mask(adapter, inputs, labels)
     if not bool(mask.any()):
         raise ValueError(
@@ -427,7 +427,7 @@ def _scores_from_hidden(
     target: torch.Tensor,
     b_idx: torch.Tensor,
     p_idx: torch.Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # For forwards that return no logits (fused LM heads): the same CE, from the last hidden states, in chunks.
     gold, logprobs = score_tokens(
@@ -454,14 +454,14 @@ def cal_loss(
 
     Normalisation (`config.normalize`):
 
-    - `"batch"`: `sum(w * CE) / sum(w)` over this batch's label tokens. Under gradient accumulation (or several
-      devices) the paper's loss is over the *whole* step, whose `sum(w)` is only known after the last micro-batch's
-      forward. [`CALTrainer`] therefore backpropagates `sum(w * CE) / N` per micro-batch, with `N` the step's total
-      number of label tokens (like transformers' `num_items_in_batch`), sums `sum(w)` over the step and all devices,
-      and rescales the accumulated gradients by `N / sum(w)` before clipping and the optimizer step, which makes the
-      update exactly that of one big batch. Pass `num_items` to do the same by hand.
-    - `"sample"`: the mean over samples of each sample's weighted mean; with `num_items` (the number of samples of
-      the whole step), micro-batch losses simply add up.
+    - `"batch"` (the official code's): `sum(w * CE) / sum(w)` over this batch's label tokens. Under gradient
+      accumulation (or several devices) this loss is over the *whole* step, whose `sum(w)` is only known after the
+      last micro-batch's forward. [`CALTrainer`] therefore backpropagates `sum(w * CE) / N` per micro-batch, with
+      `N` the step's total number of label tokens (like transformers' `num_items_in_batch`), sums `sum(w)` over the
+      step and all devices, and rescales the accumulated gradients by `N / sum(w)` before clipping and the optimizer
+      step, which makes the update exactly that of one big batch. Pass `num_items` to do the same by hand.
+    - `"sample"` (the paper's Eq. 5): the mean over samples of each sample's weighted mean; with `num_items` (the
+      number of samples of the whole step), micro-batch losses simply add up.
 
     Args:
         model (`PreTrainedModel`): a supported VLM, possibly wrapped (PEFT, DDP).

@@ -10,13 +10,17 @@ alpha, beta and the window can be changed at training time without recomputing a
 is negative (the image argues against them: candidates for hallucinated or mismatched text), most suspicious first.
 
 Both write JSON lines (one record per sample, keyed by the sample's id), append as they go and skip the ids already
-in the file when restarted, so an interrupted run resumes where it stopped. A path ending in `.safetensors` is
+in the file when restarted, so an interrupted run resumes where it stopped. The first line records what produced
+the file ([`provenance`]: the model's config hash and weights fingerprint, the contrast, alpha/beta/window and the
+tokenizer's vocabulary hash); a resume with anything else, or a load that expects something else, raises a
+`ValueError` naming what differs, instead of mixing two runs in one file. A path ending in `.safetensors` is
 written through a `.partial.jsonl` sidecar and converted at the end (so only an unfinished run resumes; a rerun
 after a finished one recomputes the file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -30,11 +34,135 @@ from tqdm.auto import tqdm
 
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
-from vcontrast.models import get_adapter
+from vcontrast.models import get_adapter, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PrecomputedWeightsCollator", "audit", "load_weights", "precompute_weights", "summarize_audit"]
+__all__ = [
+    "PrecomputedWeightsCollator",
+    "audit",
+    "load_weights",
+    "precompute_weights",
+    "provenance",
+    "summarize_audit",
+    "template_token_mask",
+]
+
+META_KEY = "vcontrast_cal"  # the first JSONL line: {"vcontrast_cal": provenance}
+_SAMPLES_PER_TENSOR = 64  # values read from each parameter for the weights fingerprint
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Config entries that say how a model is run or where it came from, not what it computes.
+_RUNTIME_CONFIG_KEYS = (
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "pad_token_id",
+)
+
+
+def _config_identity(value: Any) -> Any:
+    # The architecture, not where it was loaded from: drop `_name_or_path`, `transformers_version` and the like.
+    if isinstance(value, dict):
+        return {
+            k: _config_identity(v)
+            for k, v in value.items()
+            if not str(k).startswith("_") and k not in _RUNTIME_CONFIG_KEYS
+        }
+    return value
+
+
+@torch.no_grad()
+def _weights_fingerprint(model: nn.Module) -> str:
+    # Every parameter's name, shape, dtype and 64 evenly spaced values (exact bytes, so the same on any device and
+    # cheap for a 7B model); LoRA parameters of a PEFT model count too.
+    parts = []
+    for name, param in sorted(unwrap_model(model).named_parameters()):
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+        sample = flat[::step][:_SAMPLES_PER_TENSOR].float().cpu()
+        parts.append([name, list(param.shape), str(param.dtype), hashlib.sha256(sample.numpy().tobytes()).hexdigest()])
+    return _digest(parts)
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    if tokenizer is None:
+        return None
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
+    return _digest(sorted(tokenizer.get_vocab().items()))
+
+
+def provenance(
+    model: nn.Module | None = None, config: CALConfig | None = None, tokenizer: Any = None
+) -> dict[str, Any]:
+    """What produced a file of precomputed gains: the fields [`precompute_weights`] records and checks.
+
+    Args:
+        model (`PreTrainedModel`, *optional*): the reference model: `model_config` (hash of its config without paths
+            and versions) and `model_weights` (fingerprint of every parameter's name, shape, dtype and 64 sampled
+            values).
+        config (`CALConfig`, *optional*): `contrast`, `alpha`, `beta`, `window`.
+        tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): `tokenizer` (hash of its vocabulary).
+
+    Returns:
+        `dict`: only the fields whose source was given.
+
+    Examples:
+
+    ```python
+    >>> provenance(config=CALConfig(beta=3.0))
+    {'contrast': 'none', 'alpha': 1.0, 'beta': 3.0, 'window': 3}
+    ```
+    """
+    out: dict[str, Any] = {}
+    if model is not None:
+        inner = unwrap_model(model)
+        out["model_class"] = type(inner).__name__
+        out["model_config"] = _digest(_config_identity(inner.config.to_dict()))
+        out["model_weights"] = _weights_fingerprint(inner)
+    if config is not None:
+        out.update(_config_dict(config))
+    if tokenizer is not None:
+        out["tokenizer"] = _tokenizer_fingerprint(tokenizer)
+    return out
+
+
+def _check_provenance(path: Path, stored: dict | None, expected: dict, action: str) -> None:
+    # Raise naming each field that differs; fields the caller did not give are not checked.
+    if stored is None:
+        raise ValueError(
+            f"{path} has no provenance record (written by an older vcontrast, or not by vcontrast): cannot check that "
+            f"it matches before {action}; delete it, or write to another path"
+        )
+    differ = [
+        f"{key}: file {stored.get(key)!r} != {value!r}"
+        for key, value in expected.items()
+        if value is not None and stored.get(key) != value
+    ]
+    if differ:
+        names = {"model_config": "model config", "model_weights": "model weights", "model_class": "model class"}
+        what = ", ".join(names.get(d.split(":")[0], d.split(":")[0]) for d in differ)
+        raise ValueError(
+            f"{path} was computed with another {what} ({'; '.join(differ)}); refusing to {action}. Use another path, "
+            "or the model/contrast/alpha/beta/window/tokenizer it was written with"
+        )
+
+
+def _tokenizer_of(collate_fn: Any) -> Any:
+    # The tokenizer a collator tokenizes with, when it exposes one (ConversationCollator, processor-based collators).
+    for name in ("tokenizer", "processor", "processing_class"):
+        value = getattr(collate_fn, name, None)
+        if value is not None:
+            return value
+    return None
 
 
 def _sample_id(row: Any, index: int, id_key: str) -> str:
@@ -43,21 +171,32 @@ def _sample_id(row: Any, index: int, id_key: str) -> str:
     return str(index)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    # A run killed mid-write leaves a truncated last line: drop it (its sample is recomputed).
+def _read_jsonl(path: Path) -> tuple[dict | None, list[dict]]:
+    # (provenance record or None, sample records). A run killed mid-write leaves a truncated last line: drop it (its
+    # sample is recomputed).
     records = []
+    meta = None
     if not path.exists():
-        return records
+        return meta, records
     with path.open() as f:
         for line in f:
             line = line.strip()
             if not line:
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 logger.warning("skipping a truncated line in %s", path)
-    return records
+                continue
+            if META_KEY in record:
+                meta = record[META_KEY]
+            else:
+                records.append(record)
+    return meta, records
+
+
+def _write_jsonl(path: Path, meta: dict, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{META_KEY: meta}, *records]))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -72,19 +211,24 @@ def _run(
     config: CALConfig,
     make_records: Callable[[list[str], dict, torch.Tensor, torch.Tensor], list[dict]],
     *,
+    meta: dict,
     batch_size: int,
     id_key: str,
     show_progress: bool,
     desc: str,
 ) -> list[dict]:
-    """Resumable loop: collate the rows not yet in `path`, run `cal_deltas`, append one JSON line per sample."""
+    """Resumable loop: collate the rows not yet in `path`, run `cal_deltas`, append one JSON line per sample.
+
+    The file starts with the run's provenance record; resuming a file written by another run raises."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = _read_jsonl(path)
+    stored_meta, kept = _read_jsonl(path)
+    if path.exists() and (kept or stored_meta is not None):
+        _check_provenance(path, stored_meta, meta, "resume (append to) it")
     done = {record["id"] for record in kept}
-    if path.exists():  # rewritten without a truncated tail, so that appends start on a clean line
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    # (Re)written with the provenance first and without a truncated tail, so that appends start on a clean line.
+    _write_jsonl(path, meta, kept)
     todo = [(i, _sample_id(row, i, id_key)) for i, row in enumerate(dataset)]
     ids = [sid for _, sid in todo]
     if len(set(ids)) != len(ids):
@@ -103,7 +247,7 @@ def _run(
                 out.write(json.dumps(record) + "\n")
             out.flush()
             bar.update(len(chunk))
-    return _read_jsonl(path)
+    return _read_jsonl(path)[1]
 
 
 def precompute_weights(
@@ -116,6 +260,7 @@ def precompute_weights(
     batch_size: int = 8,
     id_key: str = "id",
     show_progress: bool = True,
+    tokenizer: Any = None,
 ) -> Path:
     """Compute CAL's logit gains and weights once with a frozen reference model and store them beside the data.
 
@@ -130,11 +275,14 @@ def precompute_weights(
         batch_size (`int`, *optional*, defaults to 8): rows per forward.
         id_key (`str`, *optional*, defaults to `"id"`): row field with a stable sample id; the row index otherwise.
         show_progress (`bool`, *optional*, defaults to `True`): show a tqdm progress bar.
+        tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): recorded in the provenance; defaults to the
+            collator's `tokenizer`/`processor` attribute, if it has one.
 
     Returns:
-        `Path`: the written file. Rerunning with the same path skips the ids already stored (resume); for a
-        `.safetensors` path that holds for an interrupted run only (its `.partial.jsonl`), a finished file is
-        recomputed.
+        `Path`: the written file, starting with its [`provenance`]. Rerunning with the same path skips the ids
+        already stored (resume) if the model, contrast, alpha/beta/window and tokenizer are the same, and raises a
+        `ValueError` naming what differs otherwise; for a `.safetensors` path, resuming holds for an interrupted run
+        only (its `.partial.jsonl`), a finished file is recomputed.
 
     Examples:
 
@@ -163,6 +311,7 @@ def precompute_weights(
             )
         return out
 
+    meta = provenance(model, config, tokenizer if tokenizer is not None else _tokenizer_of(collate_fn))
     stored = _run(
         model,
         dataset,
@@ -170,6 +319,7 @@ def precompute_weights(
         jsonl,
         config,
         records,
+        meta=meta,
         batch_size=batch_size,
         id_key=id_key,
         show_progress=show_progress,
@@ -184,7 +334,7 @@ def precompute_weights(
         tensors[f"{r['id']}/tokens"] = torch.tensor(r["tokens"], dtype=torch.long)
         tensors[f"{r['id']}/delta"] = torch.tensor(r["delta"], dtype=torch.float32)
         tensors[f"{r['id']}/weights"] = torch.tensor(r["weights"], dtype=torch.float32)
-    save_file(tensors, str(path), metadata={"format": "vcontrast.cal", "config": json.dumps(_config_dict(config))})
+    save_file(tensors, str(path), metadata={"format": "vcontrast.cal", META_KEY: json.dumps(meta)})
     jsonl.unlink()
     return path
 
@@ -194,13 +344,29 @@ def _config_dict(config: CALConfig) -> dict:
     return {"alpha": config.alpha, "beta": config.beta, "window": config.window, "contrast": contrast}
 
 
-def load_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+def load_weights(
+    path: str | Path,
+    *,
+    model: nn.Module | None = None,
+    contrast: str | None = None,
+    tokenizer: Any = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Read what [`precompute_weights`] wrote: `{id: {"tokens", "delta", "weights"}}` as tensors.
+
+    Each given expectation is checked against the file's [`provenance`], and a mismatch raises a `ValueError` naming
+    what differs. Training usually checks only the tokenizer (the token ids must mean the same); the reference model
+    is often another model than the one trained (the paper's appendix A.5).
+
+    Args:
+        path (`str` or `Path`): a `.jsonl` or `.safetensors` file from [`precompute_weights`].
+        model (`PreTrainedModel`, *optional*): the reference model the gains must come from.
+        contrast (`str`, *optional*): the contrast condition they must use (its name, e.g. `"none"`, `"patch:0.5"`).
+        tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): the tokenizer whose ids they store.
 
     Examples:
 
     ```python
-    >>> stored = load_weights("data/train.cal.jsonl")
+    >>> stored = load_weights("data/train.cal.jsonl", tokenizer=processor.tokenizer)
     >>> stored["0"]["delta"].shape == stored["0"]["tokens"].shape
     True
     ```
@@ -208,15 +374,26 @@ def load_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no precomputed CAL weights at {path}")
+    expected = provenance(model=model, tokenizer=tokenizer)
+    if contrast is not None:
+        expected["contrast"] = contrast
     out: dict[str, dict[str, torch.Tensor]] = {}
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get(META_KEY)
+        if expected:
+            _check_provenance(path, None if meta is None else json.loads(meta), expected, "load it")
         for key, value in load_file(str(path)).items():
             sid, _, field = key.rpartition("/")
             out.setdefault(sid, {})[field] = value
         return out
-    for r in _read_jsonl(path):
+    meta, records = _read_jsonl(path)
+    if expected:
+        _check_provenance(path, meta, expected, "load it")
+    for r in records:
         out[r["id"]] = {
             "tokens": torch.tensor(r["tokens"], dtype=torch.long),
             "delta": torch.tensor(r["delta"], dtype=torch.float32),
@@ -281,6 +458,32 @@ class PrecomputedWeightsCollator:
         return batch
 
 
+def template_token_mask(tokenizer: Any, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the label tokens the chat template wrote rather than the answer's text.
+
+    These are the tokenizer's special tokens (end-of-turn such as `</s>`, `<|im_end|>`, `<end_of_turn>`, and role
+    markers written as special tokens such as `<|im_start|>`), and whitespace-only tokens right after one (the
+    newline after Qwen's `<|im_end|>`). Their gain says how well the model knows the template, not the image, so
+    audits leave them out.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase` or processor): the tokenizer of the batch.
+        input_ids (`torch.Tensor`): (B, T) token ids.
+        mask (`torch.Tensor`): (B, T) bool label mask ([`vcontrast.cal.cal_label_mask`]).
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+    is_special = torch.isin(input_ids, special)
+    out = mask & is_special
+    blank = {int(t) for t in input_ids[mask & ~is_special].unique().tolist() if not tokenizer.decode([int(t)]).strip()}
+    if blank:
+        after_special = torch.zeros_like(out)
+        after_special[:, 1:] = is_special[:, :-1]
+        blank_ids = torch.tensor(sorted(blank), dtype=input_ids.dtype, device=input_ids.device)
+        out |= mask & after_special & torch.isin(input_ids, blank_ids)
+    return out
+
+
 def audit(
     model: nn.Module,
     dataset: Sequence,
@@ -291,18 +494,25 @@ def audit(
     batch_size: int = 8,
     id_key: str = "id",
     show_progress: bool = True,
+    tokenizer: Any = None,
 ) -> list[dict]:
     """Score how much the image supports each sample's text; most suspicious samples first.
 
-    Per sample: `n_tokens` (label tokens scored), `mean_delta` (mean logit gain from the image), `frac_negative`
-    (share of tokens with a negative gain: the image argues against them, candidates for hallucinated or mismatched
-    text), `min_delta` and `min_token` (the most contradicted token id). The records are appended to `path` as JSON
-    lines while running (resumable), then the file is rewritten sorted by `frac_negative` (descending), then
-    `mean_delta` (ascending).
+    Template tokens (end-of-turn, role markers: [`template_token_mask`]) are left out of every statistic. Per sample:
+    `n_tokens` (answer tokens scored), `n_template` (template tokens left out), `mean_delta` (mean logit gain from
+    the image), `frac_negative` (share of tokens with a negative gain: the image argues against them, candidates for
+    hallucinated or mismatched text), `min_delta` and `min_token` (the most contradicted token id), and
+    `contradicted`: every token with a negative gain, in order, as `{"position", "token", "text", "delta"}`
+    (`position` counts the sample's answer tokens). The records are appended to `path` as JSON lines while running
+    (resumable), then the file is rewritten sorted by `frac_negative` (descending), then `mean_delta` (ascending).
 
     Args:
-        model, dataset, collate_fn, config, batch_size, id_key, show_progress: as in [`precompute_weights`].
+        model, dataset, collate_fn, config, batch_size, id_key, show_progress: as in [`precompute_weights`] (a
+            resume with another model or config raises).
         path (`str` or `Path`): the JSONL output.
+        tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): decodes the contradicted tokens and knows
+            the special tokens; defaults to the collator's `tokenizer`/`processor` attribute. Required one way or
+            the other.
 
     Returns:
         `list[dict]`: the sorted records (see [`summarize_audit`] for a summary).
@@ -310,33 +520,55 @@ def audit(
     Examples:
 
     ```python
-    >>> records = audit(model, rows, collator, "audit.jsonl")
+    >>> records = audit(model, rows, collator, "audit.jsonl", tokenizer=processor)
     >>> records[0]["frac_negative"] >= records[-1]["frac_negative"]
     True
+    >>> [c["text"] for c in records[0]["contradicted"]]
+    ['left']
     ```
     """
     config = CALConfig() if config is None else config
     path = Path(path)
+    tokenizer = tokenizer if tokenizer is not None else _tokenizer_of(collate_fn)
+    if tokenizer is None:
+        raise ValueError(
+            "audit needs the tokenizer (to leave out template tokens and decode the contradicted ones): pass "
+            "`tokenizer=processor`, or a collator with a `tokenizer` or `processor` attribute"
+        )
+    text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
 
     def records(ids, batch, delta, mask):
+        content = mask & ~template_token_mask(tokenizer, batch["input_ids"], mask)
         out = []
         for b, sid in enumerate(ids):
-            d = delta[b][mask[b]]
-            tokens = batch["labels"][b][mask[b]]
+            d = delta[b][content[b]]
+            tokens = batch["labels"][b][content[b]]
             n = int(d.numel())
             worst = int(d.argmin()) if n else None
+            contradicted = [
+                {
+                    "position": i,
+                    "token": int(tokens[i]),
+                    "text": text_tokenizer.decode([int(tokens[i])]),
+                    "delta": round(float(d[i]), 6),
+                }
+                for i in (d < 0).nonzero().squeeze(-1).tolist()
+            ]
             out.append(
                 {
                     "id": sid,
                     "n_tokens": n,
+                    "n_template": int((mask[b] & ~content[b]).sum()),
                     "mean_delta": round(float(d.mean()), 6) if n else math.nan,
                     "frac_negative": round(float((d < 0).float().mean()), 6) if n else math.nan,
                     "min_delta": round(float(d[worst]), 6) if n else math.nan,
                     "min_token": int(tokens[worst]) if n else None,
+                    "contradicted": contradicted,
                 }
             )
         return out
 
+    meta = provenance(model, config, tokenizer)
     stored = _run(
         model,
         dataset,
@@ -344,13 +576,14 @@ def audit(
         path,
         config,
         records,
+        meta=meta,
         batch_size=batch_size,
         id_key=id_key,
         show_progress=show_progress,
         desc="CAL audit",
     )
     stored.sort(key=lambda r: (-_num(r["frac_negative"]), _num(r["mean_delta"], math.inf)))
-    path.write_text("".join(json.dumps(r) + "\n" for r in stored))
+    _write_jsonl(path, meta, stored)
     return stored
 
 

@@ -1,7 +1,7 @@
 """`CALTrainer`: a `transformers.Trainer` whose loss is CAL's, exact under gradient accumulation and data parallelism.
 
 Like TRL's `GKDTrainer`, it overrides `compute_loss` (which sees the model and the inputs; `compute_loss_func` sees
-neither) and calls the pure loss ([`vcontrast.cal.cal_loss`]). The one subtlety is normalisation: the paper divides
+neither) and calls the pure loss ([`vcontrast.cal.cal_loss`]). The one subtlety is normalisation: `"batch"` divides
 by the sum of the weights over the whole batch, but with gradient accumulation (and several devices) that sum is only
 known after the last micro-batch. The trainer backpropagates `sum(w * CE) / N` for each micro-batch, where `N` is the
 step's number of label tokens over all micro-batches and devices (counted before the first forward, like
@@ -12,6 +12,7 @@ exactly the one of a single batch holding every sample of the step.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import defaultdict
@@ -23,13 +24,52 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from vcontrast._compat import CACHE_NAMES
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, CALOutput, cal_label_mask, cal_loss
 from vcontrast.models import get_adapter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALTrainer", "CALTrainerMixin"]
+__all__ = ["DELTA_BINS", "CALTrainer", "CALTrainerMixin", "gatherable_outputs"]
+
+# Edges of the logged histogram of logit gains (the paper's Fig. 4): bins (-inf, -4), [-4, -2), ..., [10, inf).
+DELTA_BINS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def _bin_names() -> list[str]:
+    # `cal/delta_hist/<lo>_<hi>`: the share of label tokens whose gain falls in [lo, hi).
+    edges = ["-inf", *(f"{e:g}" for e in DELTA_BINS), "inf"]
+    return [f"cal/delta_hist/{lo}_{hi}" for lo, hi in itertools.pairwise(edges)]
+
+
+def _is_gatherable(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, torch.Tensor) for v in value)
+
+
+def gatherable_outputs(outputs: Any) -> Any:
+    """The model output with only what `Trainer.evaluate`/`predict` can pad and gather across processes.
+
+    The Trainer turns every entry of the output it gets from `compute_loss(..., return_outputs=True)` into a
+    prediction and pads it with accelerate, which accepts only (nested tuples of) tensors. Releases differ in what a
+    VLM returns besides the logits: transformers 5.24 adds `image_outputs` (a nested output holding lists and
+    `None`s) and calls the cache `cache`, which LLaVA's `keys_to_ignore_at_inference` does not list. Kept: tensors
+    and tuples of tensors (`logits`, `hidden_states`, ...); dropped: caches under any name and everything else.
+
+    Args:
+        outputs (`ModelOutput` or `dict`): the model's forward output.
+
+    Returns:
+        An output of the same class (a `dict` for a plain dict) with only the gatherable entries.
+    """
+    if not isinstance(outputs, dict):
+        return outputs
+    kept = {k: v for k, v in outputs.items() if k not in CACHE_NAMES and _is_gatherable(v)}
+    if type(outputs) is dict:
+        return kept
+    return type(outputs)(**kept)
 
 
 @dataclass
@@ -63,8 +103,15 @@ class CALTrainerMixin:
                 "`accelerate launch` or `torchrun`"
             )
         get_adapter(self.model)  # fail early on an unsupported model family
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+            raise ValueError(
+                f"{type(self).__name__} does not support DeepSpeed ZeRO-3 (the output head's parameters are "
+                "partitioned, and CAL's gold-token scoring cannot gather them); use FSDP or ZeRO-1/2"
+            )
         self._cal_step: _Step | None = None
         self._cal_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._cal_counts: dict[str, dict[str, float]] = {"train": {}, "eval": {}}
         self._cal_warned = False
 
     # Precomputed weights are a dataset column the model's forward does not take: keep it through column removal.
@@ -105,40 +152,48 @@ class CALTrainerMixin:
             out = cal_loss(model, inputs, self.cal_config)
             loss = out.loss
             if not model.training:
-                sums = torch.stack(self._sums(out)).to(loss.device)
+                sums = self._sums(out).to(loss.device)
                 sums = self.accelerator.gather_for_metrics(sums[None]).sum(0)
                 self._record("eval", sums)
         else:
             out = cal_loss(model, inputs, self.cal_config, num_items=step.num_items)
             # DDP averages gradients over processes; the loss is already normalised over all of them.
             loss = out.loss * self.accelerator.num_processes
-            weight_sum, weighted_ce, tokens, delta_sum, negative = self._sums(out)
-            step.add(w=weight_sum, wce=weighted_ce, n=tokens, delta=delta_sum, neg=negative, loss=out.loss)
-        return (loss, out.model_outputs) if return_outputs else loss
+            step.add(stats=self._sums(out), loss=out.loss)
+        return (loss, gatherable_outputs(out.model_outputs)) if return_outputs else loss
 
-    @staticmethod
-    def _sums(out: CALOutput) -> list[torch.Tensor]:
+    def _sums(self, out: CALOutput) -> torch.Tensor:
+        # One float64 vector per batch, summed over micro-batches and processes: [sum w, sum w*CE, tokens, sum delta,
+        # negative deltas, deltas <= alpha (weight at the lower clamp), deltas >= beta (upper clamp), histogram bins].
         mask = out.mask
+        weights = [out.weights.sum(), (out.weights * out.token_loss.detach()).sum(), mask.sum()]
         if out.delta is None:
             # Precomputed weights: no gain was measured. NaN (not 0) survives the sums, so no delta metric is logged.
-            delta_sum = negative = torch.tensor(math.nan, dtype=torch.float64, device=out.weights.device)
+            gains = torch.full((4 + len(DELTA_BINS) + 1,), math.nan, dtype=torch.float64, device=out.weights.device)
         else:
-            delta_sum, negative = out.delta[mask].sum().double(), (out.delta[mask] < 0).sum().double()
-        return [
-            out.weights.sum().double(),
-            (out.weights * out.token_loss.detach()).sum().double(),
-            mask.sum().double(),
-            delta_sum,
-            negative,
-        ]
+            delta = out.delta[mask].double()
+            config = self.cal_config
+            edges = torch.tensor(DELTA_BINS, dtype=torch.float64, device=delta.device)
+            bins = torch.bucketize(delta, edges, right=True)  # bin i: [edge i-1, edge i)
+            histogram = torch.bincount(bins, minlength=len(DELTA_BINS) + 1).double()
+            bounds = [(delta <= config.alpha).sum(), (delta >= config.beta).sum()]
+            gains = torch.cat([torch.stack([delta.sum(), (delta < 0).sum(), *bounds]).double(), histogram])
+        return torch.cat([torch.stack(weights).double(), gains])
 
     def _record(self, mode: str, sums: torch.Tensor) -> None:
-        weight_sum, _, tokens, delta_sum, negative = sums.tolist()
+        weight_sum, _, tokens, delta_sum, negative, at_alpha, at_beta = sums[:7].tolist()
         if tokens > 0:
             self._cal_metrics[mode]["cal/mean_weight"].append(weight_sum / tokens)
             if not math.isnan(delta_sum):
                 self._cal_metrics[mode]["cal/mean_delta"].append(delta_sum / tokens)
                 self._cal_metrics[mode]["cal/frac_negative_delta"].append(negative / tokens)
+                # Counts, not per-step shares: the logged shares are over every token of the logging window.
+                counts = self._cal_counts[mode]
+                counts["tokens"] = counts.get("tokens", 0.0) + tokens
+                counts["cal/frac_at_alpha"] = counts.get("cal/frac_at_alpha", 0.0) + at_alpha
+                counts["cal/frac_at_beta"] = counts.get("cal/frac_at_beta", 0.0) + at_beta
+                for name, count in zip(_bin_names(), sums[7:].tolist(), strict=True):
+                    counts[name] = counts.get(name, 0.0) + count
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -151,23 +206,24 @@ class CALTrainerMixin:
         if step.seen < step.size:
             # The step's loss is reported once, at its last micro-batch, when the totals are known.
             return torch.zeros_like(loss)
-        keys = ("w", "wce", "n", "delta", "neg", "loss")
-        totals = self._reduce(torch.stack([step.sums[k] for k in keys]).to(loss.device))
-        total = dict(zip(keys, totals, strict=True))
-        self._record("train", torch.stack([total[k] for k in ("w", "wce", "n", "delta", "neg")]))
+        stats = self._reduce(torch.cat([step.sums["stats"], step.sums["loss"][None]]).to(loss.device))
+        self._record("train", stats[:-1])
+        total = {"w": stats[0], "wce": stats[1], "loss": stats[-1]}
         self._cal_step = None
         if self.cal_config.normalize == "sample":
             return total["loss"].to(loss.dtype) * torch.ones_like(loss)
         # Gradients hold sum(w * dCE) / N, synchronised over processes: turn them into sum(w * dCE) / sum(w).
         factor = step.num_items / total["w"] if total["w"] > 0 else torch.zeros_like(total["w"])
-        if self.is_deepspeed_enabled or getattr(self, "is_fsdp_enabled", False):
+        if self.is_deepspeed_enabled:
+            # DeepSpeed keeps gradients in its own buffers, out of reach of `param.grad`.
             if not self._cal_warned:
                 logger.warning(
-                    "CAL under DeepSpeed/FSDP: gradients are not rescaled by N / sum(w), so each step's update is the "
+                    "CAL under DeepSpeed: gradients are not rescaled by N / sum(w), so each step's update is the "
                     "exact CAL gradient times the step's mean weight"
                 )
                 self._cal_warned = True
         else:
+            # Under FSDP each process holds its shard of the synchronised gradients; one global factor scales each.
             self._scale_gradients(model, factor)
         return (total["wce"] / total["w"] if total["w"] > 0 else total["w"] * 0).to(loss.dtype) * torch.ones_like(loss)
 
@@ -181,6 +237,11 @@ class CALTrainerMixin:
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {key: sum(values) / len(values) for key, values in self._cal_metrics[mode].items() if values}
+        counts = self._cal_counts[mode]
+        tokens = counts.pop("tokens", 0.0)
+        if tokens > 0:
+            metrics.update({key: count / tokens for key, count in counts.items()})
+        counts.clear()
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
         logs.update(metrics)  # in place, so that `evaluate()` returns them too
@@ -197,7 +258,9 @@ class CALTrainer(CALTrainerMixin, Trainer):
     is over the whole optimizer step: with gradient accumulation and several processes the update equals that of one
     big batch (see the module docstring). Evaluation with labels reports the CAL loss of each eval batch. The mean
     weight, mean logit gain and share of negative gains are logged as `cal/mean_weight`, `cal/mean_delta` and
-    `cal/frac_negative_delta` (the last two only for steps that ran a contrast pass, not with precomputed weights).
+    `cal/frac_negative_delta`, the shares of tokens at the clamp bounds as `cal/frac_at_alpha` / `cal/frac_at_beta`,
+    and the histogram of the gains (the paper's Fig. 4) as `cal/delta_hist/<lo>_<hi>` (share of tokens per bin of
+    [`DELTA_BINS`]); all but the mean weight only for steps that ran a contrast pass, not with precomputed weights.
 
     Batches need `labels` (-100 = ignored) aligned with `input_ids`. A batch may carry precomputed weights under
     `cal_weights` (from [`vcontrast.cal.precompute_weights`]): then no contrast pass runs. Image-space contrast

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vcontrast.models.base import ModelAdapter, unwrap_model
+from vcontrast.models.base import ModelAdapter, forward_model, unwrap_model
 from vcontrast.models.gemma3 import Gemma3Adapter, Gemma4Adapter
 from vcontrast.models.generic import GenericAdapter, generic_adapter
 from vcontrast.models.idefics3 import Idefics3Adapter
@@ -61,5 +61,7 @@ def get_adapter(model: nn.Module | ModelAdapter) -> ModelAdapter:
     inner = unwrap_model(model)
     model_type = getattr(getattr(inner, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
-        return generic_adapter(inner, supported_model_types())
-    return ADAPTERS[model_type](inner)
+        adapter = generic_adapter(inner, supported_model_types())
+        adapter.forward_model = forward_model(model)  # keep an FSDP wrapper for forwards, as every adapter does
+        return adapter
+    return ADAPTERS[model_type](model)

@@ -17,7 +17,9 @@ class ModelAdapter:
     """Family-specific knowledge about a transformers VLM, keyed by `config.model_type`.
 
     Args:
-        model (`PreTrainedModel`): a `*ForConditionalGeneration` VLM (PEFT- or DDP-wrapped models are unwrapped).
+        model (`PreTrainedModel`): a `*ForConditionalGeneration` VLM. PEFT-, DDP- or FSDP-wrapped models are
+            unwrapped for what the adapter reads (`.model`); forwards run through `.forward_model`, which keeps the
+            wrappers whose hooks gather sharded parameters (FSDP), see [`forward_model`].
     """
 
     model_types: tuple[str, ...] = ()
@@ -37,6 +39,7 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module):
         self.model = unwrap_model(model)
+        self.forward_model = forward_model(model)
         self.config = self.model.config
 
     @property
@@ -122,11 +125,38 @@ class ModelAdapter:
         if has_pixels and not has_tokens:
             raise ValueError(f"the batch has `{self.pixel_keys[0]}` but no image tokens (id {self.image_token_id})")
 
-    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-        """(weight (V, H), bias (V,) or None, final logit soft-cap or None) of the language-model head."""
+    def output_head(self) -> tuple[nn.Module, float | None]:
+        """(the language-model head module, final logit soft-cap or None).
+
+        The module, not its weight: calling it applies whatever wraps the projection (a PEFT LoRA layer, a quantised
+        linear layer); inside the model's own forward its parameters are gathered even when sharded (FSDP).
+        """
         head = self.model.get_output_embeddings()
         softcap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
-        return head.weight, head.bias, softcap
+        return head, softcap
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output head (its `out_features`, which stay right when the weight is a shard)."""
+        head = self.output_head()[0]
+        size = getattr(head, "out_features", None)
+        return int(size) if size is not None else int(head.weight.shape[0])
+
+
+def forward_model(model: nn.Module) -> nn.Module:
+    """What to call for a forward of `model`: `model` without the wrappers that only replicate or adapt it.
+
+    DDP / `DataParallel` (full replicas: calling the inner module skips their gradient bookkeeping, which a no-grad
+    pass does not need) and PEFT (its adapter layers live inside the base model's modules) are peeled off. Anything
+    else is kept, in particular FSDP, whose forward hooks gather the sharded parameters.
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-import torch
+from torch import nn
 
 from vcontrast.models.base import ModelAdapter
 
@@ -32,9 +32,8 @@ class Gemma3Adapter(ModelAdapter):
         # The processor reads a flat list as several images of one sample; one list per sample is unambiguous.
         return [[image] for image in images]
 
-    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-        head = self.model.get_output_embeddings()
-        return head.weight, head.bias, None
+    def output_head(self) -> tuple[nn.Module, float | None]:
+        return self.model.get_output_embeddings(), None
 
 
 class Gemma4Adapter(Gemma3Adapter):
@@ -50,5 +49,5 @@ class Gemma4Adapter(Gemma3Adapter):
     token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
     generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
 
-    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+    def output_head(self) -> tuple[nn.Module, float | None]:
         return ModelAdapter.output_head(self)
