@@ -194,3 +194,29 @@ def test_internvl_images_of_several_tiles_batch_like_single_images():
     scores = crg.score_batch(images, prompts, [["a red cup", "yes"]] * 2, regions)
     for i in range(2):
         assert scores[i] == pytest.approx(crg.score(images[i], prompts[i], ["a red cup", "yes"], regions[i]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "expected"),
+    [
+        ("Idefics2Config", ("pixel_values", "pixel_attention_mask")),
+        ("Cohere2VisionConfig", ("pixel_values", "image_sizes")),
+        ("Glm4vConfig", "multimodal position ids"),
+        ("Lfm2VlConfig", "`spatial_shapes`"),
+    ],
+)
+def test_generic_adapter_on_real_families_without_an_adapter(config_class, expected):
+    """Released transformers classes vcontrast has no adapter for, built on the meta device (no weights): accepted
+    with the pixel inputs their forward takes, or refused for what the generic adapter cannot prove right."""
+    import transformers as tf
+
+    from vcontrast.models import GenericAdapter
+
+    with torch.device("meta"):
+        model = tf.AutoModelForImageTextToText.from_config(getattr(tf, config_class)())
+    if isinstance(expected, tuple):
+        adapter = get_adapter(model)
+        assert isinstance(adapter, GenericAdapter) and adapter.pixel_keys == expected
+    else:
+        with pytest.raises(ValueError, match=f"is not supported: .*{expected}"):
+            get_adapter(model)
