@@ -171,12 +171,14 @@ def test_score_equals_log_prob_of_the_ids_greedy_generation_emits(family):
 
 
 @torch.no_grad()
-def test_boundary_merge_is_scored_after_the_shortened_prompt():
+# PaliGemma is left out: its prompt ends in the newline its processor appends, so a trailing space cannot merge.
+@pytest.mark.parametrize("family", [f for f in tm.FAMILIES if f != "paligemma"])
+def test_boundary_merge_is_scored_after_the_shortened_prompt(family):
     """CRG on a prompt whose text ends in a space: the candidate's merged first token is scored after the prompt
     without its last token, and equals two full forwards over exactly the joint ids."""
     from tests.crg import brute
 
-    model, processor = tm.build("llava")
+    model, processor = tm.build(family)
     crg = CRG(model, processor, alpha=1.0)
     image, regions = tm.image(0), [(2, 2, 12, 10)]
     crg.prompt_text = lambda prompt: CRG.prompt_text(crg, prompt) + " "  # a template whose prompt ends in a space
@@ -184,11 +186,14 @@ def test_boundary_merge_is_scored_after_the_shortened_prompt():
     (got,) = crg._tokens(prepared, 0, "what is in the box ?", ["a red cup"])
     assert got.drop == 1
     ids = torch.cat([prepared.reference["input_ids"][:, :-1], torch.tensor([got.ids])], dim=1)
-    short = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in prepared.reference.items()}
-    short_con = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in prepared.contrast.items()}
+    shape = prepared.reference["input_ids"].shape
+
+    def short(batch):  # the prompt without its last token: every (B, T) input loses its last column
+        return {k: (v[:, :-1] if torch.is_tensor(v) and v.shape == shape else v) for k, v in batch.items()}
+
     n = len(got.ids)
-    ref = torch.log_softmax(brute.full_logits(model, short, ids)[0, -n - 1 : -1], -1)
-    con = torch.log_softmax(brute.full_logits(model, short_con, ids)[0, -n - 1 : -1], -1)
+    ref = torch.log_softmax(brute.full_logits(model, short(prepared.reference), ids)[0, -n - 1 : -1], -1)
+    con = torch.log_softmax(brute.full_logits(model, short(prepared.contrast), ids)[0, -n - 1 : -1], -1)
     guided = torch.log_softmax(2 * ref - con, -1)[torch.arange(n), torch.tensor(got.ids)].sum()
     score = crg.score(image, "what is in the box ?", ["a red cup"], regions)[0]
     assert score == pytest.approx(float(guided), abs=1e-4)
