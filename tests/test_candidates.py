@@ -6,7 +6,13 @@ import torch
 from transformers import LogitsProcessor
 
 from tests import tiny_models as tm
-from vcontrast.candidates import CandidateTokens, candidate_separator, candidate_tokens, shared_prefix_length
+from vcontrast.candidates import (
+    CandidateTokens,
+    candidate_separator,
+    candidate_tokens,
+    shared_prefix_length,
+    shared_suffix_length,
+)
 from vcontrast.crg import CRG
 
 TRAINED = ("byte_bpe", "sentencepiece", "sentencepiece_no_prefix")
@@ -33,10 +39,12 @@ def test_separator():
     assert candidate_separator("[INST]is it red?[/INST]", "yes") == " "
 
 
-def test_shared_prefix_length():
+def test_shared_prefix_and_suffix_length():
     assert shared_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
     assert shared_prefix_length([1, 2], [1, 2, 3]) == 2
     assert shared_prefix_length([], [1]) == 0
+    assert shared_suffix_length([9, 2, 3], [1, 7, 2, 3]) == 2
+    assert shared_suffix_length([1], [2]) == 0
 
 
 @pytest.mark.parametrize("kind", TRAINED)
@@ -163,12 +171,14 @@ def test_score_equals_log_prob_of_the_ids_greedy_generation_emits(family):
 
 
 @torch.no_grad()
-def test_boundary_merge_is_scored_after_the_shortened_prompt():
+# PaliGemma is left out: its prompt ends in the newline its processor appends, so a trailing space cannot merge.
+@pytest.mark.parametrize("family", [f for f in tm.FAMILIES if f != "paligemma"])
+def test_boundary_merge_is_scored_after_the_shortened_prompt(family):
     """CRG on a prompt whose text ends in a space: the candidate's merged first token is scored after the prompt
     without its last token, and equals two full forwards over exactly the joint ids."""
     from tests.crg import brute
 
-    model, processor = tm.build("llava")
+    model, processor = tm.build(family)
     crg = CRG(model, processor, alpha=1.0)
     image, regions = tm.image(0), [(2, 2, 12, 10)]
     crg.prompt_text = lambda prompt: CRG.prompt_text(crg, prompt) + " "  # a template whose prompt ends in a space
@@ -176,17 +186,20 @@ def test_boundary_merge_is_scored_after_the_shortened_prompt():
     (got,) = crg._tokens(prepared, 0, "what is in the box ?", ["a red cup"])
     assert got.drop == 1
     ids = torch.cat([prepared.reference["input_ids"][:, :-1], torch.tensor([got.ids])], dim=1)
-    short = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in prepared.reference.items()}
-    short_con = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in prepared.contrast.items()}
+    shape = prepared.reference["input_ids"].shape
+
+    def short(batch):  # the prompt without its last token: every (B, T) input loses its last column
+        return {k: (v[:, :-1] if torch.is_tensor(v) and v.shape == shape else v) for k, v in batch.items()}
+
     n = len(got.ids)
-    ref = torch.log_softmax(brute.full_logits(model, short, ids)[0, -n - 1 : -1], -1)
-    con = torch.log_softmax(brute.full_logits(model, short_con, ids)[0, -n - 1 : -1], -1)
+    ref = torch.log_softmax(brute.full_logits(model, short(prepared.reference), ids)[0, -n - 1 : -1], -1)
+    con = torch.log_softmax(brute.full_logits(model, short(prepared.contrast), ids)[0, -n - 1 : -1], -1)
     guided = torch.log_softmax(2 * ref - con, -1)[torch.arange(n), torch.tensor(got.ids)].sum()
     score = crg.score(image, "what is in the box ?", ["a red cup"], regions)[0]
     assert score == pytest.approx(float(guided), abs=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", [f for f in tm.FAMILIES if f != "paligemma"])  # PaliGemma has no chat template
 @pytest.mark.parametrize("space_after_prompt", [False, True])
 def test_collator_labels_follow_the_rule(family, space_after_prompt):
     """CAL's labels on an answer are the rule's candidate tokens (then the end-of-turn tokens), also when the
@@ -201,8 +214,8 @@ def test_collator_labels_follow_the_rule(family, space_after_prompt):
         processor.chat_template = processor.chat_template.replace("ASSISTANT:", "ASSISTANT: ").replace(
             "Assistant:", "Assistant: "
         )
-        if family == "qwen2_vl":
-            pytest.skip("Qwen's generation prompt ends in a newline")
+        if "ASSISTANT:" not in processor.chat_template and "Assistant:" not in processor.chat_template:
+            pytest.skip("this family's generation prompt ends in a newline or a special token")
     answer = "a red cup"
     example = {"image": tm.image(0), "prompt": "what is in the box ?", "answer": answer}
     batch = ConversationCollator(processor)([example])
@@ -212,8 +225,34 @@ def test_collator_labels_follow_the_rule(family, space_after_prompt):
     (expected,) = candidate_tokens(processor, rendered, [answer])
     assert expected.drop == (1 if space_after_prompt else 0)
     assert labelled[: len(expected.ids)] == list(expected.ids)
-    assert processor.tokenizer.decode(labelled[len(expected.ids) :]).strip() in (
-        "</s>",
-        "<|im_end|>",
-        "<end_of_utterance>",
-    )
+    end_of_turn = processor.tokenizer.decode(labelled[len(expected.ids) :]).strip()
+    assert end_of_turn in ("</s>", "<eos>", "<|im_end|>", "<end_of_utterance>", "<end_of_turn>", "<turn|>")
+
+
+@pytest.mark.parametrize(("family", "marker"), [("idefics3", "Ġ"), ("llava", "▁"), ("vipllava", "▁")])
+def test_crg_scores_the_word_start_token_after_a_colon(family, marker):
+    """`Assistant:` / `ASSISTANT:` / `###Assistant:` then "yes": CRG scores (and `match` asks for) `Ġyes` / `▁yes`."""
+    model, processor = tm.build(family)
+    crg = CRG(model, processor)
+    prepared = crg.prepare([tm.image(0)], ["is it red ?"], [[(2, 2, 12, 10)]])
+    assert crg.rendered_prompt("is it red ?").endswith(":")
+    (yes,) = crg._tokens(prepared, 0, "is it red ?", ["yes"])
+    assert tokens(processor.tokenizer, yes.ids) == [marker + "yes"] and yes.drop == 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", tm.FAMILIES)
+def test_short_prompts_and_a_processor_suffix_the_adapter_does_not_know(family, monkeypatch):
+    """A two-word prompt (the image expansion close to the end) scores like brute force on every family; a processor
+    that appends text the adapter does not know about is refused rather than scored at the wrong split."""
+    model, processor = tm.build(family)
+    crg = CRG(model, processor, alpha=0.0)
+    image, regions, prompt = tm.image(0), [(2, 2, 12, 10)], "red ?"
+    score = crg.score(image, prompt, ["yes"], regions)[0]
+    reference = crg.prepare([image], [prompt], [regions]).reference
+    (yes,) = crg._tokens(crg.prepare([image], [prompt], [regions]), 0, prompt, ["yes"])
+    logits = model(**reference, position_ids=crg.adapter.position_ids(reference)).logits[0, -1]
+    assert score == pytest.approx(float(torch.log_softmax(logits.float(), -1)[yes.ids[0]]), abs=1e-4)
+    monkeypatch.setattr(type(crg.adapter), "text_after_prompt", crg.adapter.text_after_prompt + " Answer:")
+    with pytest.raises(ValueError, match="candidate tokens cannot be placed after the prompt"):
+        crg.score(image, prompt, ["yes"], regions)

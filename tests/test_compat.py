@@ -31,3 +31,13 @@ def test_cache_is_read_from_an_output_without_a_deprecation_warning(caplog):
         assert _compat.cache_from_output(out) == "c"
     assert "deprecated" not in caplog.text
     assert _compat.cache_from_output(BaseModelOutputWithPast(last_hidden_state=None)) is None
+
+
+def test_processor_image_token_ids():
+    from types import SimpleNamespace
+
+    from vcontrast._compat import processor_image_token_ids
+
+    assert processor_image_token_ids(SimpleNamespace(image_token_ids=[7, None, 9], image_token_id=3)) == [7, 9]
+    assert processor_image_token_ids(SimpleNamespace(image_token_id=3)) == [3]
+    assert processor_image_token_ids(SimpleNamespace()) == []

@@ -36,6 +36,19 @@ def test_demo_writes_pictures_heatmaps_and_table(toy_folder, tmp_path):
     assert tokens[-1] == "</s>" and len(tokens) == len(summary["cal_heatmap"]["clean"]["weight"])
     assert all(1.0 <= w <= 5.0 for w in summary["cal_heatmap"]["clean"]["weight"])  # clamped and pooled
     assert json.loads((tmp_path / "demo.json").read_text())["crg_examples"][0]["question"]
+    assert not any("\x1b[" in line for line in lines)  # no colour codes unless asked (the CLI asks on a terminal)
+    assert not [p for p in tmp_path.rglob(".*")]  # atomic writes leave no temp files
+    coloured = []
+    cal_heatmap_lines(toy_folder, tmp_path / "colour", coloured)
+    assert any("\x1b[48;2;" in line for line in coloured)
+
+
+def cal_heatmap_lines(folder, out, lines):
+    from vcontrast.demo import cal_heatmap
+    from vcontrast.models.loading import load_model
+
+    out.mkdir()
+    cal_heatmap(*load_model(folder), out, lines.append, color=True)
 
 
 def test_demo_command_runs(toy_folder, tmp_path, capsys, monkeypatch):
@@ -46,3 +59,4 @@ def test_demo_command_runs(toy_folder, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--out", str(tmp_path), "--n-scenes", "3"])
     assert exc.value.code == 0 and calls["out"] == tmp_path and calls["n_scenes"] == 3
+    assert calls["color"] is False  # captured output is not a terminal

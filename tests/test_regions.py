@@ -305,3 +305,17 @@ def test_bad_masks():
         blackout(image, Image.new("L", (6, 4), 128))
     with pytest.raises(ValueError, match="mode"):
         blackout(image, Image.new("RGB", (6, 4)))
+
+
+def test_normalized_looking_boxes_warn_once(caplog):
+    import logging
+
+    from vcontrast import regions
+
+    regions._warn_normalized_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="vcontrast.regions"):
+        for _ in range(3):
+            regions.parse_boxes((0.1, 0.2, 0.5, 0.5), (10, 8))
+    assert [r.getMessage() for r in caplog.records] == [
+        "All boxes lie inside [0, 1] pixels; pass `normalized=True` if they are fractions of the size."
+    ]

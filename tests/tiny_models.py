@@ -31,6 +31,7 @@ FAMILIES = (
     "smolvlm",
     "paligemma",
     "gemma3",
+    "gemma4",
     "internvl",
     "mistral3",
 )
@@ -116,12 +117,13 @@ QWEN_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# LLaVA-OneVision's: Qwen2 turns with the image first, generation prompt ending in a newline.
+# LLaVA-OneVision's, quirks included: a turn opens with `<|im_start|>{role} ` and each text follows a newline, while
+# the generation prompt is `<|im_start|>assistant\n`.
 ONEVISION_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] + ' ' }}"
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ '\n' + item['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # InternVL's (`-hf` checkpoints): Qwen2 turns, the image as `<IMG_CONTEXT>` and a newline before the text.
 INTERNVL_TEMPLATE = (
@@ -151,6 +153,14 @@ GEMMA3_TEMPLATE = (
     "{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+# Gemma 4's: `<|turn>user` / `model` turns, the image as `<|image|>`, generation prompt ending in a newline.
+GEMMA4_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<|image|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}<turn|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
 )
 PALIGEMMA_TEMPLATE = (
     "{% for message in messages %}{% for item in message['content'] %}{% if item['type'] == 'text' %}"
@@ -247,6 +257,8 @@ def make_tokenizer(
             eos_token=eos,
             extra_special_tokens=dict(named),
         )
+        # the named ones are special tokens already; the others have to be listed again on the new wrapper
+        fast.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in dict(named).values()]})
     return fast
 
 
@@ -282,8 +294,8 @@ _VISION = {
 }
 
 
-def _llava_like(kind, processor_cls, image_processor, config_cls, model_cls, **config_kwargs):
-    # LLaVA-1.5 and LLaVA-NeXT share tokenizer, CLIP tower and template; they differ in the any-resolution crops.
+def _llava_processor(kind, processor_cls, image_processor, template=LLAVA_TEMPLATE):
+    # LLaVA-1.5, LLaVA-NeXT and ViP-LLaVA: a Llama tokenizer with `<image>`, CLIP's 16 patches + CLS per image.
     tok = _tokenizer(["<image>"], kind)
     proc = processor_cls(
         image_processor=image_processor,
@@ -291,8 +303,14 @@ def _llava_like(kind, processor_cls, image_processor, config_cls, model_cls, **c
         patch_size=4,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
+        chat_template=template,
     )
+    return tok, proc
+
+
+def _llava_like(kind, processor_cls, image_processor, config_cls, model_cls, **config_kwargs):
+    # LLaVA-1.5 and LLaVA-NeXT share tokenizer, CLIP tower and template; they differ in the any-resolution crops.
+    tok, proc = _llava_processor(kind, processor_cls, image_processor)
     cfg = config_cls(
         vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
         text_config=_text_config(tf.LlamaConfig, len(tok)),
@@ -312,16 +330,8 @@ def _llava(kind):
 def _vipllava(kind):
     # ViP-LLaVA: LLaVA-1.5's processor, a projector over several CLIP layers (concatenated, layer-normed), no
     # feature-select option (always drops CLS).
-    tok = _tokenizer(["<image>"], kind)
     ip = tf.CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    proc = tf.LlavaProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=4,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=VIPLLAVA_TEMPLATE,
-    )
+    tok, proc = _llava_processor(kind, tf.LlavaProcessor, ip, VIPLLAVA_TEMPLATE)
     cfg = tf.VipLlavaConfig(
         vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
         text_config=_text_config(tf.LlamaConfig, len(tok)),
@@ -374,6 +384,10 @@ class _Qwen3VLProcessorNoVideo(_NoVideoCheck, tf.Qwen3VLProcessor):
 class _InternVLProcessorNoVideo(_NoVideoCheck, tf.InternVLProcessor):
     # The real processor pads on the left unless told otherwise; the tests pick the side on the tokenizer.
     text_kwargs: ClassVar[dict] = {}
+
+
+class _Gemma4ProcessorNoVideo(_NoVideoCheck, tf.Gemma4Processor):
+    pass
 
 
 class _SmolVLMProcessorNoVideo(_NoVideoCheck, tf.SmolVLMProcessor):
@@ -469,20 +483,7 @@ def _qwen3_vl(kind):
         image_processor=ip, tokenizer=tok, video_processor=None, chat_template=QWEN_TEMPLATE
     )
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
-    text = {
-        "vocab_size": len(tok),
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "max_position_embeddings": 512,
-        "pad_token_id": 0,
-        "bos_token_id": 2,
-        "eos_token_id": 3,
-        "rope_parameters": rope,
-    }
+    text = _text_config(tf.Qwen3VLTextConfig, len(tok), head_dim=8, rope_parameters=rope).to_dict()
     vision = {
         "depth": 2,
         "hidden_size": 32,
@@ -508,8 +509,8 @@ def _qwen3_vl(kind):
 
 def _internvl(kind):
     # InternVL (3 / 3.5 `-hf`): InternViT tower, pixel-shuffle (downsample 0.5: 16 patches -> 4 tokens per tile), a
-    # Qwen2 language model. One tile per image: with several, `generate`'s beam expansion repeats tiles, not images,
-    # and beams of the second image get the first image's tiles (a transformers limitation; see the adapter).
+    # Qwen2 language model. One tile per image here, because the brute-force references of the shared suite cut the
+    # batch's `pixel_values` into one row per image; tests/models/test_families.py runs several tiles per image.
     named = {
         "start_image_token": "<img>",
         "end_image_token": "</img>",
@@ -523,14 +524,7 @@ def _internvl(kind):
     proc = _InternVLProcessorNoVideo(
         image_processor=ip, tokenizer=tok, video_processor=None, image_seq_length=4, chat_template=INTERNVL_TEMPLATE
     )
-    vision = tf.InternVLVisionConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=16,
-        patch_size=4,
-    )
+    vision = tf.InternVLVisionConfig(**_VISION, image_size=16, patch_size=4)
     cfg = tf.InternVLConfig(
         vision_config=vision,
         text_config=_text_config(tf.Qwen2Config, len(tok)).to_dict(),
@@ -567,7 +561,7 @@ def _pixtral_processor_class():
 
 def _mistral3(kind):
     # Mistral 3 (Mistral-Small-3.1 / Ministral 3 layout): Pixtral tower at variable resolution (the 24x20 test image:
-    # 3 rows of 3 merged patches), an `[IMG_BREAK]` after each row and `[IMG_END]` after the last, Mistral LM.
+    # 3 rows of merged patches), an `[IMG_BREAK]` after each row and `[IMG_END]` after the last, Mistral LM.
     specials = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
     tok = _tokenizer(specials, kind)
     ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 8, "width": 8})
@@ -655,21 +649,13 @@ def _gemma3(kind):
     tok = _tokenizer(specials, kind, bos="<bos>", eos="<eos>", named=named)
     ip = tf.Gemma3ImageProcessorPil(size={"height": 16, "width": 16}, do_pan_and_scan=False)
     proc = tf.Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=4)
-    text = tf.Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    text = _text_config(
+        tf.Gemma3TextConfig,
+        len(tok),
         head_dim=8,
-        max_position_embeddings=512,
         sliding_window=128,
         layer_types=["sliding_attention", "full_attention"],
         final_logit_softcapping=30.0,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
     )
     cfg = tf.Gemma3Config(
         text_config=text,
@@ -680,6 +666,63 @@ def _gemma3(kind):
         image_token_id=tok.convert_tokens_to_ids("<image_soft_token>"),
     )
     return tf.Gemma3ForConditionalGeneration(cfg), proc
+
+
+def _gemma4(kind):
+    # Gemma 4: variable-resolution vision tower with 2-D patch positions (`image_position_ids`), pooled to 70 soft
+    # tokens (the fewest its image processor allows), bidirectional among them (`mm_token_type_ids`), per-layer input
+    # embeddings, a final logit soft-cap the model applies. Its processor checks audio tokens even without audio.
+    named = {
+        "boi_token": "<|image>",
+        "eoi_token": "<image|>",
+        "image_token": "<|image|>",
+        "audio_token": "<|audio|>",
+        "boa_token": "<|audio>",
+        "eoa_token": "<audio|>",
+    }
+    tok = _tokenizer([*named.values(), "<|turn>", "<turn|>"], kind, bos="<bos>", eos="<eos>", named=named)
+    ip = tf.Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+    proc = _Gemma4ProcessorNoVideo(
+        feature_extractor=tf.Gemma4AudioFeatureExtractor(),
+        image_processor=ip,
+        tokenizer=tok,
+        video_processor=None,
+        chat_template=GEMMA4_TEMPLATE,
+        image_seq_length=70,
+    )
+    # The processor registers `<|video|>` by replacing the tokenizer's list of extra special tokens; list the turn
+    # markers again, so that the collator sees the assistant turn's `<turn|>` as its end-of-turn token.
+    tok.add_special_tokens({"additional_special_tokens": ["<|turn>", "<turn|>", "<|video|>"]})
+    text = _text_config(
+        tf.Gemma4TextConfig,
+        len(tok),
+        head_dim=8,
+        global_head_dim=8,
+        sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+        vocab_size_per_layer_input=len(tok),
+        hidden_size_per_layer_input=8,
+        use_bidirectional_attention="vision",
+    )
+    vision = tf.Gemma4VisionConfig(
+        **{k: v for k, v in _VISION.items() if k != "num_channels"},
+        num_key_value_heads=4,
+        head_dim=8,
+        patch_size=4,
+        pooling_kernel_size=2,
+        position_embedding_size=64,
+    )
+    cfg = tf.Gemma4Config(
+        text_config=text,
+        vision_config=vision,
+        audio_config=None,
+        boi_token_id=tok.convert_tokens_to_ids("<|image>"),
+        eoi_token_id=tok.convert_tokens_to_ids("<image|>"),
+        image_token_id=tok.convert_tokens_to_ids("<|image|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video|>"),
+    )
+    return tf.Gemma4ForConditionalGeneration(cfg), proc
 
 
 # family -> (builder, the tokenizer kind its released checkpoints have)
@@ -695,6 +738,7 @@ _BUILDERS = {
     "idefics3": (_idefics3, "byte_bpe"),
     "paligemma": (_paligemma, "sentencepiece_no_prefix"),
     "gemma3": (_gemma3, "sentencepiece_no_prefix"),
+    "gemma4": (_gemma4, "sentencepiece_no_prefix"),
     "internvl": (_internvl, "byte_bpe"),
     "mistral3": (_mistral3, "byte_bpe"),
 }

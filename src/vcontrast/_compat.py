@@ -100,3 +100,16 @@ def run_logits_processor_first(model: Any, processor: Any) -> Callable[[], None]
             del model._get_logits_processor
 
     return restore
+
+
+def processor_image_token_ids(processor: Any) -> list[int]:
+    """The token ids a processor writes into `input_ids` for an image.
+
+    transformers 5.x processors list them in `image_token_ids` (Gemma3's `image_token_id` is its begin-of-image
+    marker; the soft tokens the model replaces are in the list); older ones, and processors that do not override it,
+    have only `image_token_id`. Empty if the processor names none.
+    """
+    ids = getattr(processor, "image_token_ids", None)
+    if ids is None:
+        ids = [getattr(processor, "image_token_id", None)]
+    return [int(i) for i in ids if i is not None]

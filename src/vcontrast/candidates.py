@@ -13,8 +13,10 @@ and the candidate's tokens are the joint tokens after the prompt's:
   both share: the candidate's tokens are the joint tokens from there, and `drop` says how many of the prompt's
   trailing tokens the scorer has to remove before scoring them.
 
-Scoring, re-ranking and matching (`vcontrast.crg.CRG`) and the labels of `vcontrast.cal.ConversationCollator` use
-this module.
+Scoring, re-ranking and matching (`vcontrast.crg.CRG`) and the lmms-eval model call this module. The labels of
+`vcontrast.cal.ConversationCollator` follow the same rule on the jointly tokenized conversation (a token that merges
+the prompt's end with the answer's start is the answer's); tests/test_candidates.py checks them against
+`candidate_tokens` on every family.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CandidateTokens", "candidate_separator", "candidate_tokens", "shared_prefix_length"]
+__all__ = [
+    "CandidateTokens",
+    "candidate_separator",
+    "candidate_tokens",
+    "shared_prefix_length",
+    "shared_suffix_length",
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,11 @@ def shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def shared_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many trailing tokens `a` and `b` share."""
+    return shared_prefix_length(list(reversed(a)), list(reversed(b)))
 
 
 def candidate_tokens(

@@ -20,6 +20,7 @@ the head in chunks of positions, so no vocabulary-sized tensor of the whole batc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,33 @@ class TokenScores:
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     """Labels aligned with the position that predicts them: out[b, p] = labels[b, p + 1] (the one convention)."""
     return nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
+def check_labels(labels: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """`labels` if it is an integer tensor shaped like `input_ids`; raises TypeError/ValueError naming it otherwise.
+
+    Float labels (e.g. from a collator that stacked them with `torch.tensor(..., dtype=float)`) or a Python list would
+    otherwise fail deep inside indexing, or compare wrongly against the ignore index.
+
+    Examples:
+
+    ```python
+    >>> check_labels(torch.tensor([[1, -100]]), torch.tensor([[5, 6]])).dtype
+    torch.int64
+    ```
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"`labels` has to be a torch.Tensor of token ids shaped like input_ids, got {type(labels).__name__}; "
+            "use torch.tensor(labels)"
+        )
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(
+            f"`labels` has to hold integer token ids (-100 = ignored), got dtype {labels.dtype}; use labels.long()"
+        )
+    if labels.shape != input_ids.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    return labels
 
 
 def check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
@@ -183,8 +211,7 @@ def gold_token_logits(
     >>> delta = gold_token_logits(model, batch, batch["labels"]).logits - scores.logits
     ```
     """
-    if labels.shape != inputs["input_ids"].shape:
-        raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(inputs['input_ids'].shape)}")
+    check_labels(labels, inputs["input_ids"])
     adapter = get_adapter(model)
     kwargs, index = _forward_inputs(adapter, inputs, condition)
     target = shift_labels(labels)  # (B, T): target[b, p] is predicted at position p

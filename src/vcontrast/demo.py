@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from vcontrast.atomic import save_image, write_text
+
 logger = logging.getLogger(__name__)
 
 DEMO_TASKS = ("vqa", "region_vqa")
@@ -43,15 +45,15 @@ def crg_examples(model, processor, out: Path, n_scenes: int, echo: Callable[[str
             {"truth": str(item.answer), "plain": answer_plain, "CRG (alpha=1)": answer_crg},
             title=item.prompt,
         )
-        path = out / f"crg_{i}.png"
-        picture.save(path)
+        path = save_image(picture, out / f"crg_{i}.png")
         rows.append({"question": item.prompt, "truth": item.answer, "plain": answer_plain, "crg": answer_crg})
         echo(f"  {item.prompt:<45} truth={item.answer!s:<10} plain={answer_plain:<10} crg={answer_crg:<10} {path}")
     return rows
 
 
-def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None]) -> dict:
-    """CAL's per-token image gain and weight on a clean and a swapped (wrong) caption of one scene."""
+def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None], color: bool = False) -> dict:
+    """CAL's per-token image gain and weight on a clean and a swapped (wrong) caption of one scene; `color` echoes
+    the tokens with ANSI colours (for a terminal), else as plain `token(gain)` text."""
     from vcontrast.cal import CALConfig, cal_deltas, token_weights
     from vcontrast.toy.grammar import caption
     from vcontrast.toy.scenes import make_scene
@@ -72,10 +74,15 @@ def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None]) -> dic
         # argues against (gain < 0, blue), which is what a swapped caption should reveal.
         gains = delta[mask].tolist()
         title = f"CAL logit gain per token, {name} caption "
-        token_heatmap(tokens, gains, low=0.0, high=config.beta, title=title, image=image).save(out / f"cal_{name}.png")
+        save_image(
+            token_heatmap(tokens, gains, low=0.0, high=config.beta, title=title, image=image), out / f"cal_{name}.png"
+        )
         html = token_heatmap_html(tokens, gains, low=0.0, high=config.beta, title=f"CAL logit gain, {name} caption")
-        (out / f"cal_{name}.html").write_text(html)
-        echo(f"  {name:<8} {token_heatmap_ansi(tokens, gains, low=0.0, high=config.beta)}")
+        write_text(out / f"cal_{name}.html", html)
+        if color:
+            echo(f"  {name:<8} {token_heatmap_ansi(tokens, gains, low=0.0, high=config.beta)}")
+        else:
+            echo(f"  {name:<8} {' '.join(f'{token}({gain:.1f})' for token, gain in zip(tokens, gains, strict=True))}")
         result[name] = {"tokens": tokens, "delta": gains, "weight": weights[mask].tolist()}
     return result
 
@@ -87,6 +94,7 @@ def run_demo(
     n_items: int = 40,
     model_path: str | Path | None = None,
     echo: Callable[[str], None] = logger.info,
+    color: bool = False,
 ) -> dict:
     """Run the demo and write `out/` (pictures, `cal_*.html`, `results.md`, `demo.json`); returns the summary.
 
@@ -96,6 +104,8 @@ def run_demo(
         n_items (`int`): items per toy task in the results table.
         model_path (`str | Path`, *optional*): a model folder; None uses the shipped toy model.
         echo (`Callable[[str], None]`): where progress lines go (the CLI passes `print`).
+        color (`bool`, *optional*, defaults to `False`): ANSI colours in the echoed CAL tokens (the CLI passes
+            whether its output is a terminal, so redirected output stays plain text).
     """
     import torch
 
@@ -103,16 +113,16 @@ def run_demo(
 
     torch.manual_seed(0)
     out = Path(out)
+    model, processor = load_model(model_path)  # first: a bad model folder leaves no empty output folder
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = load_model(model_path)
     echo(f"model: {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)")
     echo("CRG on toy questions (the box holds the object the question is about):")
     summary = {"crg_examples": crg_examples(model, processor, out, n_scenes, echo)}
     echo("CAL: the image's logit gain per caption token (white = 0, red >= beta, blue = the image argues against it):")
-    summary["cal_heatmap"] = cal_heatmap(model, processor, out, echo)
+    summary["cal_heatmap"] = cal_heatmap(model, processor, out, echo, color=color)
     echo(f"results table ({n_items} test items per task, plain vs CRG):")
     summary["results"] = results_table(model, processor, out, n_items, echo)
-    (out / "demo.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_text(out / "demo.json", json.dumps(summary, indent=1, default=str))
     echo(f"wrote {out}/")
     return summary
 
@@ -134,7 +144,7 @@ def results_table(model, processor, out: Path, n_items: int, echo: Callable[[str
     keys = sorted(k for k in base if k in crg and k.count("/") == 1)  # per-task metrics, not the per-file copies
     lines = ["| metric | plain | CRG |", "|---|---|---|"]
     lines += [f"| {k} | {base[k]:.3f} | {crg[k]:.3f} |" for k in keys]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
     for line in lines:
         echo("  " + line)
     return metrics

@@ -20,6 +20,7 @@ This module needs only numpy and PIL (no torch), though it accepts torch tensors
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -109,7 +110,8 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         `PIL.Image.Image`: a new 8-bit RGB image, decoded in full (the file is closed).
 
     Raises:
-        `ValueError`: naming the path, if there is no such file or it cannot be decoded.
+        `ValueError`: naming the path, if there is no such file, it cannot be decoded or it has so many pixels that
+        PIL refuses to decode it (a decompression bomb).
 
     Examples:
 
@@ -123,6 +125,11 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as image:
             return to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"image {str(path)!r} is too large to decode safely ({error}); resize it below "
+            f"{Image.MAX_IMAGE_PIXELS} pixels"
+        ) from error
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from error
 
@@ -237,7 +244,7 @@ def parse_boxes(boxes: Any, size: tuple[int, int], normalized: bool = False) -> 
     if normalized:
         values = values * np.array([width, height, width, height], dtype=np.float64)
     elif np.all((values >= 0) & (values <= 1)) and not np.all(values == np.round(values)):
-        logger.warning("All boxes lie inside [0, 1] pixels; pass `normalized=True` if they are fractions of the size.")
+        _warn_normalized_once()
     low = np.floor(values[:, :2] + _EPS)
     high = np.maximum(np.ceil(values[:, 2:] - _EPS), low + 1)
     pixels = np.concatenate([low, high], axis=1)  # (K, 4), outward-rounded
@@ -247,6 +254,12 @@ def parse_boxes(boxes: Any, size: tuple[int, int], normalized: bool = False) -> 
         index = int(np.flatnonzero(outside)[0])
         raise ValueError(f"box {_box_repr(items[index])} lies entirely outside the image of size {(width, height)}")
     return clipped
+
+
+@functools.cache
+def _warn_normalized_once() -> None:
+    # Once per process: an eval loop over thousands of items would repeat it for each.
+    logger.warning("All boxes lie inside [0, 1] pixels; pass `normalized=True` if they are fractions of the size.")
 
 
 def region_mask(size: tuple[int, int], boxes: Any, normalized: bool = False) -> np.ndarray:

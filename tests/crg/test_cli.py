@@ -1,23 +1,25 @@
-"""The CRG commands (`ask`, `score`, `rerank`) on a tiny model, through a typer app as the main CLI registers them."""
+"""The CRG commands (`ask`, `score`, `rerank`) on a tiny model, through the main CLI and its error policy."""
+
+from types import SimpleNamespace
 
 import pytest
-import typer
 from PIL import Image
-from typer.testing import CliRunner
 
 from tests import tiny_models as tm
+from vcontrast.cli import run
 from vcontrast.crg import cli
-
-runner = CliRunner()
 
 
 @pytest.fixture
-def app(monkeypatch):
+def app(monkeypatch, capsys):
     monkeypatch.setattr(cli, "load_model", lambda model=None, device=None: tm.build("llava"))
-    app = typer.Typer()
-    for command in (cli.ask, cli.score, cli.rerank):
-        app.command()(command)
-    return app
+
+    def invoke(args):
+        code = run(args)
+        captured = capsys.readouterr()
+        return SimpleNamespace(exit_code=code, output=captured.out + captured.err)
+
+    return invoke
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def image_file(tmp_path):
 
 def test_help(app):
     for command in ("ask", "score", "rerank"):
-        result = runner.invoke(app, [command, "--help"])
+        result = app([command, "--help"])
         assert result.exit_code == 0, result.output
         assert "--box" in result.output and "--model" in result.output
 
@@ -37,7 +39,7 @@ def test_help(app):
 def test_ask_prints_both_answers_and_saves_picture(app, image_file, tmp_path):
     out = tmp_path / "out.png"
     args = ["ask", str(image_file), "what is in the box ?", "--box", "2,2,12,10", "--max-new-tokens", "3"]
-    result = runner.invoke(app, [*args, "--save", str(out)])
+    result = app([*args, "--save", str(out)])
     assert result.exit_code == 0, result.output
     assert "without CRG:" in result.output and "with CRG (alpha=1):" in result.output
     picture = Image.open(out)
@@ -46,12 +48,10 @@ def test_ask_prints_both_answers_and_saves_picture(app, image_file, tmp_path):
 
 
 def test_score_and_rerank(app, image_file):
-    result = runner.invoke(
-        app, ["score", str(image_file), "what is in the box ?", "a red cup", "blue", "--box", "2,2,12,10"]
-    )
+    result = app(["score", str(image_file), "what is in the box ?", "a red cup", "blue", "--box", "2,2,12,10"])
     assert result.exit_code == 0, result.output
     assert "a red cup" in result.output and "CRG" in result.output
-    result = runner.invoke(app, ["rerank", str(image_file), "a red cup", "--box", "2,2,12,10", "--box", "14,4,24,16"])
+    result = app(["rerank", str(image_file), "a red cup", "--box", "2,2,12,10", "--box", "14,4,24,16"])
     assert result.exit_code == 0, result.output
     assert result.output.count("<- best") == 1
 
@@ -63,7 +63,7 @@ def test_bad_input_is_a_usage_error(app, image_file, tmp_path):
         ["ask", str(image_file), "what ?"],  # no regions
         ["ask", str(tmp_path / "missing.png"), "what ?", "--box", "1,1,4,4"],
     ):
-        result = runner.invoke(app, args)
+        result = app(args)
         assert result.exit_code == 2, (args, result.output)
 
 
@@ -75,4 +75,4 @@ def test_parse_box_and_default_model(monkeypatch):
 
     monkeypatch.setattr(vcontrast.toy, "load", lambda **kwargs: ("toy", kwargs), raising=False)
     assert cli.load_model(None) == ("toy", {})
-    assert cli.load_model(None, device="cpu") == ("toy", {"device": "cpu"})
+    assert cli.load_model(None, device="cpu")[1]["device"].type == "cpu"

@@ -54,11 +54,24 @@ def test_gemma3_image_tokens_attend_bidirectionally_and_no_softcap_is_applied():
     torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
 
 
-def test_gemma3_no_image_pass_refuses_sequences_longer_than_the_sliding_window():
-    model, _, batch, labels = make_batch("gemma3")
+@torch.no_grad()
+def test_gemma4_image_tokens_attend_bidirectionally_and_the_softcap_is_applied():
+    model, _, batch, labels = make_batch("gemma4")
+    assert get_adapter(model).output_head()[1] == model.config.text_config.final_logit_softcapping == 30.0
+    causal = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    assert not torch.allclose(model(**batch).logits, model(**causal).logits, atol=1e-4)
+    assert model(**batch).logits.abs().max() < 30.0  # capped: the soft-cap is in play
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4", "mistral3"])
+def test_no_image_pass_refuses_sequences_longer_than_the_sliding_window(family):
+    model, _, batch, labels = make_batch(family)
     short_window = copy.deepcopy(model)
     short_window.config.text_config.sliding_window = 8
-    with pytest.raises(ValueError, match=r"longer than Gemma 3's sliding window \(8\).*attention_mask"):
+    name = type(model).__name__
+    with pytest.raises(ValueError, match=rf"longer than {name}'s sliding window \(8\).*attention_mask"):
         gold_token_logits(short_window, batch, labels, NoImage())
     gold_token_logits(short_window, batch, labels, ATTENTION_MASK)  # the exact form still runs
 
@@ -141,3 +154,69 @@ def test_generic_adapter_refuses_what_it_cannot_prove_right(without_adapter, fam
         ValueError, match=rf"{name} \(model type '{family}'\) is not supported: .*{reason}.*ModelAdapter"
     ):
         get_adapter(model)
+
+
+def test_word_level_tokenizer_on_request_and_unknown_kinds_named():
+    _, processor = tm.build("llava", tokenizer="word")
+    ids = processor.tokenizer("a red cup", add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.convert_ids_to_tokens(ids) == ["a", "red", "cup"]  # hand-readable: one word, one id
+    _, realistic = tm.build("llava")
+    assert realistic.tokenizer.convert_ids_to_tokens(
+        realistic.tokenizer("a red cup", add_special_tokens=False)["input_ids"]
+    ) == ["▁a", "▁red", "▁cup"]
+    with pytest.raises(ValueError, match="tokenizer kind 'wordpiece' is not one of"):
+        tm.make_tokenizer("wordpiece")
+
+
+@torch.no_grad()
+def test_internvl_images_of_several_tiles_batch_like_single_images():
+    """`pixel_values` holds tiles, not images (here 1 + 3 rows for 2 images): CRG greedy, beam search and scores of
+    the batch equal those of each image alone."""
+    from vcontrast.crg import CRG
+
+    model, processor = tm.build("internvl")
+    processor = copy.deepcopy(processor)
+    processor.image_processor.max_patches = 2
+    crg = CRG(model, processor)
+    images = [tm.image(0), tm.image(1, size=(32, 16))]
+    prompts = ["what is in the box ?", "which colour is the cup ?"]
+    regions = [[(2, 2, 12, 10)], [(0, 0, 8, 8)]]
+    prepared = crg.prepare(images, prompts, regions)
+    assert prepared.reference["pixel_values"].shape[0] == 4  # tiles: 1 + (2 crops + thumbnail)
+    pad = processor.tokenizer.pad_token_id
+    for kwargs in ({"do_sample": False}, {"num_beams": 2, "do_sample": False}):
+        batched = crg.generate_batch(images, prompts, regions, max_new_tokens=3, pad_token_id=pad, **kwargs)
+        single = [
+            crg.generate(i, p, r, max_new_tokens=3, pad_token_id=pad, **kwargs)
+            for i, p, r in zip(images, prompts, regions, strict=True)
+        ]
+        assert batched == single
+    scores = crg.score_batch(images, prompts, [["a red cup", "yes"]] * 2, regions)
+    for i in range(2):
+        assert scores[i] == pytest.approx(crg.score(images[i], prompts[i], ["a red cup", "yes"], regions[i]), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("config_class", "expected"),
+    [
+        ("Idefics2Config", ("pixel_values", "pixel_attention_mask")),
+        ("Cohere2VisionConfig", ("pixel_values", "image_sizes")),
+        ("Glm4vConfig", "multimodal position ids"),
+        ("Lfm2VlConfig", "`spatial_shapes`"),
+    ],
+)
+def test_generic_adapter_on_real_families_without_an_adapter(config_class, expected):
+    """Released transformers classes vcontrast has no adapter for, built on the meta device (no weights): accepted
+    with the pixel inputs their forward takes, or refused for what the generic adapter cannot prove right."""
+    import transformers as tf
+
+    from vcontrast.models import GenericAdapter
+
+    with torch.device("meta"):
+        model = tf.AutoModelForImageTextToText.from_config(getattr(tf, config_class)())
+    if isinstance(expected, tuple):
+        adapter = get_adapter(model)
+        assert isinstance(adapter, GenericAdapter) and adapter.pixel_keys == expected
+    else:
+        with pytest.raises(ValueError, match=f"is not supported: .*{expected}"):
+            get_adapter(model)

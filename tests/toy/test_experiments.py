@@ -204,15 +204,15 @@ def test_experiment_command(tmp_path, tiny_model_dir):
     app.command("other")(lambda: None)  # two commands: typer keeps the command name
     runner = CliRunner()
     assert runner.invoke(app, ["experiment-command", "--help"]).exit_code == 0
-    assert runner.invoke(app, ["experiment-command", "nope"]).exit_code == 2
-    assert runner.invoke(app, ["experiment-command", "crg", "--budget", "huge"]).exit_code == 2
+    from vcontrast.cli import run
+
+    assert run(["toy", "experiment", "nope"]) == 2  # the main CLI's error policy: one line, exit 2
+    assert run(["toy", "experiment", "crg", "--budget", "huge"]) == 2
     args = [
         "experiment-command",
         "crg",
         "--budget",
         "tiny",
-        "--out",
-        str(tmp_path / "r"),
         "--work-dir",
         str(tmp_path / "w"),
         "--model",
@@ -223,6 +223,8 @@ def test_experiment_command(tmp_path, tiny_model_dir):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "| spatial |" in result.output and "wrote" in result.output
+    # Without --out, the results go to WORK_DIR/NAME, never to the committed docs/results.
+    assert {"crg.json", "crg.md"} <= {p.name for p in (tmp_path / "w" / "crg").glob("crg.*")}
 
 
 def test_train_command_help():

@@ -187,10 +187,14 @@ def show(
     both scales."""
     import sys
 
+    from vcontrast.atomic import check_output_file, save_image, write_text
     from vcontrast.cal.show import report_heatmap, report_heatmap_html, token_report
     from vcontrast.regions import open_image
 
     with _usage_errors():
+        check_output_file(out, "--out", (".png",), create_folder=True)
+        if html is not None:
+            check_output_file(html, "--html", (".html", ".htm"), create_folder=True)
         picture = open_image(image)
     config = _config(alpha, beta, window, contrast)
     vlm, processor = _load(model, device)
@@ -200,12 +204,10 @@ def show(
     print(_token_table(report, config.alpha, config.beta, color))
     title = f"CAL logit gain and weight (alpha {config.alpha:g}, beta {config.beta:g}): {prompt}"
     scale = {"alpha": config.alpha, "beta": config.beta}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report_heatmap(report, title=title, image=picture, **scale).save(out)
+    save_image(report_heatmap(report, title=title, image=picture, **scale), out)
     print(f"heatmap written to {out}")
     if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(report_heatmap_html(report, title=title, **scale))
+        write_text(html, report_heatmap_html(report, title=title, **scale))
         print(f"HTML heatmap written to {html}")
 
 
@@ -329,6 +331,7 @@ def train(
     model and processor are saved in --output-dir (use it as --model). Trains the toy model by default. The CAL
     paper's recipe is two runs: --stage pt --method mle (projector alignment), then --stage it --method cal.
     """
+    import torch
     from transformers import TrainingArguments
 
     from vcontrast.cal.finetune import METHODS, finetune
@@ -356,6 +359,7 @@ def train(
             gradient_checkpointing=gradient_checkpointing,
             eval_strategy="steps" if eval_data is not None else "no",
             eval_steps=eval_steps if eval_data is not None else None,
+            dataloader_pin_memory=torch.cuda.is_available(),  # else a warning per run on a CPU machine
         )
         result = finetune(
             data,

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
+from transformers import TrainerCallback
 
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.data import ConversationCollator, read_conversations
@@ -97,7 +99,7 @@ def finetune(
     ```
     """
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
     from vcontrast.cal.precompute import PrecomputedWeightsCollator, load_weights
     from vcontrast.cal.trainer import CALTrainer
@@ -121,6 +123,8 @@ def finetune(
             f"`output_dir` (={str(output_dir)!r}) already holds {Path(last).name}: resume from it, or choose another "
             "output folder"
         )
+    if resume:
+        last = last_complete_checkpoint(output_dir)
     if resume and last is None:
         logger.warning("no checkpoint in %s to resume from: training from the start", output_dir)
 
@@ -161,10 +165,15 @@ def finetune(
         "optimizers": (optimizer, None),
     }
     trainer = CALTrainer(**common, cal_config=config) if method == "cal" else Trainer(**common)
+    trainer.add_callback(_LogAtSaves())
+    restored = False
     if resume and last is not None:
         logger.info("resuming from %s", last)
-        _restore_weights(model, Path(last))
-    result = trainer.train(resume_from_checkpoint=last if resume else None)
+        restored = _restore_weights(model, Path(last))
+    with _without_key_warnings(restored):
+        result = trainer.train(resume_from_checkpoint=last if resume else None)
+    if resume and last is not None:
+        result = TrainOutput(result.global_step, _loss_over_all_steps(Path(last), result), result.metrics)
     if lora_r:  # a plain model in `output_dir`, loadable with `--model` like any other
         trainer.model.merge_and_unload().save_pretrained(str(output_dir))
     else:
@@ -172,6 +181,72 @@ def finetune(
     processor.save_pretrained(str(output_dir))
     trainer.save_state()
     return result
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` that was written completely, or None.
+
+    transformers' Trainer writes `trainer_state.json` last, so a checkpoint without it was cut off (the run was
+    killed while saving); it is skipped with a one-line notice.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folders = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()]
+    folders = sorted(
+        (p for p in folders if p.name.rsplit("-", 1)[1].isdigit()), key=lambda p: int(p.name.rsplit("-", 1)[1])
+    )
+    for folder in reversed(folders):
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        logger.warning(
+            "skipping %s: incomplete (no trainer_state.json; the run stopped while writing it)", folder.name
+        )
+    return None
+
+
+class _LogAtSaves(TrainerCallback):
+    # Log the loss at every checkpoint, so that a checkpoint's log history holds the loss of every step before it
+    # and a resumed run can report its training loss over all steps.
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+        return control
+
+
+def _loss_over_all_steps(checkpoint: Path, result) -> float:
+    # The Trainer's training loss after a resume is the mean over the resumed steps only; add the steps before.
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    total, logged = 0.0, 0
+    for entry in state.get("log_history", []):
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    before = int(state.get("global_step", 0))
+    if logged != before or result.global_step <= 0:
+        logger.warning(
+            "training loss over the %d resumed steps only (%s logs no loss at its step)",
+            result.global_step - before,
+            checkpoint.name,
+        )
+        return result.training_loss
+    return (total + result.training_loss * (result.global_step - before)) / result.global_step
+
+
+@contextmanager
+def _without_key_warnings(active: bool):
+    # After `_restore_weights`, the Trainer's own load reports every parameter name as missing (kilobytes of them);
+    # the weights are right, so drop those two messages.
+    trainer_logger = logging.getLogger("transformers.trainer")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("There were missing keys", "There were unexpected keys"))
+
+    if active:
+        trainer_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        trainer_logger.removeFilter(drop)
 
 
 def _checkpoint_keys(folder: Path) -> set[str] | None:
@@ -187,19 +262,17 @@ def _checkpoint_keys(folder: Path) -> set[str] | None:
         return set(f.keys())
 
 
-def _restore_weights(model: nn.Module, checkpoint: Path) -> None:
+def _restore_weights(model: nn.Module, checkpoint: Path) -> bool:
     # transformers' Trainer restores a checkpoint's weights with a plain `load_state_dict(strict=False)`, but
     # `save_pretrained` writes the families with a key conversion mapping (LLaVA, Qwen2-VL, ...) under their original
     # key names, so no key matches and training silently restarts from the initial weights
     # (huggingface/transformers#43701). Load them the way `from_pretrained` does instead; the Trainer's own attempt
     # then changes nothing (it still warns about missing keys).
+    # Returns whether it did.
     keys = _checkpoint_keys(checkpoint)
     if keys is None or not keys - set(model.state_dict()):
-        return
-    logger.warning(
-        "loading the weights of %s with from_pretrained (transformers' Trainer cannot map its key names; ignore its "
-        "missing-keys warning)",
-        checkpoint,
-    )
+        return False
+    logger.info("loading the weights of %s with from_pretrained (the Trainer cannot map its key names)", checkpoint)
     trained = type(model).from_pretrained(str(checkpoint))
     model.load_state_dict(trained.state_dict())
+    return True

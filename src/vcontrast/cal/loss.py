@@ -38,7 +38,15 @@ from torch.nn import functional as F
 
 from vcontrast.cal.config import ATTENTION_MASK, CALConfig
 from vcontrast.conditions import VisualCondition, _is_int
-from vcontrast.contrast import CHUNK_SIZE, IGNORE_INDEX, check_token_ids, gold_token_logits, score_tokens, shift_labels
+from vcontrast.contrast import (
+    CHUNK_SIZE,
+    IGNORE_INDEX,
+    check_labels,
+    check_token_ids,
+    gold_token_logits,
+    score_tokens,
+    shift_labels,
+)
 from vcontrast.models import ModelAdapter, get_adapter
 
 CONTRAST_PREFIX = "contrast_"
@@ -260,7 +268,7 @@ def _check_batch(adapter: ModelAdapter, inputs: dict) -> tuple[torch.Tensor, tor
             f"CAL needs `labels` in the batch (aligned with input_ids, -100 = ignored); got {sorted(inputs)}"
         )
     adapter.check_inputs(inputs)
-    labels = inputs["labels"]
+    labels = check_labels(inputs["labels"], inputs["input_ids"])
     check_token_ids(labels[labels != IGNORE_INDEX], adapter.vocab_size)
     mask = cal_label_mask(adapter, inputs, labels)
     if not bool(mask.any()):

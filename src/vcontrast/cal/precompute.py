@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vcontrast.atomic import atomic_path, no_debris, write_text
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
 from vcontrast.models import get_adapter, unwrap_model
@@ -196,7 +197,7 @@ def _read_jsonl(path: Path) -> tuple[dict | None, list[dict]]:
 
 
 def _write_jsonl(path: Path, meta: dict, records: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in [{META_KEY: meta}, *records]))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in [{META_KEY: meta}, *records]))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -222,7 +223,21 @@ def _run(
     The file starts with the run's provenance record; resuming a file written by another run raises."""
     if batch_size < 1:
         raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    with no_debris(path):  # a failure before the first record leaves no file or folder of ours behind
+        try:
+            return _append_records(
+                model, dataset, collate_fn, path, config, make_records, meta, batch_size, id_key, show_progress, desc
+            )
+        except BaseException:
+            if not existed and path.exists() and not _read_jsonl(path)[1]:  # only the provenance line
+                path.unlink()
+            raise
+
+
+def _append_records(
+    model, dataset, collate_fn, path, config, make_records, meta, batch_size, id_key, show_progress, desc
+) -> list[dict]:
     stored_meta, kept = _read_jsonl(path)
     if path.exists() and (kept or stored_meta is not None):
         _check_provenance(path, stored_meta, meta, "resume (append to) it")
@@ -334,7 +349,8 @@ def precompute_weights(
         tensors[f"{r['id']}/tokens"] = torch.tensor(r["tokens"], dtype=torch.long)
         tensors[f"{r['id']}/delta"] = torch.tensor(r["delta"], dtype=torch.float32)
         tensors[f"{r['id']}/weights"] = torch.tensor(r["weights"], dtype=torch.float32)
-    save_file(tensors, str(path), metadata={"format": "vcontrast.cal", META_KEY: json.dumps(meta)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "vcontrast.cal", META_KEY: json.dumps(meta)})
     jsonl.unlink()
     return path
 

@@ -1,7 +1,8 @@
 """CRG commands for the `vcontrast` command line: `ask`, `score` and `rerank`, one typed function each.
 
 The main app registers them (`app.command()(ask)`); their docstrings become `--help`. Heavy imports (torch,
-transformers) happen inside the commands. `--model` defaults to the toy VLM shipped with vcontrast.
+transformers) happen inside the commands. `--model` defaults to the toy VLM shipped with vcontrast. Every argument is
+checked before the model loads; bad input raises `ValueError`, which `vcontrast.cli` turns into one line and exit 2.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise ValueError(f"box {text!r} has to be four numbers x0,y0,x1,y1")
+        raise ValueError(f"--box {text!r} has to be four numbers x0,y0,x1,y1 (pixels), such as --box 10,20,60,80")
     return values
 
 
@@ -41,26 +42,30 @@ def load_model(model: str | None = None, device: str | None = None) -> tuple[Any
     """`(model, processor)`: the shipped toy VLM for `None`, else `from_pretrained(model)`."""
     from vcontrast.models.loading import load_model as load
 
+    return load(model, device=device)
+
+
+def _inputs(image: Path, texts: list[str] | None, alpha: float, device: str | None, model: str | None):
+    # Everything the user gave, checked before the model loads: (picture, pixel boxes).
+    from vcontrast.crg.guidance import check_alpha
+    from vcontrast.models.loading import check_device, check_model_source
+    from vcontrast.regions import open_image, parse_boxes
+
     try:
-        return load(model, device=device)
+        check_alpha(alpha)
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-
-
-def _open_image(path: Path):
-    from vcontrast.regions import open_image
-
-    try:
-        return open_image(path)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-
-
-def _boxes(texts: list[str] | None) -> list[tuple[float, float, float, float]]:
-    try:
-        return [parse_box(text) for text in texts or []]
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+        raise ValueError(
+            f"--alpha {alpha:g} has to be a finite number >= 0 (0 turns CRG off; the paper uses 1)"
+        ) from error
+    check_device(device)
+    if model is not None:
+        check_model_source(model)
+    picture = open_image(image)
+    boxes = [parse_box(text) for text in texts or []]
+    if not boxes:
+        raise ValueError("no --box given: pass at least one region x0,y0,x1,y1 (pixels) for CRG to black out")
+    parse_boxes(boxes, picture.size)  # malformed or outside the image: say so now, not after loading
+    return picture, boxes
 
 
 def ask(
@@ -74,17 +79,19 @@ def ask(
     device: DeviceOption = None,
 ) -> None:
     """Answer QUESTION about IMAGE with and without CRG, blacking out the --box regions in the contrast image."""
+    from vcontrast.atomic import IMAGE_SUFFIXES, check_output_file, save_image
     from vcontrast.crg import CRG
 
-    picture, boxes = _open_image(image), _boxes(box)
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} has to be at least 1")
+    if save is not None:
+        check_output_file(save, "--save", IMAGE_SUFFIXES)
+    picture, boxes = _inputs(image, box, alpha, device, model)
     vlm, processor = load_model(model, device)
     crg = CRG(vlm, processor, alpha=alpha)
     plain_crg = CRG(vlm, processor, alpha=0.0)
-    try:
-        guided = crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
-        plain = plain_crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    guided = crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
+    plain = plain_crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
     print(f"without CRG: {plain}")
     print(f"with CRG (alpha={alpha:g}): {guided}")
     if save is not None:
@@ -93,7 +100,7 @@ def ask(
 
         captions = {"without CRG": plain, f"with CRG (alpha={alpha:g})": guided}
         regions = crg.regions_for(picture, question, boxes)
-        side_by_side(picture, contrast, regions, captions, title=f"Q: {question}").save(save)
+        save_image(side_by_side(picture, contrast, regions, captions, title=f"Q: {question}"), save)
         print(f"picture written to {save}")
 
 
@@ -111,13 +118,12 @@ def score(
     """Score CANDIDATES as answers to PROMPT about IMAGE: CRG-guided and plain log-likelihoods, best first."""
     from vcontrast.crg import CRG
 
-    picture, boxes = _open_image(image), _boxes(box)
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"--reduce {reduce!r} has to be 'sum' or 'mean'")
+    picture, boxes = _inputs(image, box, alpha, device, model)
     vlm, processor = load_model(model, device)
-    try:
-        guided = CRG(vlm, processor, alpha=alpha).score(picture, prompt, candidates, boxes, reduce, normalize)
-        plain = CRG(vlm, processor, alpha=0.0).score(picture, prompt, candidates, boxes, reduce, normalize)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    guided = CRG(vlm, processor, alpha=alpha).score(picture, prompt, candidates, boxes, reduce, normalize)
+    plain = CRG(vlm, processor, alpha=0.0).score(picture, prompt, candidates, boxes, reduce, normalize)
     order = sorted(range(len(candidates)), key=lambda i: -guided[i])
     width = max(len(c) for c in candidates)
     print(f"{'candidate':{width}s}  {'CRG':>10s}  {'plain':>10s}")
@@ -137,12 +143,9 @@ def rerank(
     """Pick the --box proposal that TEXT refers to: each proposal is blacked out alone and scored with CRG."""
     from vcontrast.crg import CRG
 
-    picture, boxes = _open_image(image), _boxes(box)
+    picture, boxes = _inputs(image, box, alpha, device, model)
     vlm, processor = load_model(model, device)
-    try:
-        best, scores = CRG(vlm, processor, alpha=alpha).rerank(picture, text, boxes, prompt=prompt)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    best, scores = CRG(vlm, processor, alpha=alpha).rerank(picture, text, boxes, prompt=prompt)
     for i, (proposal, value) in enumerate(zip(boxes, scores, strict=True)):
         mark = "  <- best" if i == best else ""
         print(f"{i}: {','.join(f'{v:g}' for v in proposal)}  {value:10.4f}{mark}")

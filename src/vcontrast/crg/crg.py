@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
-from vcontrast.candidates import CandidateTokens, candidate_tokens
+from vcontrast.candidates import CandidateTokens, candidate_tokens, shared_suffix_length
 from vcontrast.crg.decode import stack_streams, two_stream_generate
 from vcontrast.crg.guidance import check_alpha, check_beta
 from vcontrast.crg.processor import CRGLogitsProcessor
@@ -42,7 +42,7 @@ IMPLEMENTATIONS = ("auto", "batched", "processor")
 MATCH_TEMPLATE = "Does this image match: {text}?"
 MATCH_ANSWERS = ("yes", "no")
 RERANK_PROMPT = "Describe the image."
-# How many of the prompt's last tokens are checked against the processor's (and may merge with a candidate).
+# How many of the prompt's last tokens an error message shows.
 _TAIL_CHECK = 8
 # Decoding modes CRG runs: one token per sequence and step, from the guided scores.
 _SUPPORTED_MODES = ("greedy_search", "sample", "beam_search", "beam_sample")
@@ -138,6 +138,7 @@ class CRG:
         self.model = model
         self.processor = processor
         self.adapter = get_adapter(model)
+        self.adapter.check_processor(processor)
         self.alpha = check_alpha(alpha)
         self.fill = _check_fill(fill)
         self.mode = mode
@@ -555,25 +556,26 @@ class CRG:
     def _tokens(
         self, prepared: CRGInputs, example: int, prompt: str, candidates: Sequence[str]
     ) -> list[CandidateTokens]:
-        # The one candidate-token rule, after checking that the processor's prompt ends in the tokenizer's tokens
-        # (else the rule's split point would not be where the model's prompt ends).
+        # The one candidate-token rule, after checking that the processor's prompt ends in the tokenizer's tokens of
+        # the rendered prompt, at least from its last special token on (before it, the processor may expand the
+        # image), so that the rule's split point is where the model's prompt ends.
         rendered = self.rendered_prompt(prompt)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        # Only the text after the image placeholder: the processor expands the placeholder into many tokens.
-        after_image = max((i + 1 for i, t in enumerate(ids) if t == self.adapter.image_token_id), default=0)
-        tail = ids[max(after_image, len(ids) - _TAIL_CHECK) :]
-        row = prepared.reference["input_ids"][example]
-        if row[-len(tail) :].tolist() != list(tail):
+        row = prepared.reference["input_ids"][example].tolist()
+        shared = shared_suffix_length(ids, row)
+        specials = set(tokenizer.all_special_ids)
+        last_special = max((i for i, token in enumerate(ids) if token in specials), default=-1)
+        if shared < max(len(ids) - last_special - 1, 1):
             raise ValueError(
-                f"the processor's tokens for prompt {prompt!r} end in {row[-len(tail) :].tolist()}, the tokenizer's "
-                f"in {list(tail)}: candidate tokens cannot be placed after the prompt (does the model's adapter "
+                f"the processor's tokens for prompt {prompt!r} end in {row[-_TAIL_CHECK:]}, the tokenizer's in "
+                f"{ids[-_TAIL_CHECK:]}: candidate tokens cannot be placed after the prompt (does the model's adapter "
                 "know what the processor appends after the prompt?)"
             )
         out = candidate_tokens(tokenizer, rendered, candidates)
         for candidate, tokens in zip(candidates, out, strict=True):
-            if tokens.drop >= len(tail):
-                raise ValueError(f"candidate {candidate!r} merges with more of the prompt than its last tokens")
+            if tokens.drop >= shared:
+                raise ValueError(f"candidate {candidate!r} merges with the prompt's tokens before {rendered[-20:]!r}")
         return out
 
     def rerank(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from vcontrast.models.base import ModelAdapter, forward_model, unwrap_model
-from vcontrast.models.gemma3 import Gemma3Adapter
+from vcontrast.models.gemma3 import Gemma3Adapter, Gemma4Adapter
 from vcontrast.models.generic import GenericAdapter, generic_adapter
 from vcontrast.models.idefics3 import Idefics3Adapter
 from vcontrast.models.internvl import InternVLAdapter
@@ -26,6 +26,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
         Idefics3Adapter,
         PaliGemmaAdapter,
         Gemma3Adapter,
+        Gemma4Adapter,
         InternVLAdapter,
         Mistral3Adapter,
     )

@@ -1,10 +1,9 @@
-"""Gemma 3: SigLIP tower, image soft tokens attended bidirectionally (marked by `token_type_ids`), 1-D positions."""
+"""Gemma 3 and Gemma 4: image soft tokens attended bidirectionally (marked by token types), 1-D positions."""
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-import torch
 from torch import nn
 
 from vcontrast.models.base import ModelAdapter
@@ -21,10 +20,8 @@ class Gemma3Adapter(ModelAdapter):
     `Gemma3ForConditionalGeneration` applies no final logit soft-cap (only `Gemma3ForCausalLM` reads
     `final_logit_softcapping`), so none is applied here either, whatever the config says.
 
-    The no-image pass drops the image tokens from the sequence; Gemma 3's sliding-window layers count the window in
-    sequence positions, so that pass is exact only while a whole sequence fits in the window (1024 tokens in the
-    released models). Longer sequences raise a ValueError pointing to the attention-mask condition, which is exact
-    at any length.
+    Its sliding-window layers (`config.text_config.sliding_window` tokens) limit the no-image pass to sequences that
+    fit in the window (see `ModelAdapter.text_only_inputs`).
     """
 
     model_types = ("gemma3",)
@@ -38,13 +35,19 @@ class Gemma3Adapter(ModelAdapter):
     def output_head(self) -> tuple[nn.Module, float | None]:
         return self.model.get_output_embeddings(), None
 
-    def text_only_inputs(self, inputs: dict, order: torch.Tensor, keep: torch.Tensor) -> dict:
-        window = getattr(self.config.get_text_config(), "sliding_window", None)
-        length = int(inputs["attention_mask"].sum(-1).max())
-        if window is not None and length > window:
-            raise ValueError(
-                f"a sequence of {length} tokens is longer than Gemma 3's sliding window ({window}): dropping the "
-                "image tokens would shift which tokens each sliding-window layer sees; use the attention-mask "
-                "condition (condition='attention_mask') for the no-image pass instead"
-            )
-        return super().text_only_inputs(inputs, order, keep)
+
+class Gemma4Adapter(Gemma3Adapter):
+    """Gemma 4 (`gemma4`), image and text: Gemma 3's pattern with `mm_token_type_ids` (1 = image soft token) for the
+    bidirectional block, variable-resolution `pixel_values` (B, patches, 3 * p * p) with their 2-D
+    `image_position_ids`, and per-layer input embeddings the model derives from `input_ids` (so the no-image pass,
+    which drops the image tokens, gives every text token the same ones). Unlike Gemma 3's, its forward applies the
+    config's final logit soft-cap, and so does the adapter. Video and audio inputs are not supported.
+    """
+
+    model_types = ("gemma4",)
+    pixel_keys = ("pixel_values", "image_position_ids")
+    token_keys = ("input_ids", "attention_mask", "mm_token_type_ids")
+    generated_token_types = MappingProxyType({"mm_token_type_ids": 0})
+
+    def output_head(self) -> tuple[nn.Module, float | None]:
+        return ModelAdapter.output_head(self)

@@ -14,7 +14,13 @@ import typer
 
 def experiment_command(
     name: Annotated[str, typer.Argument(help="The experiment: cal_noise, crg or cal_crg.")],
-    out: Annotated[Path, typer.Option(help="Folder for NAME.md, NAME.json and NAME.png.")] = Path("docs/results"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for NAME.md, NAME.json and NAME.png; default: out/experiments/NAME (the committed results "
+            "are in docs/results)."
+        ),
+    ] = None,
     budget: Annotated[
         str,
         typer.Option(
@@ -45,17 +51,13 @@ def experiment_command(
     from vcontrast.toy.experiments import EXPERIMENTS, get_budget, run_experiment
 
     if name not in EXPERIMENTS:
-        print(f"error: unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
-        raise typer.Exit(code=2)
-    try:
-        chosen = get_budget(budget)
-    except ValueError as e:
-        print(f"error: {e}")
-        raise typer.Exit(code=2) from e
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    chosen = get_budget(budget)
     if threads is not None:
         chosen = dataclasses.replace(chosen, num_threads=threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per training run and evaluation otherwise
+    out = work_dir / name if out is None else out
     result = run_experiment(name, out_dir=out, budget=chosen, work_dir=work_dir, model=model)
     print(result.table)
     print(f"\nwall time: {result.data['wall_s']:.0f} s")

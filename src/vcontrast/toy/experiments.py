@@ -20,7 +20,8 @@ Experiments (`EXPERIMENTS`):
 - "cal_crg" (`vcontrast.toy.exp_crg`): the models of "cal_noise" (CAL and MLE, at one noise rate) with and without
   CRG, on the caption tasks such caption-only models can do.
 
-Training runs and evaluation folders go to `work_dir` (default `out/experiments`); rerunning an experiment with the
+Training runs and evaluation folders go to `work_dir` (default `out/experiments`), the results to
+`work_dir/NAME` unless `out_dir` says otherwise; rerunning an experiment with the
 same budget reuses what is there (finished training runs return at once, evaluations resume). Nothing is tuned:
 CRG's alpha is 1 and CAL's (alpha, beta, window) are (1, 5, 3), the papers' defaults; all data are drawn from
 fixed seeds, test data from the balanced "test" split, training data from the biased "train" split.
@@ -48,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vcontrast.atomic import atomic_path, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +195,7 @@ class ExperimentResult:
 
 def run_experiment(
     name: str,
-    out_dir: str | Path = "docs/results",
+    out_dir: str | Path | None = None,
     budget: str | ExperimentBudget = "small",
     work_dir: str | Path = DEFAULT_WORK_DIR,
     model: str | Path | None = None,
@@ -201,7 +204,8 @@ def run_experiment(
 
     Args:
         name (`str`): "cal_noise", "crg" or "cal_crg" (see the module docstring).
-        out_dir (`str | Path`, *optional*, defaults to `"docs/results"`): where `{name}.md/.json/.png` go.
+        out_dir (`str | Path`, *optional*): where `{name}.md/.json/.png` go; defaults to `work_dir / name`
+            (`out/experiments/NAME`), so that a run never overwrites the committed `docs/results` unless asked to.
         budget (`str | ExperimentBudget`, *optional*, defaults to `"small"`): a name of `BUDGETS` or a budget.
         work_dir (`str | Path`, *optional*, defaults to `"out/experiments"`): training runs and evaluation folders;
             a rerun with the same budget reuses them. One budget per folder (a different one raises).
@@ -226,7 +230,8 @@ def run_experiment(
     budget = get_budget(budget)
     if budget.num_threads is not None:
         torch.set_num_threads(budget.num_threads)
-    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    work_dir = Path(work_dir)
+    out_dir = work_dir / name if out_dir is None else Path(out_dir)
     module, _, attr = EXPERIMENTS[name].partition(":")
     fn = getattr(importlib.import_module(module), attr)
     start = time.perf_counter()
@@ -245,10 +250,9 @@ def write_result(
     out_dir: Path, name: str, table: str, data: dict, plot: Callable[[Any], None] | None
 ) -> ExperimentResult:
     """Write `{name}.md`, `{name}.json` and (given a `plot(figure_path)` function and matplotlib) `{name}.png`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / f"{name}.md", out_dir / f"{name}.json"]
-    files[0].write_text(table.rstrip() + "\n", encoding="utf-8")
-    files[1].write_text(json.dumps(data, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    write_text(files[0], table.rstrip() + "\n")
+    write_text(files[1], json.dumps(data, indent=1, default=_json_default) + "\n")
     if plot is not None:
         try:
             import matplotlib
@@ -257,7 +261,8 @@ def write_result(
         else:
             matplotlib.use("Agg")
             path = out_dir / f"{name}.png"
-            plot(path)
+            with atomic_path(path) as tmp:
+                plot(tmp)
             files.append(path)
     return ExperimentResult(name=name, table=table, data=data, files=files)
 

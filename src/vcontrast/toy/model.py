@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from vcontrast.toy.tokenizer import BOS, EOS, IMAGE, IMAGE_SIZE, PAD, PATCH_SIZE, SPECIAL_TOKENS
+from vcontrast.toy.tokenizer import BOS, EOS, IMAGE, IMAGE_SIZE, PAD, PATCH_SIZE, SPECIAL_TOKENS, warn_unknown_words
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,12 @@ def load(path: str | Path | None = None, *, device: str | None = None):
     if missing:
         hint = " Train one with `vcontrast toy train`." if path is None else ""
         raise FileNotFoundError(f"no toy model in {folder} (missing {', '.join(missing)}).{hint}")
-    model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
+    from vcontrast.models.loading import quiet_progress
+
+    with quiet_progress():  # a "Loading weights" bar for a 1 MB model is noise
+        model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    warn_unknown_words(processor.tokenizer)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor

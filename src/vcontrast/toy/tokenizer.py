@@ -17,7 +17,9 @@ and round-trips through `save_pretrained` / `AutoProcessor.from_pretrained`:
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Iterable
+from typing import ClassVar
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +167,67 @@ def build_processor(words: Iterable[str], *, image_size: int = IMAGE_SIZE, patch
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE,
     )
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The words of `text` that `tokenizer` maps to its unknown token, in order, without repeats (ignoring case).
+
+    Examples:
+
+    ```python
+    >>> unknown_words(build_tokenizer(["what", "is", "the", "?"]), "What is in the box?")
+    ['in', 'box']
+    ```
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None or not isinstance(text, str):
+        return []
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    words = [text[start:end] for i, (start, end) in zip(encoding.ids, encoding.offsets, strict=True) if i == unk]
+    first = {}  # the tokenizer lower-cases: "Zebra" and "zebra" are one word
+    for word in words:
+        first.setdefault(word.lower(), word)
+    return [w for w in first.values() if w]
+
+
+def warn_unknown_words(tokenizer) -> None:
+    """Make `tokenizer` (the toy one, loaded) warn once per new word it does not know when it encodes text.
+
+    The toy model's word-level vocabulary maps every other word to `<unk>`, and a prompt such as "What is in the
+    box?" then gets an answer without any sign that the model never read "in" and "box". The warning lists them.
+    """
+    if isinstance(tokenizer, _WarnsUnknownWords):
+        return
+    base = type(tokenizer)
+    cls = getattr(_WARNING_CLASSES, base.__name__, None)
+    if cls is None or cls.__mro__[2] is not base:
+        # Same name as the base (save_pretrained writes the same files); pickle finds it by its qualified name.
+        namespace = {"__module__": __name__, "__qualname__": f"_WARNING_CLASSES.{base.__name__}"}
+        cls = type(base.__name__, (_WarnsUnknownWords, base), namespace)
+        setattr(_WARNING_CLASSES, base.__name__, cls)
+    tokenizer.__class__ = cls
+
+
+_WARNING_CLASSES = types.SimpleNamespace()  # the tokenizer classes `warn_unknown_words` made, by base name
+
+
+class _WarnsUnknownWords:
+    # Mixed into the loaded tokenizer's class by `warn_unknown_words`.
+    _warned_words: ClassVar[set[str]] = set()  # once per process
+
+    def __call__(self, text=None, *args, **kwargs):
+        texts = [text] if isinstance(text, str) else text if isinstance(text, list | tuple) else []
+        new = [w for t in texts for w in unknown_words(self, t) if w.lower() not in _WarnsUnknownWords._warned_words]
+        if new:
+            new = list(dict.fromkeys(new))
+            _WarnsUnknownWords._warned_words.update(w.lower() for w in new)
+            logger.warning(
+                "the toy model does not know the word(s) %s and reads them as %s; its vocabulary is the toy "
+                "grammar's (docs/toy_model.md)",
+                ", ".join(repr(w) for w in new),
+                UNK,
+            )
+        return super().__call__(text, *args, **kwargs)
 
 
 def chat_prompt(processor, question: str) -> str:

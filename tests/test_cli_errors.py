@@ -1,0 +1,278 @@
+"""The command line's error policy: each user error exits 2 with one line that names it, before any model loads.
+
+Every case of issue #15 runs here in-process through `vcontrast.cli.run`; `test_scripted_run_of_all_cases` (slow)
+runs them again as real `vcontrast` processes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests import tiny_models as tm
+from vcontrast.cli import is_user_error, run
+from vcontrast.crg import cli as crg_cli
+from vcontrast.models import loading
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "image.png"
+    tm.image(0).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bomb_file(tmp_path_factory):
+    # 14000 x 14000 pixels (above PIL's 2 x MAX_IMAGE_PIXELS) in 24 KB: one bit per pixel, all black.
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (14000, 14000)).save(path)
+    return path
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    """A complete save_pretrained folder of the tiny LLaVA (model and processor)."""
+    model, processor = tm.build("llava")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test (exit 1, not 2) if any weights load: every check below must happen first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was checked")
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+    for cls in (AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
+
+
+def invoke(capsys, args):
+    capsys.readouterr()  # drop what the fixtures printed
+    code = run([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(result, *needles):
+    code, out, err = result
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+ASK = ["ask", "IMAGE", "what is in the box ?", "--box", "2,2,12,10"]
+
+
+def ask(image, *extra):
+    return [image if a == "IMAGE" else a for a in ASK] + list(extra)
+
+
+@pytest.mark.parametrize("alpha", ["nan", "-1", "inf"])
+def test_bad_alpha(capsys, image_file, no_loading, alpha):
+    assert_user_error(invoke(capsys, ask(image_file, "--alpha", alpha)), f"--alpha {float(alpha):g}", ">= 0")
+
+
+def test_save_to_missing_folder_or_non_image_suffix(capsys, image_file, no_loading, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nonexistent" / "x.png"
+    assert_user_error(invoke(capsys, ask(image_file, "--save", missing)), str(missing.parent), "does not exist")
+    assert_user_error(invoke(capsys, ask(image_file, "--save", "x.txt")), "'x.txt'", ".png")
+    assert_user_error(invoke(capsys, ask(image_file, "--save", tmp_path)), "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_on_cpu_build(capsys, image_file, no_loading):
+    assert_user_error(invoke(capsys, ask(image_file, "--device", "cuda")), "'cuda'", "leave the device out")
+
+
+def test_unknown_device(capsys, image_file, no_loading):
+    assert_user_error(invoke(capsys, ask(image_file, "--device", "banana")), "'banana'", "'cpu'")
+
+
+def test_decompression_bomb_image(capsys, bomb_file, no_loading):
+    assert_user_error(invoke(capsys, ask(bomb_file)), str(bomb_file), "resize it")
+
+
+def test_missing_image_and_bad_boxes(capsys, image_file, no_loading, tmp_path):
+    assert_user_error(invoke(capsys, ask(tmp_path / "nope.png")), "nope.png", "not found")
+    assert_user_error(invoke(capsys, ["ask", image_file, "what ?"]), "no --box given")
+    assert_user_error(invoke(capsys, ["ask", image_file, "what ?", "--box", "1,2,3"]), "'1,2,3'", "four numbers")
+    assert_user_error(invoke(capsys, ["ask", image_file, "what ?", "--box", "40,40,50,50"]), "outside the image")
+
+
+def test_parser_errors_are_one_line_and_a_hint(capsys, image_file):
+    for args in (["ask", image_file], [*ask(image_file), "--max-new-tokens", "x"], [*ask(image_file), "--nope"]):
+        code, _, err = invoke(capsys, args)
+        assert code == 2 and "Traceback" not in err
+        assert err.splitlines()[0].startswith("error: ") and err.splitlines()[1] == "(see 'vcontrast ask --help')"
+
+
+def test_bad_config_json(capsys, image_file, model_folder, no_loading):
+    (model_folder / "config.json").write_text('{"model_type": "llava",')
+    assert_user_error(invoke(capsys, ask(image_file, "--model", model_folder)), "config.json", "not valid JSON")
+    (model_folder / "config.json").unlink()
+    assert_user_error(invoke(capsys, ask(image_file, "--model", model_folder)), "has no config.json")
+
+
+def test_truncated_safetensors(capsys, image_file, model_folder, no_loading):
+    weights = model_folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert_user_error(invoke(capsys, ask(image_file, "--model", model_folder)), "model.safetensors", "truncated")
+    weights.write_bytes(data[:5])  # not even a header
+    assert_user_error(invoke(capsys, ask(image_file, "--model", model_folder)), "model.safetensors", "truncated")
+
+
+def test_no_processor_files(capsys, image_file, model_folder, no_loading):
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        (model_folder / name).unlink(missing_ok=True)
+    assert_user_error(
+        invoke(capsys, ask(image_file, "--model", model_folder)), "no processor files", "processor.save_pretrained"
+    )
+
+
+def test_text_only_model_names_supported_families(capsys, image_file, tmp_path, no_loading):
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "llama"
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=32).save_pretrained(folder)
+    code, out, err = invoke(capsys, ask(image_file, "--model", folder))
+    assert_user_error((code, out, err), "'llama'", "llava, llava_next")
+    assert len(err) < 400  # vcontrast's list, not transformers' ~100 config classes
+
+
+def test_relative_missing_model_path_fails_at_once(capsys, image_file, tmp_path, monkeypatch, no_loading):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was contacted")
+
+    monkeypatch.setattr(loading, "_hub_reachable", no_network)
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(invoke(capsys, ask(image_file, "--model", "./models/typo")), "'./models/typo'", "does not exist")
+    (tmp_path / "models").mkdir()  # `models/typo` beside an existing `models/` is a path, not a hub name
+    assert_user_error(invoke(capsys, ask(image_file, "--model", "models/typo")), "'models/typo'", "does not exist")
+
+
+def test_hub_names_offline_or_unreachable(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="'org/model' is not a local folder .* hub is offline"):
+        loading.check_model_source("org/model")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setattr(loading, "_hub_cached", lambda name: False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: False)
+    with pytest.raises(ValueError, match="'org/model' is not a local folder, and the Hugging Face hub cannot be"):
+        loading.check_model_source("org/model")
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: True)
+    assert loading.check_model_source("org/model") == "org/model"  # hub names keep working online
+
+
+def test_complete_model_folder_loads(model_folder):
+    model, processor = loading.load_model(model_folder)
+    assert model.config.model_type == "llava" and not model.training
+    assert processor.tokenizer is not None
+
+
+def test_over_long_question_names_the_limit(capsys, image_file, monkeypatch):
+    built = tm.build("llava")
+    limit = built[0].config.text_config.max_position_embeddings
+    monkeypatch.setattr(crg_cli, "load_model", lambda model=None, device=None: built)
+    question = " ".join(["red"] * (limit + 10))
+    assert_user_error(invoke(capsys, ["ask", image_file, question, "--box", "2,2,12,10"]), f"limit of {limit}")
+
+
+def test_unexpected_errors_show_the_traceback_and_say_bug(capsys, image_file, monkeypatch):
+    def broken(model=None, device=None):
+        _a, _b = [1]  # an implicit ValueError: a bug, not a user error
+
+    monkeypatch.setattr(crg_cli, "load_model", broken)
+    code, _, err = invoke(capsys, ask(image_file))
+    assert code == 1
+    assert "Traceback" in err and "this is a bug in vcontrast" in err.splitlines()[-1]
+
+
+def test_is_user_error():
+    from vcontrast.crg.guidance import check_alpha
+
+    def outside_vcontrast():
+        raise ValueError("raised by a test, not by vcontrast")
+
+    cases = ((lambda: check_alpha(-1), True), (lambda: int("x"), False), (outside_vcontrast, False))
+    for error, expected in (*cases, (lambda: Path("/nope/x").read_text(), True)):
+        try:
+            error()
+        except Exception as caught:  # noqa: BLE001
+            assert is_user_error(caught) is expected, caught
+
+
+# The issue's cases as command lines, for the scripted run. IMAGE, BOMB and FOLDER are filled in.
+SCRIPTED = [
+    ask("IMAGE", "--alpha", "nan"),
+    ask("IMAGE", "--alpha", "-1"),
+    ask("IMAGE", "--save", "/nonexistent/x.png"),
+    ask("IMAGE", "--save", "x.txt"),
+    ask("IMAGE", "--device", "banana"),
+    ask("BOMB"),
+    ask("IMAGE", "--model", "BAD_CONFIG"),
+    ask("IMAGE", "--model", "TRUNCATED"),
+    ask("IMAGE", "--model", "NO_PROCESSOR"),
+    ask("IMAGE", "--model", "TEXT_ONLY"),
+    ask("IMAGE", "--model", "models/typo"),
+    ["ask", "IMAGE", " ".join(["red"] * 300), "--box", "2,2,12,10"],
+    ["score", "IMAGE", "what ?", "a", "b", "--box", "2,2,12,10", "--alpha", "nan"],
+    ["rerank", "IMAGE", "a red cup", "--box", "1,2,3"],
+    ["cal", "show", "IMAGE", "a red cup", "--out", "x.txt"],
+    ["train", "--data", "missing.jsonl"],
+    ["toy", "experiment", "nope"],
+] + ([] if torch.cuda.is_available() else [ask("IMAGE", "--device", "cuda")])
+
+
+@pytest.mark.slow
+def test_scripted_run_of_all_cases(tmp_path, model_folder, bomb_file):
+    """Each case as a real `vcontrast` process: exit 2, one line on stderr, no traceback, no file left behind."""
+    image = tmp_path / "image.png"
+    tm.image(0).save(image)
+    folders = {}
+    for name in ("BAD_CONFIG", "TRUNCATED", "NO_PROCESSOR", "TEXT_ONLY"):
+        folders[name] = tmp_path / name.lower()
+        subprocess.run(["cp", "-r", str(model_folder), str(folders[name])], check=True)
+    (folders["BAD_CONFIG"] / "config.json").write_text("{")
+    weights = folders["TRUNCATED"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (folders["NO_PROCESSOR"] / "processor_config.json").unlink()
+    (folders["TEXT_ONLY"] / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    work = tmp_path / "work"
+    work.mkdir()
+    values = {"IMAGE": str(image), "BOMB": str(bomb_file), **{k: str(v) for k, v in folders.items()}}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the typo must fail without relying on offline mode
+        env.pop(name, None)
+    for args in SCRIPTED:
+        args = [values.get(a, a) for a in args]
+        result = subprocess.run(
+            [sys.executable, "-m", "vcontrast.cli", *args],
+            check=False,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout, args
+        assert len(result.stderr.strip().splitlines()) <= 2 and result.stderr.startswith("error: "), result.stderr
+        assert list(work.iterdir()) == [], (args, list(work.iterdir()))
