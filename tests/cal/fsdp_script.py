@@ -13,7 +13,11 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+
+try:
+    from torch.distributed.fsdp import fully_shard
+except ImportError:  # torch < 2.6 keeps FSDP2 under its composable namespace
+    from torch.distributed._composable.fsdp import fully_shard
 
 from tests.cal.utils import cal_batch, scaled
 from vcontrast.cal import CALConfig, cal_deltas, cal_label_mask, cal_loss
