@@ -4,7 +4,6 @@ byte, and a run killed with SIGKILL resumes to the same result."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from tests.bench.test_runner import FakeMethod, write_sugarcrepe
 from tests.bench.test_runner_model import toy_items
+from tests.cal.utils import free_port
 from vcontrast.bench.runner import evaluate
 
 pytest.importorskip("accelerate")
@@ -61,12 +61,6 @@ def _env():
     return env
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Fixture data, the script, and the one-process reference run (in this process)."""
@@ -89,7 +83,7 @@ def test_two_processes_equal_one(setup):
     out = root / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["--main_process_port", str(_free_port()), str(script), str(data), str(out)]
+    cmd += ["--main_process_port", str(free_port()), str(script), str(data), str(out)]
     result = subprocess.run(cmd, check=False, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -11,14 +11,23 @@ import json
 import pytest
 import torch
 
-from tests.cal.utils import ROOT, launch
+from tests.cal.utils import ROOT, free_port, launch
 
 
 def test_two_process_ddp_step_matches_a_single_big_batch(tmp_path):
     pytest.importorskip("accelerate")
     script = str(ROOT / "tests" / "cal" / "ddp_script.py")
     cmd = ["launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0", script, str(tmp_path)]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        script,
+        str(tmp_path),
+    ]
     proc = launch("accelerate", cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 

@@ -81,6 +81,15 @@ class RowCollator:
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a launcher's rendezvous (port 0 hangs torch 2.6's launcher)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(launcher: str, args: list[str]) -> subprocess.CompletedProcess:
     """Run a distributed launcher (`accelerate`, `torchrun`) from this venv on 2 CPU processes, offline, with the
     repository importable; skips the test if the launcher is not installed."""
