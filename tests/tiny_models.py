@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import types
 from typing import ClassVar
@@ -348,6 +349,10 @@ def _llava(kind):
     return _llava_like(kind, tf.LlavaProcessor, ip, tf.LlavaConfig, tf.LlavaForConditionalGeneration)
 
 
+def _init_parameters(cls) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters)
+
+
 def _vipllava(kind):
     # ViP-LLaVA: LLaVA-1.5's processor, a projector over several CLIP layers (concatenated, layer-normed), no
     # feature-select option (always drops CLS).
@@ -357,9 +362,16 @@ def _vipllava(kind):
         vision_config=tf.CLIPVisionConfig(**_VISION, image_size=16, patch_size=4, projection_dim=32),
         text_config=_text_config(tf.LlamaConfig, len(tok)),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=[-1, -2],
+        **{_VIPLLAVA_LAYERS: [-1, -2]},
     )
     return tf.VipLlavaForConditionalGeneration(cfg), proc
+
+
+# transformers 5.2x renamed ViP-LLaVA's `vision_feature_layers` to `vision_feature_layer`; the old name is silently
+# ignored by the new config and vice versa (the default layers then exceed the tiny tower's two layers).
+_VIPLLAVA_LAYERS = next(
+    name for name in ("vision_feature_layer", "vision_feature_layers") if name in _init_parameters(tf.VipLlavaConfig)
+)
 
 
 def _llava_next(kind):
