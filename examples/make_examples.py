@@ -1,6 +1,7 @@
 """Write the example files the documentation uses (toy scenes the shipped toy model understands).
 
-    python examples/make_examples.py   # rewrites examples/scene.png, examples/images/*.png, examples/cal_data.jsonl
+    python examples/make_examples.py   # rewrites examples/scene.png, examples/images/*.png, examples/cal_data.jsonl,
+                                       # examples/pt_captions.jsonl
 
 Deterministic: the same files every time (they are committed; the docs test runs every documented command on them).
 """
@@ -38,6 +39,9 @@ def main() -> None:
             }
         )
     (HERE / "cal_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # The same images with their caption alone: LLaVA's pre-training (plain) format for `vcontrast train --stage pt`.
+    captions = [{**r, "conversations": r["conversations"][:2]} for r in records]
+    (HERE / "pt_captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in captions))
 
 
 if __name__ == "__main__":

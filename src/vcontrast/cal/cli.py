@@ -356,7 +356,7 @@ def train(
             bf16=bf16,
             report_to="none",
             remove_unused_columns=False,
-            gradient_checkpointing=gradient_checkpointing,
+            activation_checkpointing=gradient_checkpointing,
             eval_strategy="steps" if eval_data is not None else "no",
             eval_steps=eval_steps if eval_data is not None else None,
             dataloader_pin_memory=torch.cuda.is_available(),  # else a warning per run on a CPU machine

@@ -143,8 +143,10 @@ def finetune(
         import peft
 
         model = peft.get_peft_model(model, lora_config(model, lora_r, tuple(lora_targets)))
-    if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
-        args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs (PT, LoRA)
+    # `gradient_checkpointing*` are deprecated aliases of `activation_checkpointing*` (transformers 5.23+) that only
+    # mirror the new ones, so setting an old one after construction would be ignored.
+    if args.activation_checkpointing and args.activation_checkpointing_kwargs is None:
+        args.activation_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs (PT, LoRA)
     contrast = config.contrast if method == "cal" and config.uses_pixels and cal_weights is None else None
     collator = ConversationCollator(processor, contrast=contrast, max_length=max_length, plain=stage == "pt")
     if cal_weights is not None:
