@@ -158,3 +158,24 @@ def test_proposals_option_selects_the_loader_setting(tmp_path, make_image):
     summary = run(data, tmp_path / "proposer", method, benchmark="refcoco", split="val", proposals="proposer")
     assert method.proposals == [[]]  # the method takes them from its region proposer
     assert summary["data"]["options"] == {"proposals": "proposer"} and summary["metrics"]["acc@0.5"] == 1.0
+
+
+def test_model_in_memory_is_identified_by_its_weights():
+    # A (model, processor) pair has no files to hash: its identity is the shared weights fingerprint, so a resume
+    # with other weights of the same class and size is refused (a parameter count alone could not tell them apart).
+    import copy
+
+    import torch
+
+    from tests import tiny_models as tm
+    from vcontrast.bench.fingerprint import model_identity
+
+    model, processor = tm.build("llava")
+    same = model_identity((copy.deepcopy(model), processor))
+    assert model_identity((model, processor)) == same
+    assert same["model_class"] == "LlavaForConditionalGeneration"
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1.0
+    changed = model_identity((other, processor))
+    assert changed["model_weights"] != same["model_weights"] and changed["model_config"] == same["model_config"]

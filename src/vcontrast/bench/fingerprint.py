@@ -86,10 +86,11 @@ def model_identity(model: Any) -> dict[str, Any]:
             return {"name": str(path.resolve()), "files": _folder_files(path)}
         return {"name": str(model)}
     if isinstance(model, tuple) and len(model) == 2:
+        from vcontrast.models.identity import model_fingerprint
+
         config = getattr(model[0], "config", None)
         name = getattr(config, "_name_or_path", "") or type(model[0]).__name__
-        n_params = sum(p.numel() for p in model[0].parameters()) if hasattr(model[0], "parameters") else None
-        return {"name": name, "class": type(model[0]).__name__, "parameters": n_params}
+        return {"name": name, **model_fingerprint(model[0])}
     raise ValueError(f"`model` (={model!r}) has to be None (the toy model), a path, or a (model, processor) pair")
 
 

@@ -20,7 +20,6 @@ after a finished one recomputes the file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -35,7 +34,8 @@ from tqdm.auto import tqdm
 from vcontrast.atomic import atomic_path, no_debris, write_text
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
-from vcontrast.models import get_adapter, unwrap_model
+from vcontrast.models import get_adapter
+from vcontrast.models.identity import digest, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -50,55 +50,13 @@ __all__ = [
 ]
 
 META_KEY = "vcontrast_cal"  # the first JSONL line: {"vcontrast_cal": provenance}
-_SAMPLES_PER_TENSOR = 64  # values read from each parameter for the weights fingerprint
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# Config entries that say how a model is run or where it came from, not what it computes.
-_RUNTIME_CONFIG_KEYS = (
-    "transformers_version",
-    "dtype",
-    "torch_dtype",
-    "use_cache",
-    "output_attentions",
-    "output_hidden_states",
-    "return_dict",
-    "pad_token_id",
-)
-
-
-def _config_identity(value: Any) -> Any:
-    # The architecture, not where it was loaded from: drop `_name_or_path`, `transformers_version` and the like.
-    if isinstance(value, dict):
-        return {
-            k: _config_identity(v)
-            for k, v in value.items()
-            if not str(k).startswith("_") and k not in _RUNTIME_CONFIG_KEYS
-        }
-    return value
-
-
-@torch.no_grad()
-def _weights_fingerprint(model: nn.Module) -> str:
-    # Every parameter's name, shape, dtype and 64 evenly spaced values (exact bytes, so the same on any device and
-    # cheap for a 7B model); LoRA parameters of a PEFT model count too.
-    parts = []
-    for name, param in sorted(unwrap_model(model).named_parameters()):
-        flat = param.detach().reshape(-1)
-        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
-        sample = flat[::step][:_SAMPLES_PER_TENSOR].float().cpu()
-        parts.append([name, list(param.shape), str(param.dtype), hashlib.sha256(sample.numpy().tobytes()).hexdigest()])
-    return _digest(parts)
 
 
 def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
     if tokenizer is None:
         return None
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's tokenizer
-    return _digest(sorted(tokenizer.get_vocab().items()))
+    return digest(sorted(tokenizer.get_vocab().items()))
 
 
 def provenance(
@@ -125,10 +83,7 @@ def provenance(
     """
     out: dict[str, Any] = {}
     if model is not None:
-        inner = unwrap_model(model)
-        out["model_class"] = type(inner).__name__
-        out["model_config"] = _digest(_config_identity(inner.config.to_dict()))
-        out["model_weights"] = _weights_fingerprint(inner)
+        out.update(model_fingerprint(model))
     if config is not None:
         out.update(_config_dict(config))
     if tokenizer is not None:
