@@ -49,6 +49,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vcontrast.atomic import write_text
 from vcontrast.bench.fingerprint import fingerprint_files, model_identity, record_reads
 from vcontrast.bench.items import Item
 from vcontrast.bench.methods import DEFAULT_PROPOSER, Method, get_method, method_config
@@ -159,12 +160,6 @@ def _append(f: Any, rows: Iterable[dict]) -> None:
     os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def merge_predictions(out_dir: str | Path, items: Sequence[Item] | None = None) -> dict[str, dict]:
     """Merge `predictions.jsonl` and every `predictions.part*.jsonl` of `out_dir` into `predictions.jsonl`.
 
@@ -182,7 +177,7 @@ def merge_predictions(out_dir: str | Path, items: Sequence[Item] | None = None) 
     known = _known_predictions(out_dir)
     order = [item.id for item in items or [] if item.id in known]
     order += [key for key in known if key not in set(order)]
-    _write_atomic(out_dir / PREDICTIONS_FILE, "".join(json.dumps({"id": key, **known[key]}) + "\n" for key in order))
+    write_text(out_dir / PREDICTIONS_FILE, "".join(json.dumps({"id": key, **known[key]}) + "\n" for key in order))
     for part in out_dir.glob(_PART_GLOB):
         part.unlink()
     return {key: known[key] for key in order}
@@ -510,7 +505,7 @@ def evaluate(
     done = set(_known_predictions(out_dir)) & set(counts)
     procs.barrier()
     if procs.is_main and new_run:
-        _write_atomic(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+        write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
     part = _part_file(out_dir, procs.rank)
     _repair(part)
 
@@ -562,7 +557,7 @@ def evaluate(
             summary["metrics_error"] = error
         if spec.name == "vipbench":
             summary["grader_files"] = _write_vipbench(out_dir, run, items, merged)
-        _write_atomic(out_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text(out_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
     procs.barrier()
     return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from vcontrast.atomic import atomic_path
 from vcontrast.toy.tokenizer import chat_prompt
 
 logger = logging.getLogger(__name__)
@@ -452,9 +453,8 @@ def _save_checkpoint(model, processor, optimizer, ckpt: Path, step: int) -> None
     model.save_pretrained(ckpt)
     processor.save_pretrained(ckpt)
     # Written last and atomically: its presence marks a complete checkpoint.
-    tmp = ckpt / "trainer_state.pt.tmp"
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, tmp)
-    tmp.replace(ckpt / "trainer_state.pt")
+    with atomic_path(ckpt / "trainer_state.pt") as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, tmp)
 
 
 VISION_KINDS = ("background", "shape", "text")
