@@ -5,7 +5,17 @@ import pytest
 from PIL import Image
 
 from vcontrast.bench.items import read_items
-from vcontrast.toy.grammar import RELATIONS, caption, name, relation, vocabulary, words
+from vcontrast.toy.grammar import (
+    POSITIONS,
+    RELATIONS,
+    caption,
+    position,
+    relation,
+    relational_name,
+    relations_text,
+    vocabulary,
+    words,
+)
 from vcontrast.toy.pairs import instruction_pairs
 from vcontrast.toy.scenes import COLORS, SHAPES, SIZES, TEXTS, Obj, Scene, TextItem, make_scene
 from vcontrast.toy.tasks import BIASES, TASK_NAMES, build_task, iter_split, make_split
@@ -20,7 +30,7 @@ def _inside(box, size):
     return 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "test", "val"])
 @pytest.mark.parametrize("task", list(TASK_NAMES))
 def test_make_split_round_trips(task, split, tmp_path):
     path = make_split(task, 8, seed=1, split=split, out_dir=tmp_path)
@@ -50,6 +60,7 @@ def test_build_task_is_deterministic_and_splits_differ():
         (a, ia), (b, ib) = build_task(task, 5, "test"), build_task(task, 5, "test")
         assert a.tobytes() == b.tobytes() and ia == ib
         assert build_task(task, 5, "train")[1].meta["scene_seed"] != ia.meta["scene_seed"]
+        assert build_task(task, 5, "val")[1].meta["scene_seed"] != ia.meta["scene_seed"]
 
 
 def _answers_hold(item):
@@ -66,12 +77,37 @@ def _answers_hold(item):
     if item.task == "choice" and kind == "relation":
         a, b = (by_box[r] for r in item.regions)
         assert relation(a, b) == RELATIONS[item.answer] == item.meta["relation"]
-    if item.task == "refexp":
-        assert name(by_box[item.target], scene.objects) == item.prompt
+    if item.task == "refexp" or kind in ("intrinsic", "relational"):
+        target = by_box[item.target if item.task == "refexp" else item.regions[0]]
+        expression = item.prompt if item.task == "refexp" else item.prompt.removeprefix("where is ").removesuffix(" ?")
+        assert _referents(expression, scene.objects) == [target]
+        if item.task == "vqa":
+            assert item.answer == position(target, scene.size)
+    if kind == "relations":
+        assert item.answer == relations_text(scene.objects, scene.size)
+
+
+def _referents(expression, objects):
+    # Brute force: every object the expression is true of, read word by word (no use of the generators).
+    tokens = words(expression)[1:]  # drop "the"
+    for rel in RELATIONS:
+        rel_words = words(rel)
+        for k in range(len(tokens)):
+            if tokens[k : k + len(rel_words)] == rel_words:
+                head, anchor = tokens[:k], tokens[k + len(rel_words) + 1 :]
+                anchors = [o for o in objects if _fits(o, anchor)]
+                assert len(anchors) == 1, expression
+                (anc,) = anchors
+                return [o for o in objects if o is not anc and _fits(o, head) and relation(o, anc) == rel]
+    return [o for o in objects if _fits(o, tokens)]
+
+
+def _fits(obj, attrs):
+    return set(attrs) <= {obj.size_word, obj.color, obj.shape} and attrs[-1] == obj.shape
 
 
 def test_gold_answers_are_true():
-    for task in ("vqa", "spatial", "refexp"):
+    for task in ("vqa", "spatial", "spatial_lr", "spatial_pair", "refexp", "where", "relations"):
         for split in ("train", "test"):
             for _, item in iter_split(task, 100, seed=2, split=split):
                 _answers_hold(item)
@@ -93,13 +129,20 @@ def test_test_split_is_balanced():
     _balanced([i.answer for _, i in iter_split("spatial", 400, seed=3, split="test")], [0, 1, 2, 3])
     _balanced([i.answer for _, i in iter_split("swap", 400, seed=3, split="test")], [0, 1])
     _balanced([i.label for _, i in iter_split("match", 400, seed=3, split="test")], [0, 1])
+    _balanced([i.answer for _, i in iter_split("spatial", 400, seed=3, split="val")], [0, 1, 2, 3])
+    _balanced([i.answer for _, i in iter_split("spatial_lr", 400, seed=3, split="train")], [0, 1])
+    assert {i.answer for _, i in iter_split("spatial_lr", 50, seed=3, split="test")} == {0, 1}
+    kinds = [i.meta["kind"] for _, i in iter_split("refexp", 200, seed=3, split="test")]
+    _balanced(kinds, ["intrinsic", "relational"])
 
 
 def test_train_split_carries_the_documented_biases():
     spatial = [i.answer for _, i in iter_split("spatial", 400, seed=3, split="train")]
     assert abs(np.mean([a == RELATIONS.index("left of") for a in spatial]) - BIASES["relation"]["left of"]) < 0.08
     match = [i.label for _, i in iter_split("match", 400, seed=3, split="train")]
-    assert abs(np.mean(match) - BIASES["match_yes"]) < 0.08
+    assert abs(np.mean(match) - 0.5) < 0.08  # balanced: a "yes" prior made the first toy model match at chance
+    pair = [i.answer for _, i in iter_split("spatial_pair", 400, seed=3, split="train")]
+    assert abs(np.mean([a == RELATIONS.index("left of") for a in pair]) - BIASES["relation"]["left of"]) < 0.08
     circles = [
         i.answer for _, i in iter_split("vqa", 1500, seed=3, split="train")
         if i.meta["kind"] == "color" and "circle" in i.prompt
@@ -113,7 +156,7 @@ def test_vocabulary_covers_every_text():
     assert all(w == w.lower() for w in vocab)
     for task in TASK_NAMES:
         for split in ("train", "test"):
-            for _, item in iter_split(task, 200, seed=4, split=split):
+            for _, item in iter_split(task, 100, seed=4, split=split):
                 texts = [item.prompt, *item.candidates] + ([item.answer] if isinstance(item.answer, str) else [])
                 for text in texts:
                     assert set(words(text)) <= vocab, text
@@ -155,7 +198,30 @@ def test_relation_is_exclusive():
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="nope"):
         build_task("nope", 0)
-    with pytest.raises(ValueError, match="val"):
-        build_task("vqa", 0, "val")
+    with pytest.raises(ValueError, match="dev"):
+        build_task("vqa", 0, "dev")
     with pytest.raises(ValueError, match="=0"):
         next(iter_split("vqa", 0))
+
+
+def test_relational_name_picks_out_one_object_or_none():
+    square = _obj("blue", "square", (40, 10, 50, 20))
+    left, right = _obj("red", "circle", (10, 10, 20, 20)), _obj("red", "circle", (60, 10, 70, 20))
+    objects = [square, left, right]
+    assert relational_name(left, objects) == "the circle left of the square"
+    assert relational_name(right, objects) == "the circle right of the square"
+    below = _obj("green", "circle", (40, 40, 50, 50))
+    twin = _obj("green", "circle", (40, 60, 50, 70))  # also below the square
+    # "the circle below the square" fits both green circles, so it is never produced; whatever is, names `twin` alone
+    got = relational_name(twin, [square, below, twin])
+    assert got != "the circle below the square" and (got is None or _referents(got, [square, below, twin]) == [twin])
+    assert relational_name(square, [square]) is None
+
+
+def test_relations_text_lists_each_related_pair_once_in_reading_order():
+    a, b = _obj("red", "circle", (10, 10, 20, 20)), _obj("blue", "square", (40, 12, 50, 22))
+    c = _obj("green", "triangle", (70, 70, 80, 80))  # diagonal to both: no clean relation
+    scene = Scene(size=90, background=(170, 170, 170), objects=[b, c, a])
+    assert relations_text(scene.objects, scene.size) == "the red circle is left of the blue square ."
+    assert relations_text([a, c], 90) is None
+    assert position(a, 90) == POSITIONS[0][0]

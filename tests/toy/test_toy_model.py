@@ -135,9 +135,12 @@ def test_load_missing_weights_raises(tmp_path):
 
 
 def test_task_examples_cover_the_mix():
-    examples = toy_train.task_examples(range(60), rng=random.Random(0))
+    examples = toy_train.task_examples(range(200), rng=random.Random(0))
     prompts = {ex["item"].task for ex in examples}
-    assert prompts == {"caption", "vqa", "region_vqa", "choice", "match", "refexp"}
+    assert prompts == {"caption", "vqa", "region_vqa", "choice", "match"}
+    assert {ex["prompt"] for ex in examples} >= {PROMPTS["relations"], PROMPTS["region_caption"]}
+    text_only = toy_train.task_examples(range(5), stage="lm")
+    assert all(ex["image"] is None for ex in text_only) and all(ex["answer"] for ex in text_only)
     for ex in examples:
         assert set(words(ex["prompt"] + " " + ex["answer"])) <= set(vocabulary()), ex
     pt = toy_train.task_examples(range(3), stage="pt")
@@ -179,6 +182,47 @@ def test_collate_masks_prompt_image_and_padding(processor):
             first = int(kept[row].nonzero()[0])
             assert tok.convert_ids_to_tokens(ids[row, first - 1 : first]) == ["ASSISTANT:"]
             assert int(kept[row].sum()) == int((ids[row, first:] != tok.pad_token_id).sum())
+
+
+def test_text_only_batch_is_the_no_image_pass(processor, tiny_model):
+    # A text-only batch must give the language model exactly what CAL's no-image pass gives it: same tokens, same
+    # position ids (the image's placeholders skipped), so its gold logits equal NoImage's on the image batch.
+    from vcontrast.conditions import NoImage
+    from vcontrast.contrast import gold_token_logits
+
+    img, _ = make_scene(1)
+    examples = [
+        {"image": img, "prompt": "what color is the square ?", "answer": "red"},
+        {"image": img, "prompt": "describe the image .", "answer": "a red square on the left ."},
+    ]
+    for side in ("right", "left"):
+        with_image = toy_train.collate(processor, examples, padding_side=side)
+        text = toy_train.collate(processor, [ex | {"image": None} for ex in examples], padding_side=side)
+        assert "pixel_values" not in text and text["input_ids"].shape[1] == with_image["input_ids"].shape[1] - 64
+        with torch.no_grad():
+            expected = gold_token_logits(tiny_model, with_image, with_image["labels"], NoImage()).logits
+            logits = tiny_model(**{k: v for k, v in text.items() if k != "labels"}).logits  # (B, T, V)
+        for row in range(2):
+            keep = text["labels"][row] != -100
+            gold = text["labels"][row][keep]
+            got = logits[row, :-1][keep[1:]].gather(-1, gold[:, None]).squeeze(-1)
+            want = expected[row][with_image["labels"][row] != -100]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="mixes"):
+        toy_train.collate(processor, [examples[0], examples[1] | {"image": None}])
+
+
+def test_it_data_follows_the_spatial_curriculum_and_replays_text():
+    assert toy_train.curriculum_mix({"spatial": 1.0}, 0.0) == {"spatial_lr": 1.0}
+    assert toy_train.curriculum_mix({"spatial": 1.0}, 0.2) == {"spatial_pair": 1.0}
+    assert toy_train.curriculum_mix({"spatial": 1.0, "vqa": 1.0}, 0.99) == {"spatial": 1.0, "vqa": 1.0}
+    fn = toy_train._data_fn(None, "it", 0, None, 100)
+    replay = fn(toy_train.TEXT_REPLAY_EVERY - 1, 4)
+    assert all(ex["image"] is None for ex in replay)
+    first = fn(0, 64)
+    spatial = [ex for ex in first if ex["item"].task == "choice" and ex["item"].meta["kind"] == "relation"]
+    assert spatial and all(len(ex["item"].meta["scene"]["objects"]) == 2 for ex in spatial)
+    assert {ex["answer"].split(" is ")[1].split(" the ")[0] for ex in spatial} <= {"left of", "right of"}
 
 
 def test_collate_rejects_bad_input(processor):
@@ -263,7 +307,7 @@ def test_train_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="lr"):
         toy_train.train(tmp_path, steps=1, lr=0.0)
     with pytest.raises(ValueError, match="trainable"):
-        toy_train.train(tmp_path, steps=1, trainable="lm", model_kwargs=TINY)
+        toy_train.train(tmp_path, steps=1, trainable="vision", model_kwargs=TINY)
 
 
 def test_train_on_fixed_pool_with_custom_loss(tmp_path):

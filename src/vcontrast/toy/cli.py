@@ -69,12 +69,17 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Output folder (loadable with vcontrast.toy.load(OUT)).")] = Path(
         "out/toy-model"
     ),
-    vision_steps: Annotated[
-        int | None, typer.Option(help="Stage 0 (vision tower on object attributes) steps; default: the recipe's.")
+    lm_steps: Annotated[
+        int | None, typer.Option(help="Stage 0 (language model on text alone) steps; default: the recipe's.")
     ] = None,
-    pt_steps: Annotated[int | None, typer.Option(help="Stage 1 (captions) steps; default: the recipe's.")] = None,
+    vision_steps: Annotated[
+        int | None, typer.Option(help="Stage 1 (vision tower on object attributes) steps; default: the recipe's.")
+    ] = None,
+    pt_steps: Annotated[
+        int | None, typer.Option(help="Stage 2 (projector on captions) steps; default: the recipe's.")
+    ] = None,
     it_steps: Annotated[
-        int | None, typer.Option(help="Stage 2 (mixed toy tasks) steps; default: the recipe's.")
+        int | None, typer.Option(help="Stage 3 (mixed toy tasks) steps; default: the recipe's.")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step; default: the recipe's.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (IT uses half); default: the recipe's.")] = None,
@@ -82,7 +87,7 @@ def train_command(
     threads: Annotated[int, typer.Option(help="torch threads (1 is faster when other jobs share the cores).")] = 2,
     eval_items: Annotated[int, typer.Option(help="Test items per task for the final evaluation (0: none).")] = 200,
 ) -> None:
-    """Train the toy VLM with vcontrast's recipe (vision tower, then captions, then the mixed toy tasks).
+    """Train the toy VLM with vcontrast's recipe (LM on text, vision tower, projector on captions, mixed toy tasks).
 
     An interrupted run resumes where it stopped when called again with the same OUT. To ship the result, copy OUT's
     config, weights and processor files into src/vcontrast/toy/weights/.
@@ -93,7 +98,8 @@ def train_command(
     from vcontrast.toy.train import evaluate, train_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    options = {"vision_steps": vision_steps, "pt_steps": pt_steps, "it_steps": it_steps, "batch_size": batch_size}
+    options = {"lm_steps": lm_steps, "vision_steps": vision_steps, "pt_steps": pt_steps, "it_steps": it_steps}
+    options["batch_size"] = batch_size
     options = {k: v for k, v in (options | {"lr": lr}).items() if v is not None}
     path = train_recipe(out, seed=seed, num_threads=threads, **options)
     print(f"model: {path}")

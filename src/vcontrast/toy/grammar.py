@@ -14,6 +14,8 @@ Grammar (things are ordered in reading order: by 3x3 grid row, then column, then
     article      := "a" | "an" (before a vowel: "an orange circle", "a large orange circle")
     spatial      := name " is " relation " " name        e.g. "the red circle is left of the blue square"
     name         := "the " [size " "] [color " "] shape   (the shortest unique one; spatial texts use color + shape)
+    relname      := "the " shape " " relation " " name     e.g. "the circle left of the square" (relational refexp)
+    relations    := spatial (" , " spatial)* [" and " spatial] " ."   every related pair, in reading order
 
 Questions are in `PROMPTS`; open answers are a colour, shape, size word, digit, text, `where` phrase, "yes" or "no".
 Short texts (objects, spatial, names) have no final period; captions and prompts end with " ." or " ?".
@@ -47,6 +49,8 @@ PROMPTS: dict[str, str] = {
     "region_color": "what color is the object in the box ?",
     "region_shape": "what shape is the object in the box ?",
     "region_size": "is the object in the box small or large ?",
+    "region_caption": "describe the object in the box .",
+    "relations": "how are the objects placed ?",
     "spatial": "where is {a} relative to {b} ?",
     "match": "does this image match : {text} ?",
 }
@@ -215,3 +219,43 @@ def corrupt(objects: list[Obj], kind: str, rng: np.random.Generator) -> tuple[li
         new[i] = replace(o, **{field: value})
         return new, [o]
     raise ValueError(f"`kind` (={kind!r}) must be 'swap_color', 'replace_color' or 'replace_shape'")
+
+
+def relational_name(obj: Obj, objects: list[Obj]) -> str | None:
+    """A relational referring expression for `obj`: "the circle left of the square" (RefCOCO's "the X left of Y").
+
+    The anchor is another object with a unique name; the expression is kept only if `obj` is the one object of its
+    shape in that relation to the anchor, so it names `obj` and nothing else. The anchor with the shortest name
+    wins, then the first in `RELATIONS` order.
+
+    Returns:
+        `str | None`: the expression, or `None` if no anchor and relation single `obj` out.
+    """
+    options = []
+    for anchor in objects:
+        anchor_name = name(anchor, objects)
+        if anchor is obj or anchor_name is None or (rel := relation(obj, anchor)) is None:
+            continue
+        same = [o for o in objects if o is not anchor and o.shape == obj.shape and relation(o, anchor) == rel]
+        if same == [obj]:
+            options.append((len(words(anchor_name)), RELATIONS.index(rel), f"the {obj.shape} {rel} {anchor_name}"))
+    return min(options)[2] if options else None
+
+
+def object_phrase(obj: Obj) -> str:
+    """Size, colour and shape with an article, e.g. "a small red circle" (the region-caption answer)."""
+    return _a(f"{obj.size_word} {obj.color} {obj.shape}")
+
+
+def relations_text(objects: list[Obj], size: int) -> str | None:
+    """Every related pair, each once, in reading order: "the red circle is left of the blue square ." (or None).
+
+    A pair `(a, b)` is written with `a` the earlier of the two in reading order; pairs with no clean relation
+    (diagonal) or without unique colour + shape names are left out.
+    """
+    order = _reading_order(list(objects), size)
+    pairs = [(a, r, b) for a, r, b in spatial_pairs(objects) if order.index(a) < order.index(b)]
+    pairs.sort(key=lambda p: (order.index(p[0]), order.index(p[2])))
+    if not pairs:
+        return None
+    return _join([spatial_text(a, r, b, objects) for a, r, b in pairs]) + " ."

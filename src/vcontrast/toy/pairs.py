@@ -31,8 +31,8 @@ def instruction_pairs(scene: Scene, rng: np.random.Generator, *, biased: bool = 
         scene (`Scene`): the scene (make train scenes with `bias=BIASES["shape_color"]`).
         rng (`numpy.random.Generator`): picks objects, the pair and the match text.
         biased (`bool`, *optional*, defaults to `True`): apply the train biases `BIASES["relation"]` (pick the
-            ordering of a pair by the weight of its relation, so "left of" wins most horizontal pairs) and
-            `BIASES["match_yes"]`; with `False`, both are uniform.
+            ordering of a pair by the weight of its relation, so "left of" wins most horizontal pairs); with `False`
+            it is uniform. Match questions are true half the time either way.
 
     Returns:
         `list[tuple[str, str]]`: question and answer texts, all in `vocabulary()`.
@@ -68,7 +68,7 @@ def instruction_pairs(scene: Scene, rng: np.random.Generator, *, biased: bool = 
         question = PROMPTS["spatial"].format(a=name(a, objs, min_level=1), b=name(b, objs, min_level=1))
         pairs.append((question, spatial_text(a, rel, b, objs)))
 
-    label = rng.random() < (BIASES["match_yes"] if biased else 0.5)
+    label = rng.random() < 0.5
     if rng.random() < 0.5 and spatial:
         a, rel, b = _pick(rng, spatial)
         text = spatial_text(a, rel if label else OPPOSITE[rel], b, objs)

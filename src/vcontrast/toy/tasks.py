@@ -7,12 +7,21 @@ Tasks (`TASK_NAMES`: toy name -> `Item.task`), templates in `vcontrast.toy.gramm
   colour unique), count ("how many objects are there ?", 1-4) or text ("what is written in the image ?").
 - "region_vqa" -> "region_vqa" (ViP-Bench style): a white box is drawn around one object; "what color / shape is the
   object in the box ?" or "is the object in the box small or large ?". `regions` holds the drawn box.
+- "region_caption" -> "region_vqa": "describe the object in the box ." -> "a small red circle".
 - "spatial" -> "choice" (What'sUp style): "where is the red circle relative to the blue square ?" with the four
-  candidates "the red circle is {left of, right of, above, below} the blue square" in `RELATIONS` order.
+  candidates "the red circle is {left of, right of, above, below} the blue square" in `RELATIONS` order; 2-4
+  objects. Two easier forms make the training curriculum: "spatial_lr" (2 objects, left of / right of, balanced in
+  every split) and "spatial_pair" (2 objects, the four relations).
+- "where" -> "vqa": "where is the red circle ?" or, relationally, "where is the circle left of the square ?" ->
+  the object's 3x3-grid location phrase ("at the top left").
+- "relations" -> "caption": "how are the objects placed ?" -> every related pair ("the red circle is left of the
+  blue square ."), see `vcontrast.toy.grammar.relations_text`.
 - "swap" -> "choice" (SugarCrepe style): "what objects are in the image ?" with the true `objects_text` and a hard
   negative (two objects swap colours, or one object gets another colour or shape), in random order.
-- "refexp" -> "refexp" (RefCOCO style): the prompt is the object's shortest unique name ("the red circle"),
-  `proposals` are all object boxes in random order, `answer` indexes the referred one, `target` is its box.
+- "refexp" -> "refexp" (RefCOCO style): the prompt is, half the time each, the object's shortest unique name ("the
+  red circle", `meta["kind"]` "intrinsic") or a relational expression ("the circle left of the square",
+  "relational"); `proposals` are all object boxes in random order, `answer` indexes the referred one, `target` is
+  its box.
 - "match" -> "match" (SeeTRUE style): the prompt is an objects text or a spatial text, `label` 1 if it is true;
   negatives by attribute swap/replacement or by the opposite relation.
 
@@ -28,7 +37,9 @@ language priors loses accuracy on test:
   shapes are uniform. It shapes every train scene, hence "what color is the circle ?" (prior "red"), "what shape is
   the red object ?" (prior "circle") and the swap/match negatives, which in train are often implausible colourings.
 - "relation": the gold relation of train "spatial" items is "left of" 55% of the time (15% each for the others).
-- "match_yes": 60% of train "match" items are true (label 1).
+
+"match" items are balanced (half true) in every split, with hard negatives: the first toy model, trained on 60% true
+items, learnt to say "yes" and matched at chance.
 
 Everything else is uniform in both splits: the number of objects, sizes, positions, texts, the gold index of "swap"
 items and the order of "refexp" proposals.
@@ -50,7 +61,11 @@ from .grammar import (
     caption,
     corrupt,
     name,
+    object_phrase,
     objects_text,
+    position,
+    relational_name,
+    relations_text,
     spatial_pairs,
     spatial_text,
 )
@@ -60,16 +75,20 @@ TASK_NAMES: dict[str, str] = {
     "caption": "caption",
     "vqa": "vqa",
     "region_vqa": "region_vqa",
+    "region_caption": "region_vqa",
     "spatial": "choice",
+    "spatial_lr": "choice",
+    "spatial_pair": "choice",
+    "where": "vqa",
+    "relations": "caption",
     "swap": "choice",
     "refexp": "refexp",
     "match": "match",
 }
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # "val" is balanced like "test", with other scenes: gates and tuning read it
 BIASES: dict = {
     "shape_color": {"circle": ("red", 0.8), "square": ("blue", 0.7)},
     "relation": {"left of": 0.55, "right of": 0.15, "above": 0.15, "below": 0.15},
-    "match_yes": 0.6,
 }
 CORRUPTIONS = ("swap_color", "replace_color", "replace_shape")
 OUTLINE = (255, 255, 255)  # region-prompt box colour: not a shape colour, not the black CRG fill
@@ -86,9 +105,9 @@ def _pick(rng: np.random.Generator, options: list, weights: list[float] | None =
 
 
 def _target(rng: np.random.Generator, split: str, options: list, train_weights: dict | None = None):
-    # The answer an item must have: uniform in test, the biased distribution in train where there is one, else
-    # None (train keeps whatever the biased scenes give).
-    if split == "test":
+    # The answer an item must have: uniform in test and val, the biased distribution in train where there is one,
+    # else None (train keeps whatever the biased scenes give).
+    if split != "train":
         return _pick(rng, list(options))
     if train_weights is not None:
         return _pick(rng, list(train_weights), list(train_weights.values()))
@@ -179,10 +198,10 @@ def _region_vqa(rng, split):
     return image, scene, seed, {**fields, "meta": {"kind": kind}}
 
 
-def _spatial(rng, split):
-    target = _target(rng, split, list(RELATIONS), BIASES["relation"])
+def _spatial(rng, split, n=(2, 4), relations=RELATIONS, weights=BIASES["relation"]):
+    target = _target(rng, split, list(relations), weights)
     image, scene, seed, (a, rel, b) = _search(
-        rng, split, lambda s: _pick(rng, [p for p in spatial_pairs(s.objects) if p[1] == target]), n=(2, 3)
+        rng, split, lambda s: _pick(rng, [p for p in spatial_pairs(s.objects) if p[1] == target]), n=n
     )
     objs = scene.objects
     prompt = PROMPTS["spatial"].format(a=name(a, objs, min_level=1), b=name(b, objs, min_level=1))
@@ -207,17 +226,55 @@ def _swap(rng, split):
     return image, scene, seed, {**fields, "meta": {"kind": kind}}
 
 
-def _refexp(rng, split):
-    image, scene, seed, obj = _search(
-        rng, split, lambda s: _pick(rng, [o for o in s.objects if name(o, s.objects) is not None]), n=(2, 4)
+def _spatial_lr(rng, split):
+    return _spatial(rng, split, n=(2, 2), relations=("left of", "right of"), weights={"left of": 1, "right of": 1})
+
+
+def _spatial_pair(rng, split):
+    return _spatial(rng, split, n=(2, 2))
+
+
+_NAMERS = {"intrinsic": name, "relational": relational_name}
+
+
+def _named_object(rng, split, n=(2, 4)):
+    # An object and an expression that names it, intrinsic or relational (half each).
+    kind = _pick(rng, list(_NAMERS))
+    namer = _NAMERS[kind]
+    image, scene, seed, (obj, text) = _search(
+        rng, split, lambda s: _pick(rng, [(o, t) for o in s.objects if (t := namer(o, s.objects)) is not None]), n=n
     )
+    return image, scene, seed, obj, text, kind
+
+
+def _refexp(rng, split):
+    image, scene, seed, obj, text, kind = _named_object(rng, split)
     order = [scene.objects[i] for i in rng.permutation(len(scene.objects))]
-    fields = {"prompt": name(obj, scene.objects), "proposals": [o.box for o in order], "target": obj.box}
-    return image, scene, seed, {**fields, "answer": order.index(obj), "meta": {"kind": "refexp"}}
+    fields = {"prompt": text, "proposals": [o.box for o in order], "target": obj.box}
+    return image, scene, seed, {**fields, "answer": order.index(obj), "meta": {"kind": kind}}
+
+
+def _where(rng, split):
+    image, scene, seed, obj, text, kind = _named_object(rng, split, n=(1, 4))
+    fields = {"prompt": PROMPTS["where"].format(name=text), "answer": position(obj, scene.size), "regions": [obj.box]}
+    return image, scene, seed, {**fields, "meta": {"kind": kind}}
+
+
+def _region_caption(rng, split):
+    image, scene, seed, obj = _search(rng, split, lambda s: _pick(rng, s.objects), n=(2, 4))
+    image, region = draw_region(image, obj.box)
+    fields = {"prompt": PROMPTS["region_caption"], "answer": object_phrase(obj), "regions": [region]}
+    return image, scene, seed, {**fields, "meta": {"kind": "caption"}}
+
+
+def _relations(rng, split):
+    image, scene, seed, text = _search(rng, split, lambda s: relations_text(s.objects, s.size), n=(2, 3))
+    fields = {"prompt": PROMPTS["relations"], "answer": text, "regions": [o.box for o in scene.objects]}
+    return image, scene, seed, {**fields, "meta": {"kind": "relations"}}
 
 
 def _match(rng, split):
-    label = int(rng.random() < (BIASES["match_yes"] if split == "train" else 0.5))
+    label = int(rng.random() < 0.5)
     if rng.random() < 0.5:
         kind = _pick(rng, list(CORRUPTIONS))
         image, scene, seed, (wrong, _) = _search(rng, split, lambda s: corrupt(s.objects, kind, rng), n=(2, 3))
@@ -235,12 +292,17 @@ _BUILDERS = {
     "caption": _caption,
     "vqa": _vqa,
     "region_vqa": _region_vqa,
+    "region_caption": _region_caption,
     "spatial": _spatial,
+    "spatial_lr": _spatial_lr,
+    "spatial_pair": _spatial_pair,
+    "where": _where,
+    "relations": _relations,
     "swap": _swap,
     "refexp": _refexp,
     "match": _match,
 }
-_TASK_BIASES = {"spatial": ["relation"], "match": ["match_yes"]}
+_TASK_BIASES = {"spatial": ["relation"], "spatial_pair": ["relation"]}
 
 
 def build_task(name: str, seed: int, split: str = "test") -> tuple[Image.Image, Item]:
@@ -249,7 +311,8 @@ def build_task(name: str, seed: int, split: str = "test") -> tuple[Image.Image, 
     Args:
         name (`str`): a key of `TASK_NAMES`.
         seed (`int`): item seed; train and test items with the same seed use different scenes.
-        split (`str`, *optional*, defaults to `"test"`): "train" (biased, see `BIASES`) or "test" (balanced).
+        split (`str`, *optional*, defaults to `"test"`): "train" (biased, see `BIASES`), "test" or "val" (balanced;
+            "val" is for gates and choices, "test" for reported results).
 
     Returns:
         `tuple[PIL.Image.Image, Item]`: the image (with the region outline for "region_vqa") and the item, whose
@@ -291,7 +354,7 @@ def make_split(task: str, n: int, seed: int, split: str, out_dir: str | Path) ->
         task (`str`): a key of `TASK_NAMES`.
         n (`int`): number of items.
         seed (`int`): split seed; different seeds give disjoint item seeds.
-        split (`str`): "train" or "test".
+        split (`str`): "train", "test" or "val".
         out_dir (`str | Path`): output folder (created if missing).
 
     Returns:

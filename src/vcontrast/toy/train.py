@@ -44,17 +44,27 @@ logger = logging.getLogger(__name__)
 # Task name (`vcontrast.toy.tasks.TASK_NAMES`) -> share of the examples of each stage.
 PT_MIX: dict[str, float] = {"caption": 1.0}
 IT_MIX: dict[str, float] = {
-    "caption": 0.2,
-    "vqa": 0.25,
-    "region_vqa": 0.15,
-    "spatial": 0.15,
-    "swap": 0.1,
-    "match": 0.1,
-    "refexp": 0.05,
+    "caption": 0.12,
+    "relations": 0.05,
+    "vqa": 0.13,
+    "region_vqa": 0.08,
+    "region_caption": 0.05,
+    "spatial": 0.30,
+    "where": 0.10,
+    "swap": 0.07,
+    "match": 0.10,
 }
-STAGES = ("pt", "it")
-TRAINABLE = ("all", "projector", "projector+lm")
+# The spatial share of IT follows a curriculum: (end of the phase as a fraction of the run, task that fills it).
+SPATIAL_CURRICULUM: tuple[tuple[float, str], ...] = ((0.15, "spatial_lr"), (0.35, "spatial_pair"), (1.0, "spatial"))
+# Every TEXT_REPLAY_EVERY-th IT step is a text-only batch (LLaVA-1.5's IT mix keeps ShareGPT text conversations), so
+# the no-image predictions CAL contrasts with stay those of a language model.
+TEXT_REPLAY_EVERY = 10
+STAGES = ("lm", "pt", "it")
+TRAINABLE = ("all", "projector", "projector+lm", "lm")
 CHECKPOINT_DIR = "checkpoint"
+SNAPSHOT_DIR = "snapshots"
+# The shipped model's size (the test bed of issue #14): LM 6 x 192, CLIP tower 3 x 96.
+RECIPE_MODEL: dict[str, int] = {"hidden_size": 192, "num_layers": 6, "num_heads": 6}
 
 Example = dict[str, Any]  # {"image": PIL.Image, "prompt": str, "answer": str, ...}: one user turn, one answer
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -78,7 +88,8 @@ def collate(
     Returns:
         `dict[str, torch.Tensor]`: `input_ids` and `attention_mask` (B, T), `pixel_values` (B, 3, H, W) and `labels`
         (B, T): the input ids on the answer tokens and the closing `</s>`, -100 on the prompt, the image placeholders
-        and padding. Labels are not shifted; the model shifts them.
+        and padding. Labels are not shifted; the model shifts them. A batch whose examples all have `"image": None`
+        is text-only (see `text_only_batch`).
 
     Examples:
 
@@ -98,6 +109,10 @@ def collate(
             raise ValueError(f"example {ex!r} lacks {sorted(missing)}")
     tok = processor.tokenizer
     images = [ex["image"] for ex in examples]
+    if all(image is None for image in images):
+        return text_only_batch(processor, examples, padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of)
+    if any(image is None for image in images):
+        raise ValueError("a batch mixes examples with and without an image; collate them separately")
     prompts = [chat_prompt(processor, ex["prompt"]) for ex in examples]
     texts = [f"{p} {ex['answer']}{tok.eos_token}" for p, ex in zip(prompts, examples, strict=True)]
     batch = processor(
@@ -120,6 +135,62 @@ def collate(
         labels[i, start:end] = batch["input_ids"][i, start:end]
     batch["labels"] = labels
     return dict(batch)
+
+
+def text_only_batch(
+    processor, examples: Sequence[Example], *, padding_side: str = "right", pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """A text-only batch laid out exactly as `vcontrast.contrast.NoImage` lays out an image batch.
+
+    The chat turn has no image ("USER: {question} ASSISTANT: {answer}</s>") and the tokens after where the image
+    would be keep the position ids they have with it (the image's placeholders are skipped, not closed up), so a
+    language model trained on these batches is the one CAL's no-image pass queries.
+
+    Args:
+        processor (`LlavaProcessor`): the toy processor.
+        examples (`Sequence[dict]`): `"prompt"` and `"answer"` (any `"image"` is ignored).
+        padding_side (`str`, *optional*, defaults to `"right"`): "right" or "left".
+        pad_to_multiple_of (`int`, *optional*): pad the length up to a multiple of this.
+
+    Returns:
+        `dict[str, torch.Tensor]`: `input_ids`, `attention_mask`, `position_ids` and `labels`, all (B, T).
+    """
+    tok = processor.tokenizer
+    prompts = [text_prompt(processor, ex["prompt"]) for ex in examples]
+    texts = [f"{p} {ex['answer']}{tok.eos_token}" for p, ex in zip(prompts, examples, strict=True)]
+    batch = tok(texts, padding=True, padding_side=padding_side, pad_to_multiple_of=pad_to_multiple_of,
+                return_tensors="pt")  # fmt: skip
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    at, n_image = _image_slot(processor)
+    positions = positions + n_image * (positions >= at)  # (B, T): the image's positions stay free
+    labels = torch.full_like(batch["input_ids"], -100)
+    for i, prompt in enumerate(prompts):
+        start = int((mask[i] == 0).sum()) * (padding_side == "left") + len(tok(prompt)["input_ids"])
+        end = int((mask[i] == 0).sum()) * (padding_side == "left") + int(mask[i].sum())
+        labels[i, start:end] = batch["input_ids"][i, start:end]
+    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def text_prompt(processor, question: str) -> str:
+    """The generation prompt of a text-only turn, ``"USER: {question} ASSISTANT:"`` (the chat template, no image)."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _image_slot(processor) -> tuple[int, int]:
+    # (index of the first image placeholder in a chat prompt, number of placeholders), from the processor itself.
+    ids = processor(images=[_blank_image(processor)], text=[chat_prompt(processor, "?")])["input_ids"][0]
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    slots = [i for i, t in enumerate(ids) if t == image_id]
+    return slots[0], len(slots)
+
+
+def _blank_image(processor):
+    from PIL import Image
+
+    size = processor.image_processor.size["height"]
+    return Image.new("RGB", (size, size))
 
 
 def item_example(image, item) -> Example | None:
@@ -187,7 +258,8 @@ def task_examples(
 
     Args:
         seeds (`Sequence[int]`): item seeds, one example each.
-        stage (`str`, *optional*, defaults to `"it"`): "pt" uses `PT_MIX` (captions only), "it" uses `IT_MIX`.
+        stage (`str`, *optional*, defaults to `"it"`): "pt" uses `PT_MIX` (captions only), "it" uses `IT_MIX`, "lm"
+            uses `IT_MIX` and drops the images (text-only examples, `"image": None`).
         split (`str`, *optional*, defaults to `"train"`): the tasks' split; "train" carries the toy world's biases
             (`vcontrast.toy.tasks.BIASES`), "test" is balanced.
         mix (`dict[str, float]`, *optional*): task name -> weight, overriding the stage's mix; names are
@@ -209,6 +281,7 @@ def task_examples(
     if stage not in STAGES:
         raise ValueError(f"`stage` (={stage!r}) must be one of {STAGES}")
     mix = mix if mix is not None else (PT_MIX if stage == "pt" else IT_MIX)
+    text_only = stage == "lm"
     if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError(f"`mix` (={mix!r}) needs non-negative weights with a positive sum")
     rng = rng if rng is not None else random.Random(f"tasks-{list(seeds)[:4]}")
@@ -219,7 +292,7 @@ def task_examples(
             image, item = build_task(rng.choices(names, weights)[0], seed + attempt * 7_919_983, split)
             example = item_example(image, item)
             if example is not None:
-                out.append(example)
+                out.append(example | {"image": None} if text_only else example)
                 break
         else:
             raise ValueError(f"`mix` (={mix!r}) yields no trainable items")
@@ -245,14 +318,37 @@ def mle_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return model(**batch).loss
 
 
-def _data_fn(data: DataFn | Sequence[Example] | None, stage: str, seed: int, mix: dict[str, float] | None) -> DataFn:
+def curriculum_mix(mix: dict[str, float], progress: float) -> dict[str, float]:
+    """`mix` with its "spatial" share given to the task of the current phase of `SPATIAL_CURRICULUM`.
+
+    Args:
+        mix (`dict[str, float]`): task name -> weight.
+        progress (`float`): the fraction of the run done, in [0, 1].
+
+    Returns:
+        `dict[str, float]`: e.g. "spatial_lr" (2 objects, left of / right of) in the first 15% of the run.
+    """
+    if "spatial" not in mix:
+        return mix
+    task = next(t for end, t in SPATIAL_CURRICULUM if progress < end or end == SPATIAL_CURRICULUM[-1][0])
+    return {(task if k == "spatial" else k): w for k, w in mix.items()}
+
+
+def _data_fn(
+    data: DataFn | Sequence[Example] | None, stage: str, seed: int, mix: dict[str, float] | None, steps: int
+) -> DataFn:
     # Every batch is a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
     if data is None:
 
         def fn(step: int, batch_size: int) -> list[Example]:
             rng = random.Random(f"{seed}-{stage}-{step}")
             seeds = [rng.randrange(2**31) for _ in range(batch_size)]
-            return task_examples(seeds, stage=stage, split="train", mix=mix, rng=rng)
+            if stage != "it":
+                return task_examples(seeds, stage=stage, split="train", mix=mix, rng=rng)
+            if mix is None and step % TEXT_REPLAY_EVERY == TEXT_REPLAY_EVERY - 1:
+                return task_examples(seeds, stage="lm", split="train", rng=rng)
+            chosen = curriculum_mix(mix if mix is not None else IT_MIX, step / steps)
+            return task_examples(seeds, stage=stage, split="train", mix=chosen, rng=rng)
 
         return fn
     if callable(data):
@@ -282,6 +378,8 @@ def _set_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Para
             p.requires_grad_(True)
         elif trainable == "projector":
             p.requires_grad_("multi_modal_projector" in name)
+        elif trainable == "lm":
+            p.requires_grad_("vision_tower" not in name and "multi_modal_projector" not in name)
         else:
             p.requires_grad_("vision_tower" not in name)
     return [p for p in model.parameters() if p.requires_grad]
@@ -315,6 +413,7 @@ def train(
     resume: bool = True,
     num_threads: int | None = None,
     model_kwargs: dict | None = None,
+    snapshot_every: int | None = None,
 ) -> Path:
     """Train one stage of the toy VLM and save it with `save_pretrained` (model + processor) into `out_dir`.
 
@@ -324,8 +423,9 @@ def train(
         batch_size (`int`, *optional*, defaults to 32): examples per step.
         lr (`float`, *optional*, defaults to 1e-3): peak learning rate (AdamW, linear warm-up, cosine to 10%).
         seed (`int`, *optional*, defaults to 0): seeds the initialisation and the data stream.
-        stage (`str`, *optional*, defaults to `"it"`): "pt" (captions) or "it" (mixed tasks); only used when `data`
-            is None.
+        stage (`str`, *optional*, defaults to `"it"`): "lm" (text-only IT-mix examples), "pt" (captions) or "it"
+            (mixed tasks: `IT_MIX` with its spatial curriculum and a text-only batch every `TEXT_REPLAY_EVERY`
+            steps; a custom `mix` gets neither); only used when `data` is None.
         init (`str | Path`, *optional*): a folder saved by an earlier stage to start from (e.g. the PT output); a
             fresh random model is built when None.
         loss_fn (`Callable[[model, batch], Tensor]`, *optional*): the training loss; defaults to `mle_loss`. CAL
@@ -345,6 +445,8 @@ def train(
             (final model for the same number of steps already there) returns at once.
         num_threads (`int`, *optional*): `torch.set_num_threads` for the run (2 on a shared 2-core machine).
         model_kwargs (`dict`, *optional*): `toy_config` overrides for a fresh model (e.g. a smaller one for tests).
+        snapshot_every (`int`, *optional*): also save the model to `out_dir/snapshots/step-N` every this many steps
+            (what a learning curve is measured on).
 
     Returns:
         `Path`: `out_dir`, now loadable with `vcontrast.toy.load(out_dir)`.
@@ -404,7 +506,7 @@ def train(
         start = state["step"]
         logger.info("resuming %s from step %d", out_dir, start)
     loss_fn = loss_fn if loss_fn is not None else mle_loss
-    batches = _data_fn(data, stage, seed, mix)
+    batches = _data_fn(data, stage, seed, mix, steps)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / "log.jsonl"
@@ -436,6 +538,9 @@ def train(
             running, seen = 0.0, 0
         if (step + 1) % save_every == 0 and step + 1 < steps:
             _save_checkpoint(model, processor, optimizer, ckpt, step + 1)
+        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            model.save_pretrained(out_dir / SNAPSHOT_DIR / f"step-{step + 1}")
+            processor.save_pretrained(out_dir / SNAPSHOT_DIR / f"step-{step + 1}")
 
     model.eval()
     model.save_pretrained(out_dir)
@@ -519,8 +624,9 @@ def pretrain_vision(
     resume: bool = True,
     num_threads: int | None = None,
     model_kwargs: dict | None = None,
+    init: str | Path | None = None,
 ) -> Path:
-    """Stage 0: pretrain the CLIP vision tower on dense object attributes, standing in for CLIP's own pretraining.
+    """Pretrain the CLIP vision tower on dense object attributes, standing in for CLIP's own pretraining.
 
     Real LLaVA starts from a pretrained CLIP tower. A tower trained from scratch through the LM alone learns colours
     and positions quickly but not shapes (a shape spans about one 8-pixel patch at a random offset; in a 2500-step
@@ -540,7 +646,9 @@ def pretrain_vision(
         log_every (`int`, *optional*, defaults to 50): logging interval.
         resume (`bool`, *optional*, defaults to `True`): return at once if `out_dir` holds a finished run.
         num_threads (`int`, *optional*): `torch.set_num_threads` for the run.
-        model_kwargs (`dict`, *optional*): `toy_config` overrides.
+        model_kwargs (`dict`, *optional*): `toy_config` overrides for a fresh model.
+        init (`str | Path`, *optional*): a saved toy model whose tower to train (e.g. the text-only LM stage's
+            output); its LM and projector are kept as they are. A fresh model when None.
 
     Returns:
         `Path`: `out_dir`, to pass as `train(..., init=out_dir)`.
@@ -558,8 +666,14 @@ def pretrain_vision(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
-    processor = toy_processor()
-    model = build_model(processor, **(model_kwargs or {}))
+    if init is not None:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(init, local_files_only=True)
+        processor = AutoProcessor.from_pretrained(init, local_files_only=True)
+    else:
+        processor = toy_processor()
+        model = build_model(processor, **(model_kwargs or {}))
     tower = model.model.vision_tower
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     sizes = {"kind": len(VISION_KINDS), "shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES)}
@@ -616,41 +730,61 @@ def pretrain_vision(
 def train_recipe(
     out_dir: str | Path,
     *,
+    lm_steps: int = 2000,
     vision_steps: int = 2000,
     pt_steps: int = 600,
-    it_steps: int = 1400,
+    it_steps: int = 4000,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
     log_every: int = 50,
     num_threads: int | None = 2,
+    model_kwargs: dict | None = None,
+    snapshot_every: int | None = 500,
 ) -> Path:
-    """The shipped model's full recipe: vision stage (`out_dir/vision`), PT (`out_dir/pt`), IT (`out_dir`).
+    """The shipped model's recipe, after LLaVA's: LM (`out_dir/lm`), vision (`out_dir/vision`), PT (`out_dir/pt`), IT.
 
+    0. `train(stage="lm")`: the language model alone learns the toy language from text (the IT mix's questions,
+       answers and captions, no image), so its no-image predictions carry the train split's language priors, as a
+       pretrained LLM's do.
     1. `pretrain_vision`: the CLIP tower learns dense object attributes (the stand-in for CLIP pretraining).
-    2. PT on captions with the vision tower frozen, as in LLaVA; the projector and, unlike LLaVA (whose LM comes
-       pretrained), the random LM are trained.
-    3. IT on the mixed tasks, vision tower still frozen, projector + LM trained at half the learning rate.
+    2. PT: the projector alone learns to feed the frozen LM from captions, as in LLaVA.
+    3. IT on `IT_MIX` (spatial curriculum, text-only replay), vision tower frozen, projector + LM trained at half
+       the learning rate, with snapshots every `snapshot_every` steps for the learning curve.
 
     Args:
         out_dir (`str | Path`): final output folder (loadable with `vcontrast.toy.load(out_dir)`).
-        vision_steps (`int`, *optional*, defaults to 2000): stage-0 steps.
-        pt_steps (`int`, *optional*, defaults to 600): stage-1 steps.
-        it_steps (`int`, *optional*, defaults to 1400): stage-2 steps.
+        lm_steps (`int`, *optional*, defaults to 2000): stage-0 steps (text only).
+        vision_steps (`int`, *optional*, defaults to 2000): stage-1 steps.
+        pt_steps (`int`, *optional*, defaults to 600): stage-2 steps.
+        it_steps (`int`, *optional*, defaults to 4000): stage-3 steps.
         batch_size (`int`, *optional*, defaults to 32): examples per step in every stage.
-        lr (`float`, *optional*, defaults to 1e-3): peak learning rate of stages 0 and 1; IT uses half of it.
+        lr (`float`, *optional*, defaults to 1e-3): peak learning rate of stages 0-2; IT uses half of it.
         seed (`int`, *optional*, defaults to 0): seeds every stage.
         log_every (`int`, *optional*, defaults to 50): logging interval.
         num_threads (`int`, *optional*, defaults to 2): torch threads (1 is faster when other jobs share the cores).
+        model_kwargs (`dict`, *optional*): `toy_config` overrides; defaults to `RECIPE_MODEL` (LM 6 x 192).
+        snapshot_every (`int`, *optional*, defaults to 500): IT snapshot interval (None: none).
 
     Returns:
         `Path`: `out_dir`. Interrupted runs resume where they stopped when called again.
     """
     out_dir = Path(out_dir)
     common = {"batch_size": batch_size, "seed": seed, "log_every": log_every, "num_threads": num_threads}
-    vision = pretrain_vision(out_dir / "vision", steps=vision_steps, lr=lr, **common)
-    pt = train(out_dir / "pt", stage="pt", init=vision, steps=pt_steps, lr=lr, trainable="projector+lm", **common)
-    return train(out_dir, stage="it", init=pt, steps=it_steps, lr=lr / 2, trainable="projector+lm", **common)
+    model_kwargs = RECIPE_MODEL if model_kwargs is None else model_kwargs
+    lm = train(out_dir / "lm", stage="lm", steps=lm_steps, lr=lr, trainable="lm", model_kwargs=model_kwargs, **common)
+    vision = pretrain_vision(out_dir / "vision", steps=vision_steps, lr=lr, init=lm, **common)
+    pt = train(out_dir / "pt", stage="pt", init=vision, steps=pt_steps, lr=lr, trainable="projector", **common)
+    return train(
+        out_dir,
+        stage="it",
+        init=pt,
+        steps=it_steps,
+        lr=lr / 2,
+        trainable="projector+lm",
+        snapshot_every=snapshot_every,
+        **common,
+    )
 
 
 def _attribute_words() -> dict[str, set[str]]:
