@@ -79,7 +79,8 @@ def _answers_hold(item):
         assert relation(a, b) == RELATIONS[item.answer] == item.meta["relation"]
     if item.task == "refexp" or kind in ("intrinsic", "relational"):
         target = by_box[item.target if item.task == "refexp" else item.regions[0]]
-        expression = item.prompt if item.task == "refexp" else item.prompt.removeprefix("where is ").removesuffix(" ?")
+        expression = {"refexp": item.prompt, "caption": item.answer}.get(item.task)
+        expression = expression or item.prompt.removeprefix("where is ").removesuffix(" ?")
         assert _referents(expression, scene.objects) == [target]
         if item.task == "vqa":
             assert item.answer == position(target, scene.size)
@@ -107,7 +108,7 @@ def _fits(obj, attrs):
 
 
 def test_gold_answers_are_true():
-    for task in ("vqa", "spatial", "spatial_lr", "spatial_pair", "refexp", "where", "relations"):
+    for task in ("vqa", "spatial", "spatial_lr", "spatial_pair", "refexp", "where", "refer", "relations"):
         for split in ("train", "test"):
             for _, item in iter_split(task, 100, seed=2, split=split):
                 _answers_hold(item)

@@ -51,6 +51,7 @@ PROMPTS: dict[str, str] = {
     "region_size": "is the object in the box small or large ?",
     "region_caption": "describe the object in the box .",
     "relations": "how are the objects placed ?",
+    "refer": "name one object in the image .",
     "spatial": "where is {a} relative to {b} ?",
     "match": "does this image match : {text} ?",
 }

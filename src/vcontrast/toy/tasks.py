@@ -14,6 +14,8 @@ Tasks (`TASK_NAMES`: toy name -> `Item.task`), templates in `vcontrast.toy.gramm
   every split) and "spatial_pair" (2 objects, the four relations).
 - "where" -> "vqa": "where is the red circle ?" or, relationally, "where is the circle left of the square ?" ->
   the object's 3x3-grid location phrase ("at the top left").
+- "refer" -> "caption": "name one object in the image ." -> a referring expression of one object, intrinsic or
+  relational (the in-distribution form in which "refexp" expressions are scored).
 - "relations" -> "caption": "how are the objects placed ?" -> every related pair ("the red circle is left of the
   blue square ."), see `vcontrast.toy.grammar.relations_text`.
 - "swap" -> "choice" (SugarCrepe style): "what objects are in the image ?" with the true `objects_text` and a hard
@@ -80,6 +82,7 @@ TASK_NAMES: dict[str, str] = {
     "spatial_lr": "choice",
     "spatial_pair": "choice",
     "where": "vqa",
+    "refer": "caption",
     "relations": "caption",
     "swap": "choice",
     "refexp": "refexp",
@@ -260,6 +263,16 @@ def _where(rng, split):
     return image, scene, seed, {**fields, "meta": {"kind": kind}}
 
 
+def _refer(rng, split):
+    image, scene, seed, obj, text, kind = _named_object(rng, split)
+    return (
+        image,
+        scene,
+        seed,
+        {"prompt": PROMPTS["refer"], "answer": text, "regions": [obj.box], "meta": {"kind": kind}},
+    )
+
+
 def _region_caption(rng, split):
     image, scene, seed, obj = _search(rng, split, lambda s: _pick(rng, s.objects), n=(2, 4))
     image, region = draw_region(image, obj.box)
@@ -297,6 +310,7 @@ _BUILDERS = {
     "spatial_lr": _spatial_lr,
     "spatial_pair": _spatial_pair,
     "where": _where,
+    "refer": _refer,
     "relations": _relations,
     "swap": _swap,
     "refexp": _refexp,

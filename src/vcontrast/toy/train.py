@@ -44,15 +44,16 @@ logger = logging.getLogger(__name__)
 # Task name (`vcontrast.toy.tasks.TASK_NAMES`) -> share of the examples of each stage.
 PT_MIX: dict[str, float] = {"caption": 1.0}
 IT_MIX: dict[str, float] = {
-    "caption": 0.12,
+    "caption": 0.10,
     "relations": 0.05,
-    "vqa": 0.13,
+    "vqa": 0.12,
     "region_vqa": 0.08,
     "region_caption": 0.05,
     "spatial": 0.30,
     "where": 0.10,
-    "swap": 0.07,
-    "match": 0.10,
+    "refer": 0.05,
+    "swap": 0.06,
+    "match": 0.09,
 }
 # The spatial share of IT follows a curriculum: (end of the phase as a fraction of the run, task that fills it).
 SPATIAL_CURRICULUM: tuple[tuple[float, str], ...] = ((0.15, "spatial_lr"), (0.35, "spatial_pair"), (1.0, "spatial"))
