@@ -73,7 +73,7 @@ def _register() -> None:
     from vcontrast.bench.cli import LMMS_EVAL_CONTEXT, eval_command, lmms_eval_command
     from vcontrast.cal.cli import cal_app, train
     from vcontrast.crg.cli import ask, rerank, score
-    from vcontrast.toy.cli import experiment_command, train_command
+    from vcontrast.toy.cli import experiment_command, gates_command, train_command
 
     app.command("ask")(ask)
     app.command("score")(score)
@@ -85,6 +85,7 @@ def _register() -> None:
     toy_app = typer.Typer(help="The toy world: retrain the shipped model, run the measured experiments.")
     toy_app.command("train")(train_command)
     toy_app.command("experiment")(experiment_command)
+    toy_app.command("gates")(gates_command)
     app.add_typer(toy_app, name="toy")
 
 

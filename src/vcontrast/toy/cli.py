@@ -107,3 +107,58 @@ def train_command(
         model, processor = load(path)
         for key, value in evaluate(model, processor, n=eval_items).items():
             print(f"{key:<40} {value:.4f}" if isinstance(value, float) else f"{key:<40} {value}")
+
+
+def gates_command(
+    model: Annotated[
+        Path | None, typer.Option(help="Toy model folder (save_pretrained layout); default: the shipped one.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="Items per task.")] = 200,
+    split: Annotated[str, typer.Option(help="'val' (the gates' split) or 'test' (reported results only).")] = "val",
+    seed: Annotated[int, typer.Option(help="Item seeds seed * 1,000,000 + i.")] = 0,
+    curve: Annotated[
+        bool,
+        typer.Option(help="Also measure every IT snapshot of MODEL (a `vcontrast toy train` output): learning curve."),
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every metric to this JSON file.")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Check the toy model against the test bed's gates (issue #14) and print them as a table.
+
+    Mirror test, spatial accuracy and its prior gap, match AUROC, "where is" accuracy, swap accuracy, and CAL's logit
+    gains on glue, visual and contradicted words (`vcontrast.toy.gates`). Exits with status 1 if a gate fails.
+    """
+    import json
+
+    import torch
+
+    from vcontrast.toy.gates import GATES, check, gates_table, learning_curve, measure
+    from vcontrast.toy.model import load
+    from vcontrast.toy.tasks import SPLITS
+
+    if split not in SPLITS:
+        raise ValueError(f"`--split` (={split!r}) must be one of {SPLITS}")
+    torch.set_num_threads(threads)
+    loaded, processor = load(model)
+    metrics = measure(loaded, processor, n=n, seed=seed, split=split)
+    results = check(metrics)
+    print(gates_table(results))
+    data: dict = {"model": str(model or "shipped"), "n": n, "split": split, "seed": seed, "metrics": metrics}
+    if curve:
+        if model is None:
+            raise ValueError("`--curve` needs `--model`, a `vcontrast toy train` output folder with snapshots/")
+        points = learning_curve(model, n=n, seed=seed, split=split)
+        keys = [g.key for g in GATES]
+        print("\nlearning curve (IT step: gate metrics)\n")
+        print("| step | " + " | ".join(keys) + " |")
+        print("|---:|" + "---:|" * len(keys))
+        for point in points:
+            print(f"| {int(point['step'])} | " + " | ".join(f"{point[k]:.3f}" for k in keys) + " |")
+        data["curve"] = points
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=1) + "\n")
+    failed = [r.gate.key for r in results if not r.passed]
+    if failed:
+        print(f"\nfailed gates: {', '.join(failed)}")
+        raise typer.Exit(1)
