@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vcontrast.cli import main
-from vcontrast.demo import run_demo
+from vcontrast.demo import run_demo, swapped_caption
+from vcontrast.toy.grammar import caption, words
+from vcontrast.toy.scenes import COLORS, make_scene
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,12 @@ def test_demo_writes_pictures_heatmaps_and_table(toy_folder, tmp_path):
     assert {"choice/accuracy", "refexp/acc@0.5"} <= set(summary["results"]["base"]["metrics"])
     assert len(summary["crg_examples"]) == 2 and all(r["crg"] is not None for r in summary["crg_examples"])
     tokens = summary["cal_heatmap"]["clean"]["tokens"]
-    assert tokens[-1] == "</s>" and len(tokens) == len(summary["cal_heatmap"]["clean"]["weight"])
+    assert tokens[-1] == "." and len(tokens) == len(summary["cal_heatmap"]["clean"]["weight"])
     assert all(1.0 <= w <= 5.0 for w in summary["cal_heatmap"]["clean"]["weight"])  # clamped and pooled
+    swapped = summary["cal_heatmap"]["swapped"]
+    assert len(swapped["contradicted"]) == 2 and all(c["token"] in COLORS for c in swapped["contradicted"])
+    assert {c["delta"] for c in swapped["contradicted"]} <= set(swapped["delta"])
+    assert any("the swapped colour words" in line for line in lines)
     assert json.loads((tmp_path / "demo.json").read_text())["crg_examples"][0]["question"]
     assert not any("\x1b[" in line for line in lines)  # no colour codes unless asked (the CLI asks on a terminal)
     assert not [p for p in tmp_path.rglob(".*")]  # atomic writes leave no temp files
@@ -60,3 +66,14 @@ def test_demo_command_runs(toy_folder, tmp_path, capsys, monkeypatch):
         main(["demo", "--out", str(tmp_path), "--n-scenes", "3"])
     assert exc.value.code == 0 and calls["out"] == tmp_path and calls["n_scenes"] == 3
     assert calls["color"] is False  # captured output is not a terminal
+
+
+def test_swapped_caption_swaps_two_colour_words():
+    _, scene = make_scene(7, n_objects=2)
+    text, wrong = swapped_caption(scene)
+    before, after = words(caption(scene)), words(text)
+    assert len(wrong) == 2 and [after[k] for k in wrong] == [before[k] for k in reversed(wrong)]
+    assert all(before[k] in COLORS for k in wrong) and len(before) == len(after)
+    _, same = make_scene(0, n_objects=1)
+    with pytest.raises(ValueError, match="two objects"):
+        swapped_caption(same)

@@ -51,39 +51,58 @@ def crg_examples(model, processor, out: Path, n_scenes: int, echo: Callable[[str
     return rows
 
 
+def swapped_caption(scene) -> tuple[str, list[int]]:
+    """The scene's caption with the colours of its first two differently coloured objects swapped (SugarCrepe's
+    swap): the same words, two of them now wrong. Returns the caption and the word indices of the wrong colours."""
+    from dataclasses import replace
+
+    from vcontrast.toy.grammar import caption, words
+
+    objects = list(scene.objects)
+    pairs = [
+        (i, j) for i in range(len(objects)) for j in range(i + 1, len(objects)) if objects[i].color != objects[j].color
+    ]
+    if not pairs:
+        raise ValueError("the scene needs two objects of different colours to swap")
+    i, j = pairs[0]
+    objects[i], objects[j] = replace(objects[i], color=objects[j].color), replace(objects[j], color=objects[i].color)
+    text = caption(replace(scene, objects=objects))
+    wrong = [k for k, (a, b) in enumerate(zip(words(caption(scene)), words(text), strict=True)) if a != b]
+    return text, wrong
+
+
 def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None], color: bool = False) -> dict:
-    """CAL's per-token image gain and weight on a clean and a swapped (wrong) caption of one scene; `color` echoes
-    the tokens with ANSI colours (for a terminal), else as plain `token(gain)` text."""
-    from vcontrast.cal import CALConfig, cal_deltas, token_weights
-    from vcontrast.toy.grammar import caption
+    """CAL's per-token image gain and weight on a clean caption of one scene and on the same caption with two
+    colours swapped (`swapped_caption`), drawn as in the CAL paper's Figure 2a (`vcontrast.cal.show`): the gain
+    diverging from blue (the image argues against the token) through white to red, the clamped weight below it.
+    `color` echoes the tokens with ANSI colours (for a terminal), else as plain `token(gain)` text."""
+    from vcontrast.cal import CALConfig
+    from vcontrast.cal.show import report_heatmap, report_heatmap_html, token_report
+    from vcontrast.toy.grammar import PROMPTS, caption
     from vcontrast.toy.scenes import make_scene
-    from vcontrast.toy.train import collate
-    from vcontrast.viz import token_heatmap, token_heatmap_ansi, token_heatmap_html
+    from vcontrast.viz import token_heatmap_ansi
 
     image, scene = make_scene(7, n_objects=2)
-    _, other = make_scene(8, n_objects=2)
+    swapped, wrong = swapped_caption(scene)
     config = CALConfig()
     result = {}
-    for name, text in (("clean", caption(scene)), ("swapped", caption(other))):
-        batch = collate(processor, [{"image": image, "prompt": "describe the image .", "answer": text}])
-        delta, mask = cal_deltas(model, batch, config)
-        weights = token_weights(delta, mask, alpha=config.alpha, beta=config.beta, window=config.window)
-        ids = batch["input_ids"][mask]
-        tokens = processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-        # Colour by the raw gain: weights are clamped to [alpha, beta], so they cannot show the tokens the image
-        # argues against (gain < 0, blue), which is what a swapped caption should reveal.
-        gains = delta[mask].tolist()
-        title = f"CAL logit gain per token, {name} caption "
-        save_image(
-            token_heatmap(tokens, gains, low=0.0, high=config.beta, title=title, image=image), out / f"cal_{name}.png"
+    for name, text in (("clean", caption(scene)), ("swapped", swapped)):
+        report = token_report(model, processor, image, text, prompt=PROMPTS["caption"], config=config)
+        tokens, gains = [t.text for t in report], [t.delta for t in report]
+        title = f"CAL logit gain per token, {name} caption"
+        picture = report_heatmap(report, alpha=config.alpha, beta=config.beta, title=title, image=image)
+        save_image(picture, out / f"cal_{name}.png")
+        write_text(
+            out / f"cal_{name}.html", report_heatmap_html(report, alpha=config.alpha, beta=config.beta, title=title)
         )
-        html = token_heatmap_html(tokens, gains, low=0.0, high=config.beta, title=f"CAL logit gain, {name} caption")
-        write_text(out / f"cal_{name}.html", html)
         if color:
             echo(f"  {name:<8} {token_heatmap_ansi(tokens, gains, low=0.0, high=config.beta)}")
         else:
             echo(f"  {name:<8} {' '.join(f'{token}({gain:.1f})' for token, gain in zip(tokens, gains, strict=True))}")
-        result[name] = {"tokens": tokens, "delta": gains, "weight": weights[mask].tolist()}
+        result[name] = {"text": text, "tokens": tokens, "delta": gains, "weight": [t.weight for t in report]}
+    result["swapped"]["contradicted"] = [{"token": tokens[k], "delta": gains[k]} for k in wrong]
+    shown = ", ".join(f"{tokens[k]} {gains[k]:+.1f}" for k in wrong)
+    echo(f"  the swapped colour words (the image contradicts them; blue when the gain is negative): {shown}")
     return result
 
 
