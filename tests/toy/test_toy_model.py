@@ -336,7 +336,7 @@ shipped = pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").is_file(), 
 
 @shipped
 def test_shipped_weights_are_small_and_load_offline():
-    assert (WEIGHTS_DIR / "model.safetensors").stat().st_size <= 10 * 2**20
+    assert (WEIGHTS_DIR / "model.safetensors").stat().st_size <= 25 * 2**20  # issue #14's budget
     model, processor = load()
     assert not model.training and processor.image_processor.size["height"] == 64
 
@@ -357,8 +357,10 @@ def test_shipped_model_names_the_colour_and_shape_of_a_single_object():
 
 @pytest.mark.slow
 def test_short_recipe_learns_colours(tmp_path):
-    # The whole three-stage recipe at a small budget (~5 min on one core): enough to name the one colour in a scene.
-    recipe = {"vision_steps": 300, "pt_steps": 200, "it_steps": 300, "log_every": 100, "num_threads": 1}
+    # The whole four-stage recipe at a small budget and the first toy model's size (~6 min on one core): enough to
+    # name the one colour in a scene.
+    recipe = {"lm_steps": 200, "vision_steps": 300, "pt_steps": 200, "it_steps": 300, "log_every": 100}
+    recipe |= {"num_threads": 1, "snapshot_every": None, "model_kwargs": {"hidden_size": 128, "num_layers": 4}}
     out = toy_train.train_recipe(tmp_path, **recipe)
     model, processor = load(out)
     examples = []
