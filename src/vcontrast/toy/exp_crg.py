@@ -456,21 +456,22 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
     loaded, processor = _load_model(model_path)
     run = _Evaluator(loaded, processor, work, budget)
 
+    # PLAN.md's runs first, the extras last (an interrupted run has the main results done first).
     results: dict[str, dict[str, dict]] = {}
     for task in GUIDED_TASKS:
         for method in E1_METHODS:
             results.setdefault(method, {})[task] = run(f"true-{method}", task, true_dir, method)
-    for mode in ABLATION_MODES[1:]:
-        for task in GUIDED_TASKS:
-            results.setdefault(f"crg-{mode}", {})[task] = run(f"true-crg-{mode}", task, true_dir, "crg", mode)
-    for task in GUIDED_TASKS:
-        results.setdefault("crg-proposed", {})[task] = run("proposed-crg", task, proposed_dir, "crg")
     refexp: dict[str, dict] = {}
     for boxes, data_dir in (("true", true_dir), ("proposed", proposed_dir)):
         for fmt, prompt in REFEXP_FORMATS.items():
             for method in ("base", "crg"):
                 tag = f"{boxes}-{method}-{fmt}"
                 refexp[f"{boxes}/{fmt}/{method}"] = run(tag, "refexp", data_dir, method, rerank_prompt=prompt)
+    for mode in ABLATION_MODES[1:]:
+        for task in GUIDED_TASKS:
+            results.setdefault(f"crg-{mode}", {})[task] = run(f"true-crg-{mode}", task, true_dir, "crg", mode)
+    for task in GUIDED_TASKS:
+        results.setdefault("crg-proposed", {})[task] = run("proposed-crg", task, proposed_dir, "crg")
 
     summary = crg_summary(results, refexp, budget.bootstrap)
     summary["proposer"] = {
@@ -544,10 +545,7 @@ def crg_summary(results: dict[str, dict[str, dict]], refexp: dict[str, dict], re
             if name != "base":
                 entry["vs_base"][name] = compare(task, base, by[task]["scores"], resamples)
         crg = results["crg"][task]["scores"]
-        entry["vs_crg"] = {
-            name: compare(task, crg, results[name][task]["scores"], resamples)
-            for name in ("overlay", "crg+overlay", "vcd")
-        }
+        entry["vs_crg"] = {name: compare(task, crg, results[name][task]["scores"], resamples) for name in VS_CRG}
         if task != "match" and len(set(base["kinds"])) > 1:
             entry["by_kind"] = _by_kind({name: results[name][task]["scores"] for name in E1_METHODS})
         tasks[task] = entry
