@@ -113,6 +113,37 @@ def test_regions_from_the_proposer_and_whole_image_fallback():
     }
 
 
+def test_rerank_prompt_sets_the_expression_format():
+    # Every re-ranking method scores the expression as the answer to `rerank_prompt` (default CRG's RERANK_PROMPT),
+    # CRG by the unnormalised log-ratio; once set, the prompt is part of the method's config.
+    from vcontrast.crg.crg import RERANK_PROMPT
+    from vcontrast.regions import blackout
+
+    model, processor = tm.build("llava")
+    image, boxes = tm.image(0), [(0.0, 0.0, 10.0, 10.0), (10.0, 5.0, 24.0, 20.0)]
+    refexp = Item(id="r", task="refexp", image="x", prompt="the red cup", proposals=boxes, target=boxes[0])
+    prompt = "name one object in the image ."
+    for name in ("base", "crg", "overlay", "crg+overlay", "vcd"):
+        method = get_method(name, model, processor, proposer=None)
+        assert "rerank_prompt" not in method.config and method.expression_prompt() == RERANK_PROMPT
+        default = method.predict([refexp], [image])[0]["scores"]
+        method.rerank_prompt = prompt
+        assert method.config["rerank_prompt"] == prompt
+        if name != "vcd":  # the random model's crops fall below VCD's plausibility cutoff: -inf either way
+            assert method.predict([refexp], [image])[0]["scores"] != default, name
+    crg = get_method("crg", model, processor, proposer=None)
+    crg.rerank_prompt = prompt
+    scores = crg.predict([refexp], [image])[0]["scores"]
+    plain = BaseMethod(model, processor, proposer=None).crg
+
+    def loglik(picture):
+        return plain.score_batch([picture], [prompt], [["the red cup"]])[0][0]
+
+    for box, score in zip(boxes, scores, strict=True):
+        # brute force: the log-likelihood of the expression with the image, minus with only this box blacked out
+        assert score == pytest.approx(loglik(image) - loglik(blackout(image, [box])), abs=1e-4)
+
+
 def test_method_arguments_are_checked():
     model, processor = tm.build("llava")
     with pytest.raises(ValueError, match="`alpha` \\(=-1\\)"):

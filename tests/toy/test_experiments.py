@@ -10,9 +10,19 @@ import typer
 from typer.testing import CliRunner
 
 from vcontrast.bench.items import read_items
+from vcontrast.bench.methods import ModelMethod
+from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
 from vcontrast.toy.cli import experiment_command, train_command
 from vcontrast.toy.exp_cal import caption_f1, noisy_pool
-from vcontrast.toy.exp_crg import MaskingCRGMethod, caption_swap_items, proposed_items
+from vcontrast.toy.exp_crg import (
+    E1_METHODS,
+    VS_CRG,
+    MaskingCRGMethod,
+    caption_swap_items,
+    compare,
+    prior_gap,
+    proposed_items,
+)
 from vcontrast.toy.experiments import (
     BUDGETS,
     ExperimentBudget,
@@ -22,7 +32,7 @@ from vcontrast.toy.experiments import (
     run_experiment,
     summarize,
 )
-from vcontrast.toy.grammar import caption
+from vcontrast.toy.grammar import PROMPTS, caption
 from vcontrast.toy.model import build_model
 from vcontrast.toy.scenes import Scene
 from vcontrast.toy.tasks import make_split
@@ -93,24 +103,138 @@ def test_cal_crg_end_to_end(tmp_path, work_dir, tiny_model_dir):
     assert "CAL + CRG" in result.table
 
 
-def test_crg_end_to_end(tmp_path, tiny_model_dir):
+def test_crg_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     work = tmp_path / "work"
     result = run_experiment("crg", out_dir=tmp_path, budget="tiny", work_dir=work, model=tiny_model_dir)
     assert _files(result) == ["crg.json", "crg.md", "crg.png"]
     summary = result.data["summary"]
-    assert list(summary) == ["region_vqa", "spatial", "swap", "match", "refexp"]
-    for task, entry in summary.items():
-        assert {"base/true", "crg/true", "crg/proposed", "overlay/true", "crg+overlay/true", "vcd/true"} <= set(entry)
-        assert ("crg-whole/true" in entry) == (task != "refexp")
-        assert "vcd/true/delta_ci" in entry
-    assert summary["spatial"]["proposer"]["same_boxes"] == 1.0  # the proposer finds exactly the two named objects
-    assert summary["refexp"]["proposer"]["same_boxes"] == 1.0  # every object, found from the pixels
-    assert "masking ablation" in result.table and "baselines" in result.table
-    # the runner's folders say which regions each CRG run used
-    metrics = json.loads((work / "crg" / "proposed-crg" / "spatial" / "metrics.json").read_text())
-    assert metrics["config"]["proposer"] == "toy" and metrics["regions_source"] == {"proposer": TINY.n_items}
-    metrics = json.loads((work / "crg" / "true-crg-combined" / "swap" / "metrics.json").read_text())
-    assert metrics["config"]["mode"] == "combined" and metrics["regions_source"] == {"item": TINY.n_items}
+    assert list(summary["tasks"]) == ["spatial", "swap", "match", "region_vqa"]
+    for entry in summary["tasks"].values():
+        assert list(entry["values"]) == [*E1_METHODS, "crg-combined", "crg-whole", "crg-proposed"]
+        assert set(entry["vs_base"]) == set(entry["values"]) - {"base"} and set(entry["vs_crg"]) == set(VS_CRG)
+    assert list(summary["refexp"]) == ["true/refer", "true/describe", "proposed/refer", "proposed/describe"]
+    assert [h["id"] for h in summary["hypotheses"]] == ["H1.1", "H1.1", "H1.2", "H1.3", "H1.4"] + ["H1.5"] * 8
+    assert summary["proposer"]["spatial"]["same_boxes"] == 1.0  # the proposer finds exactly the two named objects
+    assert summary["proposer"]["refexp"]["same_boxes"] == 1.0  # every object, found from the pixels
+    for heading in ("Hypotheses", "Spatial by prior", "Refexp (acc@0.5)", "masking ablation", "Machine:"):
+        assert heading in result.table
+    assert result.data["machine"]["cpu_count"] >= 1 and result.data["eval_s_total"] >= 0
+
+    # the runner's folders say which settings each run used: refexp in the "refer" format (main rows) or CRG's
+    # default prompt, regions from the items or from the proposer, the masking mode
+    def metrics(tag, task):
+        return json.loads((work / "crg" / tag / task / "metrics.json").read_text())
+
+    for tag in ("true-crg-refer", "true-base-refer", "proposed-crg-refer", "proposed-base-refer"):
+        assert (
+            metrics(tag, "refexp")["config"]["rerank_prompt"] == PROMPTS["refer"] == "name one object in the image ."
+        )
+    assert "rerank_prompt" not in metrics("true-crg-describe", "refexp")["config"]
+    spatial = metrics("proposed-crg", "spatial")
+    assert spatial["config"]["proposer"] == "toy" and spatial["regions_source"] == {"proposer": TINY.n_items}
+    swap = metrics("true-crg-combined", "swap")
+    assert swap["config"]["mode"] == "combined" and swap["regions_source"] == {"item": TINY.n_items}
+
+    # the statistics, recomputed by brute force from the items and the predictions files
+    def items(boxes, task):
+        return list(read_items(work / "crg" / "data" / boxes / f"{task}_test.jsonl"))
+
+    def predictions(tag, task):
+        return read_predictions(work / "crg" / tag / task / PREDICTIONS_FILE)
+
+    spatial_items = items("true", "spatial")
+    n = len(spatial_items)
+    correct = {}
+    for method in ("base", "crg"):
+        p = predictions(f"true-{method}", "spatial")
+        correct[method] = [
+            float(all(p[it.id]["scores"][it.answer] > s for k, s in enumerate(p[it.id]["scores"]) if k != it.answer))
+            for it in spatial_items
+        ]
+    consistent = [it.meta["relation"] == "left of" for it in spatial_items]  # the train split's favourite
+    assert 0 < sum(consistent) < n  # both groups present in the tiny budget's items
+
+    def gap(index):
+        groups = [[i for i in index if consistent[i] == c] for c in (False, True)]
+        if not all(groups):
+            return None
+        gains = [sum(correct["crg"][i] - correct["base"][i] for i in g) / len(g) for g in groups]
+        return gains[0] - gains[1]
+
+    h11 = summary["spatial_prior"]["crg"]["gap"]
+    assert h11["delta"] == pytest.approx(gap(range(n)))
+    rng, stats = np.random.default_rng(0), []
+    for _ in range(TINY.bootstrap):
+        value = gap(list(rng.integers(0, n, n)))
+        if value is not None:
+            stats.append(value)
+    assert h11["ci"] == pytest.approx(tuple(np.percentile(stats, [2.5, 97.5])))
+    assert summary["hypotheses"][1]["delta"] == h11["delta"]
+    delta = summary["tasks"]["spatial"]["vs_base"]["crg"]["delta"]
+    assert delta == pytest.approx((sum(correct["crg"]) - sum(correct["base"])) / n)
+
+    def auroc(tag):
+        p = predictions(tag, "match")
+        pos = [p[it.id]["p_yes"] for it in items("true", "match") if it.label == 1]
+        neg = [p[it.id]["p_yes"] for it in items("true", "match") if it.label == 0]
+        return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+    match = summary["tasks"]["match"]
+    assert match["values"]["vcd"] == pytest.approx(auroc("true-vcd"))
+    assert match["vs_base"]["vcd"]["delta"] == pytest.approx(auroc("true-vcd") - auroc("true-base"))
+
+    def iou(a, b):
+        w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+        inter = max(w, 0) * max(h, 0)
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    for boxes in ("true", "proposed"):
+        crop, crg = predictions(f"{boxes}-base-refer", "refexp"), predictions(f"{boxes}-crg-refer", "refexp")
+        for kind in ("intrinsic", "relational"):
+            chosen = [it for it in items(boxes, "refexp") if it.meta["kind"] == kind]
+            row = summary["refexp"][f"{boxes}/refer"][kind]
+            assert row["n"] == len(chosen)
+            hits = [[iou(b, it.target) >= 0.5 for b in it.proposals] for it in chosen]
+            assert row["random"] == pytest.approx(np.mean([sum(h) / len(h) for h in hits]))
+            assert row["oracle"] == pytest.approx(np.mean([any(h) for h in hits]))
+            for name, p in (("crop", crop), ("crg", crg)):
+                assert row[name] == pytest.approx(
+                    np.mean([iou(p[it.id]["pred_box"], it.target) >= 0.5 for it in chosen])
+                )
+            assert row["crg-crop"]["delta"] == pytest.approx(row["crg"] - row["crop"])
+        entry = summary["refexp"][f"{boxes}/refer"]
+        assert entry["all"]["crg"] == pytest.approx(entry["runner"]["crg"])  # the runner's own acc@0.5
+
+    # a rerun computes nothing: every prediction is read back, the numbers are the same
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr(ModelMethod, "predict", no_model)
+    again = run_experiment("crg", out_dir=tmp_path / "again", budget="tiny", work_dir=work, model=tiny_model_dir)
+
+    def text(data):  # NaN != NaN: compare the JSON texts
+        return json.dumps(data["summary"], sort_keys=True, default=list)
+
+    assert text(again.data) == text(result.data)
+
+
+def test_prior_gap_against_brute_force():
+    # H1.1's statistic on items with repeats (a bootstrap resample): the gain on the prior-inconsistent items minus
+    # the gain on the prior-consistent ones, each a mean over the resampled items of its group
+    rng = np.random.default_rng(1)
+    n = 40
+    consistent = rng.random(n) < 0.3
+    base = {"ids": list(range(n)), "correct": rng.integers(0, 2, n).astype(float), "prior_consistent": consistent}
+    other = {"ids": list(range(n)), "correct": rng.integers(0, 2, n).astype(float)}
+    for index in (np.arange(n), rng.integers(0, n, n)):
+        gains = {c: [other["correct"][i] - base["correct"][i] for i in index if consistent[i] == c] for c in (0, 1)}
+        brute = sum(gains[0]) / len(gains[0]) - sum(gains[1]) / len(gains[1])
+        assert prior_gap(base, other, index) == pytest.approx(brute)
+    with pytest.raises(ValueError, match="empty"):
+        prior_gap(base, other, np.flatnonzero(consistent))
+    stat = compare("spatial", base, other, 50)
+    assert stat["delta"] == pytest.approx(other["correct"].mean() - base["correct"].mean())
+    assert stat["ci"][0] <= stat["delta"] <= stat["ci"][1]
 
 
 def test_work_dir_refuses_another_budget(tmp_path, tiny_model_dir):

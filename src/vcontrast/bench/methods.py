@@ -25,8 +25,10 @@ What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
 - "match": `score_batch` of the answers "yes" and "no" to CRG's `MATCH_TEMPLATE` ("Does this image match: {text}?")
   -> `p_yes` = P(yes) / (P(yes) + P(no)), `logprobs` (of "yes" and "no").
 - "refexp": "crg" re-ranks with `CRG.rerank_batch` by the paper's rule (proposal i scores the drop in the
-  expression's log-likelihood when only box i is blacked out); "base" scores the expression given each proposal's
-  crop -> `scores`, `pred_index`, `pred_box`.
+  expression's log-likelihood when only box i is blacked out, unnormalised); "base" scores the expression given each
+  proposal's crop -> `scores`, `pred_index`, `pred_box`. The expression is scored as the answer to the method's
+  `rerank_prompt` (default: CRG's `RERANK_PROMPT`, "Describe the image."); a model trained to name objects in
+  another format (the toy model: "name one object in the image .") is scored in its own format by setting it.
 - "vqa", "region_vqa", "caption": `generate_batch`, greedy, `max_new_tokens` -> `text`.
 
 P(yes) is renormalised over "yes" and "no", so that F1 at 0.5 means "yes is more likely than no" whatever mass the
@@ -228,11 +230,19 @@ class ModelMethod:
             use), a proposer object, or `None` for none (the whole image is blacked out instead).
         proposer_model (`str`, *optional*): checkpoint folder or hub name of a named proposer.
         max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks (greedy).
+
+    Attributes:
+        rerank_prompt (`str | None`): the prompt a refexp expression is scored as the answer to; `None` (the
+            default) is CRG's `RERANK_PROMPT`. Set it on the built method (`method.rerank_prompt = ...`); once set it
+            is part of `config`, so the runner never mixes predictions of two formats.
     """
 
     name = "model"
     guided = False  # whether `alpha` is a setting
     defaults: ClassVar[dict] = {}  # the method's own options and their defaults
+    # The prompt a refexp expression answers; None: CRG's RERANK_PROMPT. Recorded in `config` only when set, so that
+    # the runs made before it existed keep their settings.
+    rerank_prompt: str | None = None
 
     def __init__(
         self,
@@ -254,7 +264,15 @@ class ModelMethod:
     def config(self) -> dict:
         """Settings that change predictions (see `method_config`)."""
         options = _check_options({key: getattr(self, key) for key in self.defaults})
+        if self.rerank_prompt is not None:
+            options["rerank_prompt"] = self.rerank_prompt
         return _config(self.proposer, self.proposer_model, self.max_new_tokens, getattr(self, "alpha", None)) | options
+
+    def expression_prompt(self) -> str:
+        """The prompt a refexp expression is scored as the answer to: `rerank_prompt`, else CRG's `RERANK_PROMPT`."""
+        from vcontrast.crg.crg import RERANK_PROMPT
+
+        return RERANK_PROMPT if self.rerank_prompt is None else self.rerank_prompt
 
     # ------------------------------------------------------------------ regions
 
@@ -374,19 +392,18 @@ class ModelMethod:
     ) -> list[list[float]]:
         """Per item, one score per proposal box, higher is better. By default (methods without regions: "base",
         "vcd", "no-image"), the expression's score given each proposal's crop (see the module doc)."""
-        from vcontrast.crg.crg import RERANK_PROMPT
-
         crops = [_crop(image, box) for image, item_boxes in zip(images, boxes, strict=True) for box in item_boxes]
         texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
-        return _regroup([s[0] for s in self.crg.score_batch(crops, [RERANK_PROMPT] * len(crops), texts)], boxes)
+        prompts = [self.expression_prompt()] * len(crops)
+        return _regroup([s[0] for s in self.crg.score_batch(crops, prompts, texts)], boxes)
 
 
 class BaseMethod(ModelMethod):
     """The plain model: `CRG` with `alpha=0`, so prompts and scores are built exactly as for "crg".
 
-    "refexp": the score of proposal `i` is the log-likelihood of the expression (as the answer to CRG's
-    `RERANK_PROMPT`, "Describe the image.") given the image cropped to box `i`; see the module docstring. Other
-    arguments as `ModelMethod`.
+    "refexp": the score of proposal `i` is the log-likelihood of the expression (as the answer to `rerank_prompt`,
+    by default CRG's `RERANK_PROMPT`, "Describe the image.") given the image cropped to box `i`; see the module
+    docstring. Other arguments as `ModelMethod`.
 
     Examples:
 
@@ -443,8 +460,10 @@ class CRGMethod(ModelMethod):
         self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
     ) -> list[list[float]]:
         """The CRG paper's re-ranking (`CRG.rerank_batch`): proposal i scores the drop in the expression's
-        log-likelihood when only box i is blacked out."""
-        return [scores for _, scores in self.crg.rerank_batch(images, [item.prompt for item in items], boxes)]
+        log-likelihood (as the answer to `expression_prompt()`) when only box i is blacked out (the unnormalised
+        log-ratio)."""
+        texts = [item.prompt for item in items]
+        return [scores for _, scores in self.crg.rerank_batch(images, texts, boxes, prompt=self.expression_prompt())]
 
 
 class OverlayMethod(CRGMethod):
@@ -486,12 +505,10 @@ class OverlayMethod(CRGMethod):
     def rerank_batch(
         self, items: list[Item], images: list[Image.Image], boxes: list[list[list[float]]]
     ) -> list[list[float]]:
-        from vcontrast.crg.crg import RERANK_PROMPT
-
         flat_images = [image for image, item_boxes in zip(images, boxes, strict=True) for _ in item_boxes]
         texts = [[item.prompt] for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
         regions = [[box] for item_boxes in boxes for box in item_boxes]
-        scores = self.crg.score_batch(flat_images, [RERANK_PROMPT] * len(flat_images), texts, regions)
+        scores = self.crg.score_batch(flat_images, [self.expression_prompt()] * len(flat_images), texts, regions)
         return _regroup([s[0] for s in scores], boxes)
 
 
@@ -533,7 +550,8 @@ class CRGOverlayMethod(OverlayMethod):
         flat_images = [image for image, item_boxes in zip(images, boxes, strict=True) for _ in item_boxes]
         texts = [item.prompt for item, item_boxes in zip(items, boxes, strict=True) for _ in item_boxes]
         proposals = [[box] for item_boxes in boxes for box in item_boxes]
-        return _regroup([scores[0] for _, scores in self.crg.rerank_batch(flat_images, texts, proposals)], boxes)
+        reranked = self.crg.rerank_batch(flat_images, texts, proposals, prompt=self.expression_prompt())
+        return _regroup([scores[0] for _, scores in reranked], boxes)
 
 
 class VCDMethod(ModelMethod):

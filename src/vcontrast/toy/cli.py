@@ -40,8 +40,10 @@ def experiment_command(
     """Run a toy-world experiment and print its results table (markdown).
 
     cal_noise: CAL vs MLE when 0/10/20/30% of the image-caption pairs are swapped (MLE alignment stage, then noisy
-    fine-tuning; 3 seeds). crg: the shipped toy model with and without CRG on five tasks, with annotated and with
-    proposed boxes, and the masking ablation. cal_crg: the CAL and MLE models of cal_noise with and without CRG.
+    fine-tuning; 3 seeds). crg: experiment E1 of docs/results/PLAN.md, the toy model (--model, default the shipped one)
+    plain, with overlay, CRG, CRG + overlay and VCD on spatial, swap, match and region VQA, and refexp re-ranked by CRG
+    vs crops, random and oracle (500 items per task, paired bootstrap intervals; resumes). cal_crg: the CAL and MLE
+    models of cal_noise with and without CRG.
     """
     import dataclasses
     import logging

@@ -1,25 +1,32 @@
 """Experiments "crg" and "cal_crg": CRG against the plain model on the toy tasks, through the eval runner.
 
 Every number comes from `vcontrast.bench.runner.evaluate` on toy JSONL files (the same path as a real benchmark),
-method "base" (the plain model: `CRG` with alpha 0) or "crg" (alpha 1, the paper's default, never tuned), greedy.
+with the runner's methods (`vcontrast.bench.methods`), greedy, never tuned: "base" (the plain model), "crg" (alpha 1),
+"overlay" (the regions outlined in red), "crg+overlay" and "vcd" (alpha 1, plausibility cutoff 0.1).
 
-"crg", on the shipped toy model (or `model`), `n_items` balanced test items per task (item seeds 0..n-1):
+"crg" is experiment E1 of docs/results/PLAN.md, on the given toy model (default: the shipped one), `n_items` items
+per task of the balanced "test" split (item seeds 0..n-1):
 
-- tasks: region VQA (exact match of the greedy answer; a white box is drawn around the object asked about), spatial
-  4-way choice and swap 2-way choice (accuracy of the highest-scoring candidate), image-text match (AUROC of P(yes))
-  and referring expressions (acc@0.5 of the chosen proposal; "base" scores the expression on each proposal's crop,
-  "crg" re-ranks by blacking out each proposal in turn: `CRG.rerank`).
-- boxes: "true" = the items' annotated regions (and refexp proposals: every object's annotated box); "proposed" =
-  the items stripped of their regions, so that the runner asks the toy proposer (`vcontrast.toy.proposer`, boxes
-  found in the pixels for the noun phrases of the prompt or candidates), and refexp proposals = every object the
-  proposer finds in the image (class-agnostic, as detector proposals on RefCOCO).
-- masking ablation (the CRG paper's Table 5), true boxes: union of the boxes (the default), one box enclosing them
-  all ("combined"), the whole image black ("whole", no regions at all). Refexp re-ranking blacks out one proposal at
-  a time whatever the mode, so it is left out of the ablation.
-- the CRG paper's baselines, true boxes, each method of the eval runner: "overlay" (the plain model on the image
-  with the regions outlined in red, visual prompting), "crg+overlay" (CRG on that image) and "vcd" (contrast = the
-  diffusion-noised image, VCD's alpha 1 and plausibility cutoff 0.1, no regions).
-- CRG − base (and baseline − base) differences come with a 95% paired bootstrap interval over items.
+- spatial (4-way choice), swap (2-way choice), match (AUROC of P(yes)) and region VQA (exact match of the greedy
+  answer): every method above, with the items' annotated regions. Spatial is also read separately on the items whose
+  gold relation is the train split's favourite "left of" (prior-consistent) and on the others; H1.1's statistic is
+  (crg − base on the inconsistent items) − (crg − base on the consistent ones).
+- refexp (acc@0.5), broken down by `meta["kind"]` ("intrinsic" / "relational" expressions): random (the expected
+  accuracy of a uniformly random proposal), crop ("base": the plain model scores the expression on each proposal's
+  crop), crg (the paper's re-ranking: proposal i scores the drop in the expression's log-likelihood when only box i
+  is blacked out, the unnormalised log-ratio) and oracle (some proposal has IoU >= 0.5). The expression is scored
+  as the answer to "name one object in the image ." (the toy "refer" task, the format the test-bed model is trained
+  on: the main rows) and to CRG's default "Describe the image." (secondary rows). Proposals: the annotated object
+  boxes (oracle 100% by construction), and the boxes the toy proposer (`vcontrast.toy.proposer`) finds in the
+  pixels, class-agnostic, as detector proposals on RefCOCO.
+- method − base (and crg − crop, crg − random) differences come with a 95% paired bootstrap interval over items
+  (`budget.bootstrap` resamples, the same resamples for every comparison).
+- extras, cheap next to the rest: the masking ablation of the CRG paper's Table 5 (one box enclosing the regions,
+  "combined"; the whole image black, "whole"; against the default union of the boxes) and CRG with the proposer's
+  regions instead of the annotated ones, on the four non-refexp tasks.
+
+Predictions are written as they are made (`work_dir/crg/<run>/<task>/`); a rerun reuses every finished prediction
+and only computes the missing ones, then recomputes the statistics.
 
 "cal_crg": the caption models of "cal_noise" at one noise rate (`budget.cal_crg_noise`), CAL and MLE, every seed,
 with and without CRG, on what a caption-only model can do: greedy captions (attribute and object F1, `caption_f1`;
@@ -52,21 +59,35 @@ from vcontrast.toy.experiments import (
     pct_spread,
     summarize,
 )
+from vcontrast.toy.grammar import PROMPTS
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "CRG_TASKS",
+    "E1_METHODS",
     "MaskingCRGMethod",
     "caption_swap_items",
+    "compare",
+    "crg_summary",
     "item_scores",
+    "prior_gap",
     "proposed_items",
     "run_cal_crg",
     "run_crg",
+    "subset",
     "task_metric",
 ]
 
-CRG_TASKS = ("region_vqa", "spatial", "swap", "match", "refexp")
+CRG_TASKS = ("spatial", "swap", "match", "region_vqa", "refexp")  # E1's tasks, in PLAN.md's order
+GUIDED_TASKS = CRG_TASKS[:-1]  # every method of E1_METHODS runs on these, with the annotated regions
+E1_METHODS = ("base", "overlay", "crg", "crg+overlay", "vcd")
+VS_CRG = ("overlay", "crg+overlay", "vcd")  # compared with crg too (exploratory)
+EXTRAS = ("crg-combined", "crg-whole", "crg-proposed")  # the masking ablation and CRG with the proposer's regions
+# The prompt a refexp expression is scored as the answer to: the toy "refer" task's (main rows), CRG's default.
+REFEXP_FORMATS = {"refer": PROMPTS["refer"], "describe": None}
+REFEXP_BOXES = {"true": "annotated boxes", "proposed": "toy proposer's boxes"}
+REFEXP_KINDS = ("all", "intrinsic", "relational")
 CAL_CRG_TASKS = ("caption", "caption_swap", "refexp")
 METRIC_KEYS = {
     "region_vqa": "region_vqa/exact_match",
@@ -87,7 +108,6 @@ METRIC_LABELS = {
     "caption": "exact match",
 }
 ABLATION_MODES = ("union", "combined", "whole")
-BASELINES = ("overlay", "crg+overlay", "vcd")  # eval-runner methods compared with base and crg (true boxes)
 VQA_MAX_NEW_TOKENS = 8  # region-VQA answers are one word and </s>
 
 
@@ -230,10 +250,13 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Per-item values of a finished run, in item order, for bootstrap intervals and caption F1.
 
     Returns:
-        `dict`: `"ids"`; `"correct"` (0/1 per item) for choice, VQA and refexp tasks; `"labels"` and `"p_yes"` for
-        "match"; `"attr_f1"` and `"object_f1"` for "caption".
+        `dict`: `"ids"` and `"kinds"` (`meta["kind"]`); `"correct"` (0/1 per item) for choice, VQA and refexp tasks;
+        `"prior_consistent"` (the gold answer is the train split's favourite) for spatial; `"labels"` and `"p_yes"`
+        for "match"; `"attr_f1"` and `"object_f1"` for "caption"; for "refexp" also `"random"` (the share of the
+        proposals with IoU >= 0.5: the expected accuracy of a uniformly random pick) and `"oracle"` (1 when some
+        proposal has IoU >= 0.5), over the proposals the method chose among (the item's, else those it recorded).
     """
-    from vcontrast.bench.metrics import box_iou, choice_correct, exact_match
+    from vcontrast.bench.metrics import IOU_THRESHOLD, box_iou, choice_correct, exact_match
     from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
     from vcontrast.bench.toy import load
 
@@ -254,8 +277,11 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
         out["correct"] = np.array([exact_match(p["text"], item.answer) for item, p in pairs], dtype=float)
     elif task == "refexp":
         out["correct"] = np.array(
-            [box_iou([p["pred_box"]], [item.target])[0, 0] >= 0.5 for item, p in pairs], dtype=float
+            [box_iou([p["pred_box"]], [item.target])[0, 0] >= IOU_THRESHOLD for item, p in pairs], dtype=float
         )
+        hits = [_proposal_hits(item, p) for item, p in pairs]
+        out["random"] = np.array([h.mean() if h.size else 0.0 for h in hits])
+        out["oracle"] = np.array([float(h.any()) for h in hits])
     else:
         out["correct"] = np.array([choice_correct(p["scores"], item.answer) for item, p in pairs], dtype=float)
         if all("prior" in item.meta for item, _ in pairs):  # spatial: the relation the train split favours
@@ -263,9 +289,21 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _proposal_hits(item: Any, prediction: dict) -> np.ndarray:
+    # Per proposal the method chose among, whether it reaches IoU 0.5 with the target.
+    from vcontrast.bench.metrics import IOU_THRESHOLD, box_iou
+
+    proposals = item.proposals or prediction.get("proposals") or []
+    if not proposals:
+        return np.zeros(0, dtype=bool)
+    return box_iou(proposals, [item.target])[:, 0] >= IOU_THRESHOLD
+
+
 def _statistic(task: str, scores: dict, index: np.ndarray) -> float:
     from vcontrast.bench.metrics import auroc
 
+    if len(index) == 0:
+        raise ValueError(f"{task}: no items to score")
     if task == "match":
         return auroc(scores["labels"][index], scores["p_yes"][index])
     return float(scores["correct"][index].mean())
@@ -279,6 +317,40 @@ def _delta_interval(task: str, base: dict, other: dict, resamples: int) -> tuple
     )
 
 
+def compare(task: str, reference: dict, other: dict, resamples: int) -> dict[str, Any]:
+    """`other − reference` on the same items (per-item scores of `item_scores`), with its 95% paired bootstrap
+    interval.
+
+    Args:
+        task (`str`): the toy task (its statistic: AUROC for "match", the mean of `"correct"` otherwise).
+        reference (`dict`), other (`dict`): per-item scores of two runs on the same items.
+        resamples (`int`): bootstrap resamples.
+
+    Returns:
+        `dict`: `"delta"` (NaN where the statistic is undefined, e.g. no item) and `"ci"` (low, high).
+    """
+    try:
+        full = np.arange(len(reference["ids"]))
+        delta = _statistic(task, other, full) - _statistic(task, reference, full)
+    except ValueError:
+        delta = float("nan")
+    return {"delta": delta, "ci": _delta_interval(task, reference, other, resamples)}
+
+
+def subset(scores: dict, keep: np.ndarray) -> dict:
+    """The per-item scores of the items where `keep` (a boolean mask) is true, every per-item field sliced."""
+    keep = np.asarray(keep, dtype=bool)
+    out = {}
+    for key, value in scores.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value[keep]
+        elif isinstance(value, list) and len(value) == len(keep):
+            out[key] = [v for v, k in zip(value, keep, strict=True) if k]
+        else:
+            out[key] = value
+    return out
+
+
 class _Evaluator:
     """Runs the eval runner for one model into `work/<tag>/<task>` and keeps the timings."""
 
@@ -286,7 +358,16 @@ class _Evaluator:
         self.model, self.processor, self.work, self.budget = model, processor, work, budget
         self.timings: dict[str, float] = {}
 
-    def __call__(self, tag: str, task: str, data_dir: Path, method: str = "base", mode: str = "union") -> dict:
+    def __call__(
+        self,
+        tag: str,
+        task: str,
+        data_dir: Path,
+        method: str = "base",
+        mode: str = "union",
+        rerank_prompt: str | None = None,
+    ) -> dict:
+        from vcontrast.bench.methods import get_method
         from vcontrast.bench.runner import evaluate
 
         max_new = VQA_MAX_NEW_TOKENS if task == "region_vqa" else self.budget.max_new_tokens
@@ -295,6 +376,11 @@ class _Evaluator:
             method = MaskingCRGMethod(
                 self.model, self.processor, alpha=1.0, mode=mode, proposer=proposer, max_new_tokens=max_new
             )
+        elif rerank_prompt is not None:  # the refexp format: a setting of the built method, part of its config
+            method = get_method(
+                method, self.model, self.processor, alpha=1.0, proposer=proposer, max_new_tokens=max_new
+            )
+            method.rerank_prompt = rerank_prompt
         out_dir = self.work / tag / task
         start = time.perf_counter()
         summary = evaluate(
@@ -338,16 +424,24 @@ def _load_model(model: str | Path | None):
 
 
 def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None) -> tuple[str, dict, Any]:
-    """Run "crg" (see the module docstring); returns `(markdown, raw numbers, plot function)`."""
-    from vcontrast.toy.model import WEIGHTS_DIR
+    """Run "crg", experiment E1 of docs/results/PLAN.md (see the module docstring).
 
-    from . import exp_cal
+    Args:
+        budget (`ExperimentBudget`): `n_items` test items per task, `eval_batch_size`, `max_new_tokens`, `bootstrap`.
+        work_dir (`Path`): the runs go to `work_dir/crg/<run>/<task>/` (one eval-runner folder each; a rerun resumes).
+        model (`str | Path`, *optional*): a toy model folder; defaults to the shipped one.
+
+    Returns:
+        `tuple[str, dict, Callable]`: the markdown tables, the raw numbers and the plot function.
+    """
+    from vcontrast.toy.model import WEIGHTS_DIR
 
     model_path = Path(model) if model is not None else WEIGHTS_DIR
     work = Path(work_dir) / "crg"
     check_work_dir(
         work,
         {
+            "design": "E1",  # docs/results/PLAN.md; folders of the earlier design are refused
             "model": str(model_path.resolve()),
             "n_items": budget.n_items,
             "max_new_tokens": budget.max_new_tokens,
@@ -357,34 +451,210 @@ def run_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None =
     true_dir, proposed_dir = work / "data" / "true", work / "data" / "proposed"
     for task in CRG_TASKS:
         path = _write_split(task, budget.n_items, true_dir)
-        proposed_items(path, proposed_dir / path.name)
+        if not _has_items(proposed_dir / path.name, budget.n_items):
+            proposed_items(path, proposed_dir / path.name)
     loaded, processor = _load_model(model_path)
     run = _Evaluator(loaded, processor, work, budget)
 
+    # PLAN.md's runs first, the extras last (an interrupted run has the main results done first).
     results: dict[str, dict[str, dict]] = {}
-    for task in CRG_TASKS:
-        results.setdefault("base/true", {})[task] = run("true-base", task, true_dir, "base")
-        results.setdefault("crg/true", {})[task] = run("true-crg", task, true_dir, "crg")
-        results.setdefault("crg/proposed", {})[task] = run("proposed-crg", task, proposed_dir, "crg")
-    results["base/proposed"] = {"refexp": run("proposed-base", "refexp", proposed_dir, "base")}
+    for task in GUIDED_TASKS:
+        for method in E1_METHODS:
+            results.setdefault(method, {})[task] = run(f"true-{method}", task, true_dir, method)
+    refexp: dict[str, dict] = {}
+    for boxes, data_dir in (("true", true_dir), ("proposed", proposed_dir)):
+        for fmt, prompt in REFEXP_FORMATS.items():
+            for method in ("base", "crg"):
+                tag = f"{boxes}-{method}-{fmt}"
+                refexp[f"{boxes}/{fmt}/{method}"] = run(tag, "refexp", data_dir, method, rerank_prompt=prompt)
     for mode in ABLATION_MODES[1:]:
-        for task in CRG_TASKS[:-1]:
-            results.setdefault(f"crg-{mode}/true", {})[task] = run(f"true-crg-{mode}", task, true_dir, "crg", mode)
-    for name in BASELINES:
-        for task in CRG_TASKS:
-            results.setdefault(f"{name}/true", {})[task] = run(f"true-{name}", task, true_dir, name)
+        for task in GUIDED_TASKS:
+            results.setdefault(f"crg-{mode}", {})[task] = run(f"true-crg-{mode}", task, true_dir, "crg", mode)
+    for task in GUIDED_TASKS:
+        results.setdefault("crg-proposed", {})[task] = run("proposed-crg", task, proposed_dir, "crg")
 
-    summary = _crg_summary(results, budget, work, true_dir)
+    summary = crg_summary(results, refexp, budget.bootstrap)
+    summary["proposer"] = {
+        task: _region_agreement(task, true_dir, work / "proposed-crg" / task) for task in GUIDED_TASKS
+    } | {"refexp": _proposal_agreement(true_dir, proposed_dir)}
     data = {
         "setup": "\n\n".join(_doc_paragraphs()[0]),
         "model": str(model_path),
-        "model_summary": exp_cal.model_summary(model_path),
+        "model_summary": _model_summary(loaded),
+        "machine": _machine(),
         "summary": summary,
         "timings_s": run.timings,
         "eval_s_total": round(sum(run.timings.values()), 1),
-        "metrics": {cond: {task: r["metrics"] for task, r in by.items()} for cond, by in results.items()},
+        "metrics": {cond: {task: r["metrics"] for task, r in by.items()} for cond, by in results.items()}
+        | {f"refexp/{key}": r["metrics"] for key, r in refexp.items()},
     }
-    return _crg_table(summary, budget), data, partial(_plot_crg, summary=summary, budget=budget)
+    table = _crg_table(summary, budget, data)
+    return table, data, partial(_plot_crg, summary=summary, budget=budget)
+
+
+def _has_items(path: Path, n: int) -> bool:
+    return path.is_file() and sum(1 for _ in path.open()) == n
+
+
+def _model_summary(model: Any) -> dict[str, Any]:
+    # The size of the evaluated model (recorded with the results; the runner's run.json has its fingerprint).
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "image_size": vision.image_size,
+        "patch_size": vision.patch_size,
+        "vision": {k: getattr(vision, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
+        "text": {
+            k: getattr(text, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        },
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def crg_summary(results: dict[str, dict[str, dict]], refexp: dict[str, dict], resamples: int) -> dict[str, Any]:
+    """E1's statistics from the eval runs' per-item scores.
+
+    Args:
+        results (`dict`): run name ("base", "overlay", "crg", "crg+overlay", "vcd", "crg-combined", "crg-whole",
+            "crg-proposed") -> task -> the runner's summary with `"scores"` (`item_scores`).
+        refexp (`dict`): `"{boxes}/{format}/{method}"` ("true"/"proposed", "refer"/"describe", "base"/"crg") -> the
+            runner's summary of that refexp run with `"scores"`.
+        resamples (`int`): bootstrap resamples.
+
+    Returns:
+        `dict`: `"tasks"` (per non-refexp task: metric, n, each run's value as the runner computed it, `vs_base` and
+        `vs_crg` differences with intervals, accuracy `by_kind`), `"spatial_prior"`, `"refexp"` (per proposal set
+        and format, per kind: random, crop, crg, oracle and the differences crg − crop, crg − random) and
+        `"hypotheses"` (PLAN.md's H1.1-H1.5, each an estimate with its interval).
+    """
+    tasks: dict[str, dict] = {}
+    for task in GUIDED_TASKS:
+        base = results["base"][task]["scores"]
+        entry: dict[str, Any] = {"metric": METRIC_LABELS[task], "n": len(base["ids"]), "values": {}, "vs_base": {}}
+        for name, by in results.items():
+            entry["values"][name] = task_metric(task, by[task])
+            if name != "base":
+                entry["vs_base"][name] = compare(task, base, by[task]["scores"], resamples)
+        crg = results["crg"][task]["scores"]
+        entry["vs_crg"] = {name: compare(task, crg, results[name][task]["scores"], resamples) for name in VS_CRG}
+        if task != "match" and len(set(base["kinds"])) > 1:
+            entry["by_kind"] = _by_kind({name: results[name][task]["scores"] for name in E1_METHODS})
+        tasks[task] = entry
+    summary = {
+        "tasks": tasks,
+        "spatial_prior": _spatial_prior({name: by["spatial"]["scores"] for name, by in results.items()}, resamples),
+        "refexp": _refexp_summary(refexp, resamples),
+        "bootstrap_resamples": resamples,
+    }
+    summary["hypotheses"] = _hypotheses(summary)
+    return summary
+
+
+def _by_kind(scores: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    # Accuracy per item kind (region VQA: colour / shape / size; swap: the kind of hard negative), per run.
+    kinds = np.array(next(iter(scores.values()))["kinds"], dtype=object)
+    return {
+        str(kind): {"n": int((kinds == kind).sum())}
+        | {name: float(s["correct"][kinds == kind].mean()) for name, s in scores.items()}
+        for kind in sorted(set(kinds))
+    }
+
+
+def prior_gap(base: dict, other: dict, index: np.ndarray) -> float:
+    """H1.1's statistic on the items `index`: the gain `other − base` in accuracy on the prior-inconsistent items
+    minus the gain on the prior-consistent ones. Raises `ValueError` when one of the two groups is empty."""
+    consistent = base["prior_consistent"][index]
+    if consistent.all() or not consistent.any():
+        raise ValueError("spatial: one of the prior-consistent / inconsistent groups is empty")
+    gain = other["correct"][index] - base["correct"][index]
+    return float(gain[~consistent].mean() - gain[consistent].mean())
+
+
+def _spatial_prior(scores: dict[str, dict], resamples: int) -> dict[str, Any]:
+    # Spatial accuracy on the prior-consistent items (gold "left of") and on the others, per run; for every run but
+    # base, the gains over base in each group and their difference (H1.1's statistic for crg) with its interval.
+    base = scores["base"]
+    consistent = base["prior_consistent"]
+    n = len(base["ids"])
+    out: dict[str, Any] = {"n_consistent": int(consistent.sum()), "n_inconsistent": int((~consistent).sum())}
+    for name, s in scores.items():
+        row: dict[str, Any] = {
+            "consistent": float(s["correct"][consistent].mean()) if consistent.any() else float("nan"),
+            "inconsistent": float(s["correct"][~consistent].mean()) if (~consistent).any() else float("nan"),
+        }
+        if name != "base":
+            row["gain_consistent"] = row["consistent"] - out["base"]["consistent"]
+            row["gain_inconsistent"] = row["inconsistent"] - out["base"]["inconsistent"]
+            try:
+                gap = prior_gap(base, s, np.arange(n))
+            except ValueError:
+                gap = float("nan")
+            row["gap"] = {"delta": gap, "ci": paired_bootstrap(partial(prior_gap, base, s), n, resamples)}
+        out[name] = row
+    return out
+
+
+def _refexp_summary(runs: dict[str, dict], resamples: int) -> dict[str, Any]:
+    # Per proposal set and expression format: per kind of expression, random, crop, crg, oracle (acc@0.5) and the
+    # differences crg − crop, crg − random with intervals; "runner": the runner's own acc@0.5 of the two runs.
+    out: dict[str, Any] = {}
+    for boxes in REFEXP_BOXES:
+        for fmt in REFEXP_FORMATS:
+            crop_run, crg_run = runs[f"{boxes}/{fmt}/base"], runs[f"{boxes}/{fmt}/crg"]
+            kinds = np.array(crop_run["scores"]["kinds"], dtype=object)
+            entry: dict[str, Any] = {
+                "runner": {"crop": task_metric("refexp", crop_run), "crg": task_metric("refexp", crg_run)}
+            }
+            for kind in REFEXP_KINDS:
+                keep = np.ones(len(kinds), dtype=bool) if kind == "all" else kinds == kind
+                crop, crg = subset(crop_run["scores"], keep), subset(crg_run["scores"], keep)
+                random_pick = {"ids": crop["ids"], "correct": crop["random"]}
+                entry[kind] = {
+                    "n": int(keep.sum()),
+                    "random": _mean(crop["random"]),
+                    "crop": _mean(crop["correct"]),
+                    "crg": _mean(crg["correct"]),
+                    "oracle": _mean(crop["oracle"]),
+                    "crg-crop": compare("refexp", crop, crg, resamples),
+                    "crg-random": compare("refexp", random_pick, crg, resamples),
+                }
+            out[f"{boxes}/{fmt}"] = entry
+    return out
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _hypotheses(summary: dict) -> list[dict[str, Any]]:
+    # PLAN.md's H1.1-H1.5, each "method − reference" with its interval (H1.5 on the main expression format).
+    tasks, refexp = summary["tasks"], summary["refexp"]
+    rows = [
+        ("H1.1", "spatial accuracy, crg − base", tasks["spatial"]["vs_base"]["crg"]),
+        (
+            "H1.1",
+            "spatial, (crg − base on prior-inconsistent) − (crg − base on prior-consistent)",
+            summary["spatial_prior"]["crg"]["gap"],
+        ),
+        ("H1.2", "swap accuracy, crg − base", tasks["swap"]["vs_base"]["crg"]),
+        ("H1.3", "match AUROC, crg − base", tasks["match"]["vs_base"]["crg"]),
+        ("H1.4", "region-VQA exact match, crg − base", tasks["region_vqa"]["vs_base"]["crg"]),
+    ]
+    for boxes, label in REFEXP_BOXES.items():
+        for kind in REFEXP_KINDS[1:]:
+            for other in ("crop", "random"):
+                stat = refexp[f"{boxes}/refer"][kind][f"crg-{other}"]
+                rows.append(("H1.5", f"refexp acc@0.5, {label}, {kind}, crg − {other}", stat))
+    return [{"id": h, "statistic": text, **stat} for h, text, stat in rows]
 
 
 def _region_agreement(task: str, true_dir: Path, proposed_out: Path) -> dict[str, float]:
@@ -397,186 +667,209 @@ def _region_agreement(task: str, true_dir: Path, proposed_out: Path) -> dict[str
     same = whole = 0
     for item in items:
         p = predictions[item.id]
-        if task == "refexp":
-            same += sorted(map(tuple, p.get("proposals", item.proposals))) == sorted(item.proposals)
-        else:
-            same += sorted(tuple(map(float, b)) for b in p["regions"]) == sorted(item.regions)
-            whole += p.get("regions_source") == "whole"
+        same += sorted(tuple(map(float, b)) for b in p["regions"]) == sorted(item.regions)
+        whole += p.get("regions_source") == "whole"
     return {"same_boxes": same / len(items), "whole_image_fallback": whole / len(items)}
 
 
-def _crg_summary(results: dict, budget: ExperimentBudget, work: Path, true_dir: Path) -> dict:
-    summary: dict[str, dict] = {}
-    for task in CRG_TASKS:
-        base = results["base/true"][task]
-        entry: dict[str, Any] = {"metric": METRIC_LABELS[task], "n": len(base["scores"]["ids"])}
-        for cond, by in results.items():
-            if task not in by:
-                continue
-            entry[cond] = task_metric(task, by[task])
-            reference = results["base/proposed"][task] if cond == "crg/proposed" and task == "refexp" else base
-            if not cond.startswith("base"):
-                diff = entry[cond] - task_metric(task, reference)
-                entry[f"{cond}/delta"] = diff
-                entry[f"{cond}/delta_ci"] = _delta_interval(
-                    task, reference["scores"], by[task]["scores"], budget.bootstrap
-                )
-        entry["proposer"] = _region_agreement(task, true_dir, work / "proposed-crg" / task)
-        if "prior_consistent" in base["scores"]:
-            entry["by_prior"] = _by_prior(results, task)
-        if "correct" in base["scores"] and len(set(base["scores"]["kinds"])) > 1:
-            entry["by_kind"] = _by_kind(results, task)
-        summary[task] = entry
-    return summary
+def _proposal_agreement(true_dir: Path, proposed_dir: Path) -> dict[str, float]:
+    # How often the proposer's refexp proposals are exactly the annotated object boxes, and how many it gives.
+    from vcontrast.bench.toy import load
+
+    true = load(true_dir, split="refexp_test")
+    proposed = load(proposed_dir, split="refexp_test")
+    same = [sorted(a.proposals) == sorted(b.proposals) for a, b in zip(true, proposed, strict=True)]
+    return {"same_boxes": float(np.mean(same)), "mean_proposals": float(np.mean([len(b.proposals) for b in proposed]))}
 
 
-def _by_prior(results: dict, task: str) -> dict[str, dict[str, float]]:
-    # Accuracy on the items whose answer is / is not the one the train split favours ("left of" for spatial):
-    # a model leaning on the language prior does well on the first group only.
-    out = {}
-    for cond in ("base/true", "crg/true", "crg/proposed", "crg-combined/true", "crg-whole/true"):
-        scores = results[cond][task]["scores"]
-        consistent = scores["prior_consistent"]
-        out[cond] = {
-            "prior_consistent": float(scores["correct"][consistent].mean()) if consistent.any() else float("nan"),
-            "prior_inconsistent": float(scores["correct"][~consistent].mean())
-            if (~consistent).any()
-            else float("nan"),
-            "n_consistent": int(consistent.sum()),
-        }
-    return out
+# ---------------------------------------------------------------------------------------------------------------
+# "crg": report
+# ---------------------------------------------------------------------------------------------------------------
+
+_RUN_LABELS = {
+    "base": "base",
+    "overlay": "overlay",
+    "crg": "crg",
+    "crg+overlay": "crg+overlay",
+    "vcd": "vcd",
+    "crg-combined": "crg, one combined box",
+    "crg-whole": "crg, whole image black",
+    "crg-proposed": "crg, proposer's regions",
+}
 
 
-def _by_kind(results: dict, task: str) -> dict[str, dict[str, float]]:
-    # Accuracy per question kind (region VQA: colour / shape / size; swap: the kind of hard negative).
-    out: dict[str, dict[str, float]] = {}
-    for cond, by in results.items():
-        if task not in by:
-            continue
-        scores = by[task]["scores"]
-        kinds = np.array(scores["kinds"], dtype=object)
-        out[cond] = {str(k): float(scores["correct"][kinds == k].mean()) for k in sorted(set(scores["kinds"]))}
-    return out
+def _delta(stat: dict) -> str:
+    return pct_delta(stat["delta"], stat["ci"])
 
 
-def _crg_table(summary: dict, budget: ExperimentBudget) -> str:
-    rows = []
-    for task, e in summary.items():
-        rows.append(
-            [
-                task,
-                e["metric"],
-                pct(e["base/true"]),
-                pct(e["crg/true"]),
-                pct_delta(e["crg/true/delta"], e["crg/true/delta_ci"]),
-                pct(e["crg/proposed"]),
-                pct_delta(e["crg/proposed/delta"], e["crg/proposed/delta_ci"]),
-                pct(e["proposer"]["same_boxes"]),
-            ]
-        )
-    head = [
-        "task",
-        "metric",
-        "base",
-        "CRG, true boxes",
-        "Δ [95% CI]",
-        "CRG, proposed boxes",
-        "Δ [95% CI]",
-        "proposed = true boxes (%)",
-    ]
-    refexp = summary["refexp"]
+def _excludes_zero(stat: dict) -> str:
+    low, high = stat["ci"]
+    if any(np.isnan(v) for v in (low, high)):
+        return "n/a"
+    return "yes (> 0)" if low > 0 else "yes (< 0)" if high < 0 else "no"
+
+
+def _crg_table(summary: dict, budget: ExperimentBudget, data: dict) -> str:
+    tasks, prior, refexp = summary["tasks"], summary["spatial_prior"], summary["refexp"]
+    model = data["model_summary"]
     lines = [
-        f"### crg: plain model vs CRG (alpha 1), {budget.n_items} balanced test items per task\n",
-        markdown_table(head, rows),
-        "",
+        f"### crg (E1): CRG on the toy test bed, {budget.n_items} balanced test items per task\n",
         (
-            f"Refexp with proposed proposals: base {pct(refexp['base/proposed'])} vs CRG "
-            f"{pct(refexp['crg/proposed'])} (the Δ of that row is against this base). Δ: CRG − base in points, 95% "
-            "paired bootstrap interval over items."
+            f"Model: `{data['model']}` ({model['parameters']:,} parameters, LM {model['text']['num_hidden_layers']} x "
+            f"{model['text']['hidden_size']}). Every number from the eval runner; CRG alpha 1, VCD alpha 1 with "
+            "cutoff 0.1, never tuned. Δ: difference in points, 95% paired bootstrap interval over items "
+            f"({summary['bootstrap_resamples']:,} resamples). AUROC is given in percent."
         ),
         "",
-    ]
-    for task, e in summary.items():
-        if "by_prior" in e:
-            p = e["by_prior"]
-            base, crg = p["base/true"], p["crg/true"]
-            text = (
-                f"{task}, accuracy on the items whose answer the train split favours ({base['n_consistent']} items) / "
-                f"on the others: base {pct(base['prior_consistent'])} / {pct(base['prior_inconsistent'])}, CRG true "
-                f"boxes {pct(crg['prior_consistent'])} / {pct(crg['prior_inconsistent'])}."
-            )
-            lines += [text, ""]
-        if "by_kind" in e:
-            k = e["by_kind"]
-            cells = [f"{kind} {pct(k['base/true'][kind])} → {pct(k['crg/true'][kind])}" for kind in k["base/true"]]
-            lines += [f"{task} by kind, base → CRG (true boxes): " + ", ".join(cells) + ".", ""]
-    lines.append("### crg: masking ablation (CRG paper Table 5), true boxes\n")
-    rows = []
-    for task, e in summary.items():
-        if "crg-combined/true" not in e:
-            continue
-        cells = [task, e["metric"], pct(e["base/true"]), pct(e["crg/true"])]
-        for mode in ABLATION_MODES[1:]:
-            key = f"crg-{mode}/true"
-            cells.append(f"{pct(e[key])} ({pct_delta(e[f'{key}/delta'], e[f'{key}/delta_ci'])})")
-        rows.append(cells)
-    lines.append(
+        "#### Hypotheses (docs/results/PLAN.md)\n",
         markdown_table(
-            ["task", "metric", "base", "union of boxes", "one combined box (Δ)", "whole image black (Δ)"], rows
-        )
-    )
-    if all(f"{name}/true" in e for e in summary.values() for name in BASELINES):
-        lines += ["", "### crg: the CRG paper's baselines, true boxes (Δ vs base)\n"]
-        rows = []
-        for task, e in summary.items():
-            cells = [task, e["metric"], pct(e["base/true"])]
-            for key in ("overlay/true", "crg/true", "crg+overlay/true", "vcd/true"):
-                cells.append(f"{pct(e[key])} ({pct_delta(e[f'{key}/delta'], e[f'{key}/delta_ci'])})")
-            rows.append(cells)
-        head = ["task", "metric", "base", "overlay", "crg", "crg+overlay", "vcd"]
-        lines.append(markdown_table(head, rows))
+            ["", "statistic", "estimate [95% CI]", "interval excludes 0"],
+            [[h["id"], h["statistic"], _delta(h), _excludes_zero(h)] for h in summary["hypotheses"]],
+        ),
+        "",
+        "#### Methods on spatial, swap, match and region VQA (annotated regions)\n",
+        markdown_table(
+            ["task", "metric", *E1_METHODS],
+            [[task, e["metric"], *(pct(e["values"][m]) for m in E1_METHODS)] for task, e in tasks.items()],
+        ),
+        "",
+        "Δ vs base:\n",
+        markdown_table(
+            ["task", *E1_METHODS[1:]],
+            [[task, *(_delta(e["vs_base"][m]) for m in E1_METHODS[1:])] for task, e in tasks.items()],
+        ),
+        "",
+        "Δ vs crg (exploratory):\n",
+        markdown_table(
+            ["task", *VS_CRG],
+            [
+                [task, *(_delta(e["vs_crg"][m]) for m in ("overlay", "crg+overlay", "vcd"))]
+                for task, e in tasks.items()
+            ],
+        ),
+        "",
+        (
+            f'#### Spatial by prior: {prior["n_consistent"]} prior-consistent items (gold "left of", the train '
+            f"split's favourite), {prior['n_inconsistent']} prior-inconsistent\n"
+        ),
+        markdown_table(
+            ["run", "consistent", "inconsistent", "Δ consistent", "Δ inconsistent", "Δ inconsistent − Δ consistent"],
+            [
+                [
+                    _RUN_LABELS[name],
+                    pct(row["consistent"]),
+                    pct(row["inconsistent"]),
+                    pct_delta(row.get("gain_consistent")),
+                    pct_delta(row.get("gain_inconsistent")),
+                    _delta(row["gap"]) if "gap" in row else "",
+                ]
+                for name, row in prior.items()
+                if isinstance(row, dict)
+            ],
+        ),
+        "",
+        "#### Refexp (acc@0.5)\n",
+        _refexp_table(refexp),
+        "",
+        (
+            'Format "refer": the expression scored as the answer to "name one object in the image ." (the test-bed '
+            'model\'s training format, the main rows); "describe": as the answer to CRG\'s default "Describe the '
+            'image.". random: the expected accuracy of a uniformly random proposal; crop: the plain model scores the '
+            "expression on each proposal's crop; crg: the paper's re-ranking by the unnormalised log-ratio; oracle: "
+            "some proposal has IoU >= 0.5."
+        ),
+        "",
+        "#### Extras: the masking ablation (CRG paper Table 5) and the proposer's regions (Δ vs base)\n",
+        _extras_table(tasks, summary["proposer"]),
+    ]
+    by_kind = [
+        [task, kind, row["n"], *(pct(row[m]) for m in E1_METHODS)]
+        for task, e in tasks.items()
+        for kind, row in e.get("by_kind", {}).items()
+    ]
+    if by_kind:
+        lines += ["", "#### Accuracy by item kind\n", markdown_table(["task", "kind", "n", *E1_METHODS], by_kind)]
+    machine = data["machine"]
+    lines += [
+        "",
+        (
+            f"Machine: {machine['cpu_count']} CPU cores ({machine['platform']}), {machine['torch_threads']} torch "
+            f"threads. Evaluation time {data['eval_s_total']:.0f} s (the sum of the runs as first measured; the "
+            "wall time of this invocation is `wall_s` in crg.json)."
+        ),
+    ]
     return "\n".join(lines)
+
+
+def _extras_table(tasks: dict, proposer: dict) -> str:
+    rows = []
+    for task, e in tasks.items():
+        cells = [f"{pct(e['values'][name])} ({_delta(e['vs_base'][name])})" for name in EXTRAS]
+        rows.append([task, e["metric"], pct(e["values"]["crg"]), *cells, pct(proposer[task]["same_boxes"])])
+    head = ["task", "metric", "crg (union of boxes)", "one combined box", "whole image black", "proposer's regions"]
+    return markdown_table([*head, "proposer = annotated (%)"], rows)
+
+
+def _refexp_table(refexp: dict) -> str:
+    rows = []
+    for boxes, label in REFEXP_BOXES.items():
+        for fmt in REFEXP_FORMATS:
+            for kind in REFEXP_KINDS:
+                r = refexp[f"{boxes}/{fmt}"][kind]
+                rows.append(
+                    [label, fmt, kind, r["n"]]
+                    + [pct(r[k]) for k in ("random", "crop", "crg", "oracle")]
+                    + [_delta(r["crg-crop"]), _delta(r["crg-random"])]
+                )
+    head = ["proposals", "format", "kind", "n", "random", "crop", "crg", "oracle", "crg − crop", "crg − random"]
+    return markdown_table(head, rows)
 
 
 def _plot_crg(path: Path, summary: dict, budget: ExperimentBudget) -> None:
     import matplotlib.pyplot as plt
 
-    tasks = list(summary)
-    bars = [
-        ("base/true", "base", "tab:gray"),
-        ("crg/true", "CRG, true boxes (union)", "tab:red"),
-        ("crg/proposed", "CRG, proposed boxes", "tab:orange"),
-        ("crg-combined/true", "CRG, one combined box", "tab:purple"),
-        ("crg-whole/true", "CRG, whole image black", "tab:blue"),
-    ]
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    width = 0.8 / len(bars)
-    for k, (key, label, color) in enumerate(bars):
-        xs = [i + (k - (len(bars) - 1) / 2) * width for i, t in enumerate(tasks) if key in summary[t]]
-        ys = [100 * summary[t][key] for t in tasks if key in summary[t]]
-        errs = []
-        for t in tasks:
-            if key not in summary[t]:
-                continue
-            if key.startswith("crg"):
-                low, high = summary[t][f"{key}/delta_ci"]
-                d = summary[t][f"{key}/delta"]
-                errs.append((100 * (d - low), 100 * (high - d)))
-            else:
-                errs.append((0, 0))
-        ax.bar(xs, ys, width, label=label, color=color, yerr=np.array(errs).T if errs else None, capsize=2)
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels([f"{t}\n({summary[t]['metric']})" for t in tasks], fontsize=8)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(bars), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
-    ax.set_title(
-        f"CRG vs the plain toy model, {budget.n_items} items per task (error bars: 95% CI of Δ vs base)", fontsize=9
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    tasks = summary["tasks"]
+    colors = dict(zip(E1_METHODS, ("tab:gray", "tab:green", "tab:red", "tab:orange", "tab:blue"), strict=True))
+    _bars(
+        left,
+        [f"{t}\n({e['metric']})" for t, e in tasks.items()],
+        {m: [e["values"][m] for e in tasks.values()] for m in E1_METHODS},
+        {m: [e["vs_base"][m] for e in tasks.values()] for m in E1_METHODS[1:]},
+        colors,
     )
+    left.set_title(f"annotated regions, {budget.n_items} items per task (error bars: 95% CI of Δ vs base)", fontsize=9)
+    groups = [(boxes, kind) for boxes in REFEXP_BOXES for kind in REFEXP_KINDS[1:]]
+    rows = [summary["refexp"][f"{boxes}/refer"][kind] for boxes, kind in groups]
+    _bars(
+        right,
+        [f"{'annotated' if boxes == 'true' else 'proposer'}\n{kind}" for boxes, kind in groups],
+        {k: [r[k] for r in rows] for k in ("random", "crop", "crg", "oracle")},
+        {"crg": [r["crg-crop"] for r in rows]},
+        {"random": "silver", "crop": "tab:gray", "crg": "tab:red", "oracle": "black"},
+    )
+    right.set_title('refexp acc@0.5, "name one object" format (error bar: CI of crg − crop)', fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _bars(ax: Any, labels: list[str], values: dict, deltas: dict, colors: dict) -> None:
+    # Grouped bars in percent; a series with deltas gets the interval of its Δ as an error bar around its value.
+    width = 0.8 / len(values)
+    for k, (name, ys) in enumerate(values.items()):
+        xs = np.arange(len(labels)) + (k - (len(values) - 1) / 2) * width
+        errs = None
+        if name in deltas:
+            errs = np.array([[d["delta"] - d["ci"][0], d["ci"][1] - d["delta"]] for d in deltas[name]]).T * 100
+            errs = np.nan_to_num(np.clip(errs, 0, None))
+        ax.bar(xs, 100 * np.asarray(ys, dtype=float), width, label=name, color=colors[name], yerr=errs, capsize=2)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=len(values), loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

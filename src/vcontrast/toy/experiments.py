@@ -14,9 +14,10 @@ Experiments (`EXPERIMENTS`):
 - "cal_noise" (`vcontrast.toy.exp_cal`): CAL vs MLE under label noise (image-caption pairs swapped, the CAL paper's
   Figure 3), two-stage protocol: a shared MLE alignment stage on clean captions, then fine-tuning on noisy captions
   with each loss, several seeds; teacher-forced attribute-word accuracy and greedy-caption F1 on clean test data.
-- "crg" (`vcontrast.toy.exp_crg`): the plain toy model vs CRG on region VQA, spatial choice, swap choice, image-text
-  match and referring expressions, with annotated boxes and with boxes proposed from the pixels
-  (`vcontrast.toy.proposer`), and the masking ablation (union of boxes, one combined box, whole image black).
+- "crg" (`vcontrast.toy.exp_crg`): experiment E1 of docs/results/PLAN.md, the plain toy model vs overlay, CRG,
+  CRG + overlay and VCD on spatial choice, swap choice, image-text match and region VQA (annotated regions), and
+  referring expressions re-ranked by CRG's log-ratio vs crops, random and oracle (annotated and proposed boxes,
+  intrinsic and relational expressions); paired bootstrap intervals; the masking ablation as an extra.
 - "cal_crg" (`vcontrast.toy.exp_crg`): the models of "cal_noise" (CAL and MLE, at one noise rate) with and without
   CRG, on the caption tasks such caption-only models can do.
 
@@ -92,13 +93,14 @@ class ExperimentBudget:
             (cycled in epochs; `finetune_steps * batch_size / pool_size` epochs).
         n_test (`int`, *optional*, defaults to 300): clean test captions for "cal_noise", and items per task of
             "cal_crg".
-        n_items (`int`, *optional*, defaults to 1000): test items per task of "crg".
+        n_items (`int`, *optional*, defaults to 500): test items per task of "crg" (PLAN.md's E1).
         eval_batch_size (`int`, *optional*, defaults to 16): items per model call in evaluation.
         max_new_tokens (`int`, *optional*, defaults to 48): generation length (a 4-object caption is ~40 tokens).
         cal_crg_noise (`float`, *optional*, defaults to 0.3): the noise rate whose CAL and MLE models "cal_crg" uses.
         from_scratch (`bool`, *optional*, defaults to `False`): also run the from-scratch ablation of "cal_noise"
             (no alignment stage: `align_steps + finetune_steps` steps on the noisy pool).
-        bootstrap (`int`, *optional*, defaults to 1000): paired bootstrap resamples for confidence intervals.
+        bootstrap (`int`, *optional*, defaults to 10000): paired bootstrap resamples for confidence intervals
+            (PLAN.md: 10,000).
         num_threads (`int`, *optional*, defaults to 2): `torch.set_num_threads` for the run.
     """
 
@@ -111,12 +113,12 @@ class ExperimentBudget:
     finetune_lr: float = 5e-4
     pool_size: int = 2400
     n_test: int = 300
-    n_items: int = 1000
+    n_items: int = 500
     eval_batch_size: int = 16
     max_new_tokens: int = 48
     cal_crg_noise: float = 0.3
     from_scratch: bool = False
-    bootstrap: int = 1000
+    bootstrap: int = 10000
     num_threads: int | None = 2
 
     def __post_init__(self) -> None:
@@ -155,7 +157,7 @@ BUDGETS: dict[str, ExperimentBudget] = {
         batch_size=4,
         pool_size=8,
         n_test=4,
-        n_items=4,
+        n_items=8,
         eval_batch_size=4,
         max_new_tokens=6,
         cal_crg_noise=0.3,
