@@ -731,7 +731,7 @@ def pretrain_vision(
 def train_recipe(
     out_dir: str | Path,
     *,
-    lm_steps: int = 2000,
+    lm_steps: int = 1250,
     vision_steps: int = 2000,
     pt_steps: int = 600,
     it_steps: int = 3000,
@@ -755,7 +755,7 @@ def train_recipe(
 
     Args:
         out_dir (`str | Path`): final output folder (loadable with `vcontrast.toy.load(out_dir)`).
-        lm_steps (`int`, *optional*, defaults to 2000): stage-0 steps (text only).
+        lm_steps (`int`, *optional*, defaults to 1250): stage-0 steps (text only).
         vision_steps (`int`, *optional*, defaults to 2000): stage-1 steps.
         pt_steps (`int`, *optional*, defaults to 600): stage-2 steps.
         it_steps (`int`, *optional*, defaults to 3000): stage-3 steps.
