@@ -31,8 +31,11 @@ def test_demo_writes_pictures_heatmaps_and_table(toy_folder, tmp_path):
     for name in ("crg_0.png", "crg_1.png", "cal_clean.png", "cal_swapped.html", "results.md", "demo.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert table[0] == "| metric | plain | CRG |" and len(table) >= 5  # choice, match (auroc, f1), refexp
-    assert {"choice/accuracy", "refexp/acc@0.5"} <= set(summary["results"]["base"]["metrics"])
+    assert table[0] == "| task | metric | plain | CRG | CRG - plain [95% CI] |"
+    assert [row.split(" | ")[0][2:] for row in table[2:7]] == ["spatial", "swap", "match", "region_vqa", "refexp"]
+    assert all(row.count("[") == 1 for row in table[2:7])  # every difference has its interval
+    assert "choice/accuracy" in summary["results"]["base/spatial"]
+    assert "refexp/acc@0.5" in summary["results"]["crg/refexp"]
     assert len(summary["crg_examples"]) == 2 and all(r["crg"] is not None for r in summary["crg_examples"])
     tokens = summary["cal_heatmap"]["clean"]["tokens"]
     assert tokens[-1] == "." and len(tokens) == len(summary["cal_heatmap"]["clean"]["weight"])
