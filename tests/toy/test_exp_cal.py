@@ -3,6 +3,7 @@ pieces (runs and tiers, pools and batch order, losses, the reuse of the recipe's
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -268,3 +269,17 @@ def test_command_line(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "Incomplete" in output and "tier 1, aligned, clean / MLE: 0 of 2 runs" in output
     assert not (tmp_path / "w" / "cal" / "runs").exists()
+
+
+def test_training_lock(tmp_path):
+    from vcontrast.toy.exp_cal import training_lock
+
+    with training_lock(tmp_path):
+        assert (tmp_path / "train.lock").read_text() == str(os.getpid())
+        with pytest.raises(ValueError, match="is training"), training_lock(tmp_path):
+            pass
+    assert not (tmp_path / "train.lock").exists()
+    (tmp_path / "train.lock").write_text("999999999")  # no such process: a stale lock is taken over
+    with training_lock(tmp_path):
+        pass
+    assert not (tmp_path / "train.lock").exists()

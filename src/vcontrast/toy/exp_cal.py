@@ -40,6 +40,7 @@ protocols' CAL - MLE differences (H3: smaller from scratch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -494,6 +495,44 @@ def _record(run: Run, folder: Path, budget: ExperimentBudget) -> dict | None:
     )
 
 
+@contextlib.contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder/train.lock` (the process id) while training, so that two commands never train the same run
+    folders at once (e.g. "cal_noise" and "cal_scratch" started side by side); a lock whose process is gone is
+    taken over. Reports (`tier=0`) take no lock.
+
+    Raises:
+        `ValueError`: another live process holds the lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+                os.kill(pid, 0)  # raises if no such process
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:  # the process exists (another user's)
+                pass
+            raise ValueError(
+                f"process {pid} is training in {folder} ({path}); run one cal experiment at a time, or --tier 0 to "
+                "report the completed runs meanwhile"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise ValueError(f"could not take the training lock {path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def execute(
     budget: ExperimentBudget, work_dir: Path, base: str | Path | None, runs: list[Run], max_tier: int
 ) -> tuple[Path, Path, list[dict]]:
@@ -505,12 +544,13 @@ def execute(
     """
     if not isinstance(max_tier, int) or isinstance(max_tier, bool) or max_tier < 0:
         raise ValueError(f"`tier` (={max_tier!r}) must be an int >= 0 (0: report only)")
-    folder, base = cal_work_dir(budget, work_dir, base)
-    executor = _Executor(budget, folder, base)
     todo = [r for r in runs if tier(r, budget) <= max_tier]
-    for pair in dict.fromkeys((r.a, r.f) for r in todo):
-        for run in sorted((r for r in todo if (r.a, r.f) == pair), key=lambda r: tier(r, budget)):
-            executor(run)
+    with training_lock(Path(work_dir) / "cal") if todo else contextlib.nullcontext():
+        folder, base = cal_work_dir(budget, work_dir, base)
+        executor = _Executor(budget, folder, base)
+        for pair in dict.fromkeys((r.a, r.f) for r in todo):
+            for run in sorted((r for r in todo if (r.a, r.f) == pair), key=lambda r: tier(r, budget)):
+                executor(run)
     records = [rec for r in runs if (rec := _record(r, folder, budget)) is not None]
     return folder, base, records
 
@@ -531,10 +571,11 @@ def cell_models(
         `dict[tuple[str, int], Path]`: `(method, f) -> model folder`.
     """
     runs = [Run("aligned", a, f, noise, rate, m) for f in budget.seeds for m in methods]
-    folder, base = cal_work_dir(budget, work_dir, base)
-    executor = _Executor(budget, folder, base)
-    for run in runs:
-        executor(run)
+    with training_lock(Path(work_dir) / "cal"):
+        folder, base = cal_work_dir(budget, work_dir, base)
+        executor = _Executor(budget, folder, base)
+        for run in runs:
+            executor(run)
     return {(r.method, r.f): r.folder(folder) for r in runs}
 
 
