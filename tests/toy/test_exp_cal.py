@@ -243,6 +243,8 @@ def test_recipe_pt_is_reused_for_alignment_seed_0(tier1, work_dir, tmp_path):
     train(base.parent / "pt", stage="pt", init=base, trainable="projector", steps=budget.align_steps, seed=0)
     assert _recipe_pt(base, budget) == base.parent / "pt"
     assert exp_cal.align_model(budget, tmp_path / "exp", base, 0) == base.parent / "pt"
+    (tmp_path / "own" / "align" / "a0").mkdir(parents=True)  # an own seed-0 alignment was started before: kept
+    assert exp_cal.align_model(budget, tmp_path / "own", base, 0) == tmp_path / "own" / "align" / "a0"
     assert _recipe_pt(base, dataclasses.replace(budget, align_steps=3)) is None  # another length
     assert _recipe_pt(base, dataclasses.replace(budget, batch_size=4)) is None  # not the recipe's batch size
     other = tmp_path / "other" / "vision"

@@ -100,7 +100,7 @@ class Run:
 
     @property
     def cell(self) -> str:
-        """ "clean" at rate 0, else e.g. "N2-60"."""
+        """The cell's name: "clean" at rate 0, else e.g. "N2-60"."""
         return cell_name(self.noise, self.rate)
 
     def folder(self, root: Path) -> Path:
@@ -109,7 +109,7 @@ class Run:
 
 
 def cell_name(noise: str | None, rate: float) -> str:
-    """ "clean" at rate 0, else "{noise}-{percent}" (e.g. "N3-60")."""
+    """A cell's name: "clean" at rate 0, else "{noise}-{percent}" (e.g. "N3-60")."""
     return "clean" if rate == 0 else f"{noise}-{round(100 * rate)}"
 
 
@@ -241,15 +241,18 @@ def _recipe_pt(base: Path, budget: ExperimentBudget) -> Path | None:
 
 
 def align_model(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> Path:
-    """The aligned model of seed `a`: the recipe's PT reused for a = 0 when it fits (see the module docstring), else
-    `train(stage="pt", trainable="projector")` from `base` into `folder/align/a{a}` (reused once finished)."""
+    """The aligned model of seed `a`: the recipe's PT reused for a = 0 when it fits (see the module docstring) and
+    no own alignment run of seed 0 was started before (so every run of one experiment folder starts from the same
+    aligned model), else `train(stage="pt", trainable="projector")` from `base` into `folder/align/a{a}` (reused
+    once finished, resumed if interrupted)."""
     from vcontrast.toy.train import train
 
-    if a == 0 and (pt := _recipe_pt(base, budget)) is not None:
+    own = folder / "align" / f"a{a}"
+    if a == 0 and not own.exists() and (pt := _recipe_pt(base, budget)) is not None:
         return pt
     steps = budget.align_steps
     return train(
-        folder / "align" / f"a{a}",
+        own,
         stage="pt",
         init=base,
         trainable="projector",
@@ -536,8 +539,9 @@ def training_lock(folder: Path) -> Iterator[None]:
 def execute(
     budget: ExperimentBudget, work_dir: Path, base: str | Path | None, runs: list[Run], max_tier: int
 ) -> tuple[Path, Path, list[dict]]:
-    """Train and evaluate the runs of tiers 1..`max_tier` that are not complete, seed pair by seed pair (so that
-    whole pairs complete first), then collect every completed run of `runs`.
+    """Train and evaluate the runs of tiers 1..`max_tier` that are not complete, tier by tier (each complete
+    before the next, as PLAN.md's run order says) and within a tier seed pair by seed pair (so that whole pairs
+    complete first), then collect every completed run of `runs`.
 
     Returns:
         `tuple[Path, Path, list[dict]]`: the experiment folder, the stage-1 model and the completed runs' records.
@@ -548,9 +552,8 @@ def execute(
     with training_lock(Path(work_dir) / "cal") if todo else contextlib.nullcontext():
         folder, base = cal_work_dir(budget, work_dir, base)
         executor = _Executor(budget, folder, base)
-        for pair in dict.fromkeys((r.a, r.f) for r in todo):
-            for run in sorted((r for r in todo if (r.a, r.f) == pair), key=lambda r: tier(r, budget)):
-                executor(run)
+        for run in sorted(todo, key=lambda r: tier(r, budget)):  # stable: `runs` is ordered by seed pair
+            executor(run)
     records = [rec for r in runs if (rec := _record(r, folder, budget)) is not None]
     return folder, base, records
 
