@@ -749,7 +749,7 @@ def run_cal_scratch(
         f"{[list(p) for p in budget.scratch_pairs]}, {budget.finetune_steps} steps: from the stage-1 model (random "
         "projector, 'scratch') and after the alignment stage ('aligned', the runs of \"cal_noise\")."
     )
-    notes = _notes(timing, incomplete, base, ["Compute time counts the from-scratch runs only."])
+    notes = _notes(timing, incomplete, base, ["Runs complete and compute time count the from-scratch runs only."])
     table = scratch_table(analysis, names, {"setup": setup, "notes": notes})
     data = {"base": str(base), "runs": records, "analysis": analysis, "incomplete": incomplete, "timing": timing}
     series = {
