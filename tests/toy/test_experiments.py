@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
@@ -13,7 +12,7 @@ from vcontrast.bench.items import read_items
 from vcontrast.bench.methods import ModelMethod
 from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
 from vcontrast.toy.cli import experiment_command, train_command
-from vcontrast.toy.exp_cal import caption_f1, noisy_pool
+from vcontrast.toy.exp_cal import caption_f1
 from vcontrast.toy.exp_crg import (
     E1_METHODS,
     VS_CRG,
@@ -51,46 +50,13 @@ def tiny_model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def work_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")  # shared: "cal_crg" reuses the models "cal_noise" trained
-
-
 def _files(result):
     return sorted(p.name for p in result.files)
 
 
-def test_cal_noise_end_to_end(tmp_path, work_dir, tiny_model_dir):
-    result = run_experiment("cal_noise", out_dir=tmp_path, budget="tiny", work_dir=work_dir, model=tiny_model_dir)
-    assert _files(result) == ["cal_noise.json", "cal_noise.md", "cal_noise.png"]
-    data = json.loads((tmp_path / "cal_noise.json").read_text())
-    runs = data["runs"]
-    assert len(runs) == len(TINY.seeds) * len(TINY.noise_rates) * 2
-    assert {(r["method"], r["noise"], r["seed"]) for r in runs} == {
-        (m, r, s) for m in ("mle", "cal") for r in TINY.noise_rates for s in TINY.seeds
-    }
-    for r in runs:
-        assert 0 <= r["word_acc"] <= 1 and 0 <= r["attr_f1"] <= 1 and 0 <= r["object_f1"] <= 1
-    assert set(data["summary"]) == {"two_stage/noise0", "two_stage/noise30"}
-    assert "| 30% |" in result.table and "CAL − MLE" in result.table
-    assert (tmp_path / "cal_noise.md").read_text().strip() == result.table.strip()
-    assert data["budget"]["finetune_steps"] == TINY.finetune_steps and data["wall_s"] >= 0
-
-    # a rerun reuses the finished training runs and measures the same numbers
-    again = run_experiment("cal_noise", tmp_path / "again", budget="tiny", work_dir=work_dir, model=tiny_model_dir)
-    assert [r["word_acc"] for r in again.data["runs"]] == [r["word_acc"] for r in runs]
-    # the vision tower is the source model's, frozen; projector and LM were trained
-    from vcontrast.toy.model import load
-
-    source, _ = load(tiny_model_dir)
-    trained, _ = load(work_dir / "cal_noise" / "two_stage-cal-noise30-seed0")
-    src, new = source.state_dict(), trained.state_dict()
-    assert all(torch.equal(src[k], new[k]) for k in src if "vision_tower" in k)
-    assert not all(torch.equal(src[k], new[k]) for k in src if "multi_modal_projector" in k)
-
-
-def test_cal_crg_end_to_end(tmp_path, work_dir, tiny_model_dir):
-    result = run_experiment("cal_crg", out_dir=tmp_path, budget="tiny", work_dir=work_dir, model=tiny_model_dir)
+def test_cal_crg_end_to_end(tmp_path):
+    # The tiny budget builds its own tiny stage-1 model and trains the N1 runs of "cal_noise" that cal_crg reads.
+    result = run_experiment("cal_crg", out_dir=tmp_path, budget="tiny", work_dir=tmp_path / "work")
     assert _files(result) == ["cal_crg.json", "cal_crg.md", "cal_crg.png"]
     records = result.data["records"]
     assert {(r["task"], r["metric"]) for r in records} == {
@@ -257,15 +223,6 @@ def test_caption_f1():
     assert caption_f1("", "") == {"attr_f1": 1.0, "object_f1": 1.0}
 
 
-def test_noisy_pool_swaps_captions_only():
-    pool = [{"image": i, "prompt": "describe the image .", "answer": f"caption {i}"} for i in range(10)]
-    noisy, swapped = noisy_pool(pool, 0.3, seed=0)
-    assert len(swapped) == 3
-    changed = [i for i in range(10) if noisy[i]["answer"] != pool[i]["answer"]]
-    assert changed == swapped and [ex["image"] for ex in noisy] == list(range(10))
-    assert noisy_pool(pool, 0.0, seed=0)[0] == pool
-
-
 def test_proposed_items_come_from_pixels(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative folders, as the CLI's defaults
     path = make_split("refexp", 6, seed=0, split="test", out_dir="data")
@@ -360,8 +317,8 @@ def test_train_command_help():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["cal_noise", "crg", "cal_crg"])
+@pytest.mark.parametrize("name", ["crg"])
 def test_experiment_at_real_budget(tmp_path, name):
-    # What produced docs/results (about 35 minutes for cal_noise on 2 CPU cores); crg needs the shipped model.
-    result = run_experiment(name, out_dir=tmp_path, budget="small", work_dir=tmp_path / "work")
+    # crg needs the shipped model; cal_noise and cal_scratch at the full budget take days (run them by --tier).
+    result = run_experiment(name, out_dir=tmp_path, budget="full", work_dir=tmp_path / "work")
     assert len(result.files) == 3

@@ -13,7 +13,7 @@ import typer
 
 
 def experiment_command(
-    name: Annotated[str, typer.Argument(help="The experiment: cal_noise, crg or cal_crg.")],
+    name: Annotated[str, typer.Argument(help="The experiment: cal_noise, cal_scratch, crg or cal_crg.")],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -24,10 +24,10 @@ def experiment_command(
     budget: Annotated[
         str,
         typer.Option(
-            help="'small' (the committed results; ~35 min per training experiment on 2 CPU cores) or "
-            "'tiny' (seconds; checks the plumbing, measures nothing)."
+            help="'full' (docs/results/PLAN.md's numbers; cal_noise is ~200 runs of 10-15 min each on 2 CPU cores, "
+            "run it by --tier) or 'tiny' (seconds, on a tiny model built on the spot; measures nothing)."
         ),
-    ] = "small",
+    ] = "full",
     work_dir: Annotated[
         Path, typer.Option(help="Training runs and evaluation folders; a rerun with the same budget reuses them.")
     ] = Path("out/experiments"),
@@ -35,15 +35,31 @@ def experiment_command(
         Path | None,
         typer.Option(help="Toy model folder for 'crg' (save_pretrained layout); default: the shipped one."),
     ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Stage-1 model of cal_noise / cal_scratch / cal_crg: the recipe's OUT/vision folder (text-trained "
+            "LM + vision tower); a finished OUT/pt next to it is reused as alignment seed 0. Default: "
+            "out/toy-testbed/vision. Not with --budget tiny, which builds a tiny one."
+        ),
+    ] = None,
+    tier: Annotated[
+        int | None,
+        typer.Option(
+            help="cal_noise / cal_scratch: train the runs of tiers 1..TIER only (PLAN.md's run order; 0: train "
+            "nothing, report the completed runs). Default: every tier."
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; default: the budget's (2).")] = None,
 ) -> None:
     """Run a toy-world experiment and print its results table (markdown).
 
-    cal_noise: CAL vs MLE when 0/10/20/30% of the image-caption pairs are swapped (MLE alignment stage, then noisy
-    fine-tuning; 3 seeds). crg: experiment E1 of docs/results/PLAN.md, the toy model (--model, default the shipped one)
-    plain, with overlay, CRG, CRG + overlay and VCD on spatial, swap, match and region VQA, and refexp re-ranked by CRG
-    vs crops, random and oracle (500 items per task, paired bootstrap intervals; resumes). cal_crg: the CAL and MLE
-    models of cal_noise with and without CRG.
+    cal_noise (E2 of docs/results/PLAN.md): CAL vs MLE under three label-noise types at 0/30/60%, IT on a fixed
+    pool after a shared alignment stage, 3 x 2 seed pairs; resumable, run by tiers. cal_scratch (E3): the same
+    without the alignment stage. crg (E1): the toy model (--model, default the shipped one) plain, with overlay,
+    CRG, CRG + overlay and VCD on spatial, swap, match and region VQA, and refexp re-ranked by CRG vs crops, random
+    and oracle (500 items per task, paired bootstrap intervals; resumes). cal_crg: the CAL and MLE models of
+    cal_noise with and without CRG.
     """
     import dataclasses
     import logging
@@ -59,8 +75,23 @@ def experiment_command(
         chosen = dataclasses.replace(chosen, num_threads=threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per training run and evaluation otherwise
+    cal = name in ("cal_noise", "cal_scratch", "cal_crg")
+    if base is not None and (not cal or model is not None):
+        raise ValueError(
+            "--base is the stage-1 model of cal_noise, cal_scratch and cal_crg; do not combine it with --model"
+        )
+    if tier is not None and name not in ("cal_noise", "cal_scratch"):
+        raise ValueError(f"--tier applies to cal_noise and cal_scratch, not {name}")
+    options = {"tier": tier} if tier is not None else {}
     out = work_dir / name if out is None else out
-    result = run_experiment(name, out_dir=out, budget=chosen, work_dir=work_dir, model=model)
+    result = run_experiment(
+        name,
+        out_dir=out,
+        budget=chosen,
+        work_dir=work_dir,
+        model=base if cal and base is not None else model,
+        **options,
+    )
     print(result.table)
     print(f"\nwall time: {result.data['wall_s']:.0f} s")
     for path in result.files:

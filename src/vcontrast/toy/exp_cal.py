@@ -1,58 +1,768 @@
-"""Experiment "cal_noise": CAL vs MLE when a fraction of the image-caption pairs is swapped (CAL paper, Figure 3).
+"""Experiments "cal_noise" (E2) and "cal_scratch" (E3) of docs/results/PLAN.md: CAL vs MLE under label noise.
 
-Protocol (DESIGN.md §3), all on toy captions ("describe the image ." -> the canonical caption):
+Protocol ("cal_noise"):
 
-0. Initialisation: the vision tower of the shipped toy model (or of `model`), a random projector and a random LM. The
-   toy recipe pretrains that tower on object attributes (`vcontrast.toy.train.pretrain_vision`, the stand-in for
-   CLIP) and then keeps it frozen, so it is exactly the tower the recipe's later stages start from; it stays frozen
-   here too (LLaVA's setting: a pretrained, frozen CLIP).
-1. Alignment: one MLE stage on clean "train"-split captions, fresh ones every step (`align_steps`; projector and LM
-   trained, the recipe's PT stage at a smaller budget), shared by every later run, so that CAL starts, as in the
-   paper, from a model with a rough image-text alignment (CAL weights tokens by how much the image raises their
-   logit, which means nothing for a random model).
-2. Noisy fine-tuning from the aligned model (projector and LM), per seed: a fixed pool of `pool_size` "train"
-   captions (drawn from the seed), a fraction of which swap captions (`vcontrast.toy.pairs.swap_captions`: a swapped
-   image gets another image's caption), cycled for `finetune_steps` steps, once with MLE and once with CAL
-   (`vcontrast.cal.cal_loss`, the paper's alpha=1, beta=5, window=3). MLE and CAL of one seed see the same pool,
-   noise and batches.
-3. Evaluation on `n_test` clean captions of the balanced "test" split: teacher-forced accuracy on the colour, shape
-   and position words (`vcontrast.toy.train.caption_word_accuracy`), and two generation metrics of the greedy caption
-   (`generate_answers`) against the true one (`caption_f1`): F1 of the multiset of attribute words (colours, shapes,
-   sizes, position words), and F1 of the multiset of (colour, shape) objects.
+1. Alignment, seed a (`align_model`): the recipe's projector-only PT (`train(stage="pt", trainable="projector")`,
+   `budget.align_steps` steps at `budget.align_lr`) from the recipe's stage-1 model (`base`: the folder holding the
+   text-pretrained LM and the pretrained vision tower, the recipe's `OUT/vision`, default `DEFAULT_BASE`). For
+   a = 0, a finished `OUT/pt` next to it (the test bed's own PT, same steps, seed 0, same LM and tower) is reused.
+2. IT from the aligned model, fine-tuning seed f: a fixed pool of `budget.pool_size` train-split examples of the IT
+   task mix (`IT_MIX`, full-difficulty spatial, no curriculum), drawn from (a, f); projector + LM trained,
+   `budget.finetune_steps` steps of `budget.batch_size` at `budget.finetune_lr`; every `TEXT_REPLAY_EVERY`-th step
+   is a text-only batch (fresh text-only train examples, as in the recipe), trained with plain MLE by every method
+   (CAL's delta is 0 without an image). Pool, noise, batch order and replay batches depend on (a, f) only, so all
+   methods of one (a, f) and cell see the same ones.
+3. Noise (`vcontrast.toy.noise`): N1 whole-answer swap, N2 one attribute replaced, N3 prior-aligned hallucination,
+   at `budget.noise_rates` of the eligible descriptive examples. A cell is one (noise, rate); rate 0 is the one
+   "clean" cell.
+4. Methods (`METHODS`): MLE; CAL (1, 5); CAL (0, 5); CAL (1, p90), beta = the 90th percentile of the CAL deltas of
+   the (a, f) pool's label tokens under the aligned model (the clean pool, computed once per (a, f) and recorded);
+   the clean oracle (MLE on the pool without its corrupted examples, same steps; at rate 0 it is MLE, not rerun).
+   CAL's window is 3 throughout.
+5. Metrics (`vcontrast.toy.cal_eval`) on the balanced test split, `budget.n_test` items each: attribute-token NLL
+   of true captions (primary), CHAIR-style hallucination rate of greedy captions, prior-inconsistent VQA accuracy.
 
-The table gives mean ± sample std over seeds and the paired difference CAL - MLE (mean [min, max] over seeds). The
-spread over seeds is that of the fine-tuning stage only (the alignment stage is shared). `budget.from_scratch` adds
-the ablation without the alignment stage (same total steps on the noisy pool).
+Analysis: per (a, f) the difference method - MLE; mean and 95% t-interval over the pairs; where the interval
+includes 0, TOST equivalence with margin 0.05 nats (NLL) or 2 points (rates); H2.1's four cells (N2 and N3 at the
+noise rates above 0) Holm-corrected (two-sided t-test p-values; a hypothesis holds when its adjusted p < 0.05 and
+the mean difference is negative).
+
+Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and every noise type at the highest rate; 2 = the other methods
+at those cells; 3 = the lower non-zero rates, every method. `tier=k` trains tiers 1..k (0: none, report only);
+the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a finished
+run folder (weights + `metrics.json`) is reused, an interrupted one resumes from its checkpoint.
+
+"cal_scratch" (E3): MLE and CAL (1, 5) at 0% and N2 at the highest rate, for `budget.scratch_pairs`, trained from
+the stage-1 model itself (random projector) with the same pools, steps and learning rate; the aligned runs of the
+same cells and pairs (shared with "cal_noise") are trained too if missing, and the report compares the two
+protocols' CAL - MLE differences (H3: smaller from scratch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
+import os
+import platform
 import random
 import time
-from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from functools import partial
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from vcontrast.toy.experiments import (
-    ExperimentBudget,
-    check_work_dir,
-    markdown_table,
-    pct,
-    pct_delta,
-    pct_spread,
-    summarize,
-)
+from vcontrast.atomic import write_text
+from vcontrast.toy.cal_report import METHODS
+from vcontrast.toy.experiments import ExperimentBudget, check_work_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "caption_f1", "caption_metrics", "finetune_run", "noisy_pool", "run_cal_noise"]
+__all__ = [
+    "DEFAULT_BASE",
+    "METHODS",
+    "Run",
+    "align_model",
+    "caption_f1",
+    "cell_models",
+    "clean_pool",
+    "execute",
+    "method_loss",
+    "model_summary",
+    "pool_batches",
+    "run_cal_noise",
+    "run_cal_scratch",
+]
 
-METHODS = ("mle", "cal")
-METRICS = {"word_acc": "word acc (teacher-forced)", "attr_f1": "attribute F1 (greedy)", "object_f1": "object F1"}
-_POSITION_WORDS = ("top", "bottom", "left", "right", "middle")
+DEFAULT_BASE = Path("out/toy-testbed/vision")
+TIER1_METHODS = ("mle", "cal")
+SCRATCH_NOISE = "N2"
+SAVE_EVERY = 100  # checkpoint interval of the IT runs (a run resumes from its last checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One IT run: protocol ("aligned" or "scratch"), seed pair (a, f), cell (noise type, rate) and method."""
+
+    protocol: str
+    a: int
+    f: int
+    noise: str | None
+    rate: float
+    method: str
+
+    @property
+    def cell(self) -> str:
+        """The cell's name: "clean" at rate 0, else e.g. "N2-60"."""
+        return cell_name(self.noise, self.rate)
+
+    def folder(self, root: Path) -> Path:
+        """The run's folder under the experiment folder `root`."""
+        return Path(root) / "runs" / self.protocol / f"a{self.a}-f{self.f}" / self.cell / self.method
+
+
+def cell_name(noise: str | None, rate: float) -> str:
+    """A cell's name: "clean" at rate 0, else "{noise}-{percent}" (e.g. "N3-60")."""
+    return "clean" if rate == 0 else f"{noise}-{round(100 * rate)}"
+
+
+def cells(budget: ExperimentBudget) -> list[tuple[str | None, float]]:
+    """The (noise, rate) cells of "cal_noise": the clean cell, then each noise type at each non-zero rate."""
+    rates = sorted(r for r in budget.noise_rates if r > 0)
+    return [(None, 0.0)] + [(noise, rate) for noise in budget.noise_types for rate in rates]
+
+
+def tier(run: Run, budget: ExperimentBudget) -> int:
+    """PLAN.md's run order: 1 = MLE and CAL (1, 5) at 0% and the highest rate; 2 = the other methods there; 3 = the
+    lower non-zero rates. Runs of "cal_scratch" are tier 1."""
+    if run.protocol == "scratch" or run.rate in (0.0, max(budget.noise_rates)):
+        return 1 if run.method in TIER1_METHODS or run.protocol == "scratch" else 2
+    return 3
+
+
+def noise_runs(budget: ExperimentBudget) -> list[Run]:
+    """Every run of "cal_noise" (all tiers), seed pair by seed pair."""
+    out = []
+    for a in budget.align_seeds:
+        for f in budget.seeds:
+            for noise, rate in cells(budget):
+                methods = [m for m in METHODS if not (m == "oracle" and rate == 0)]
+                out += [Run("aligned", a, f, noise, rate, m) for m in methods]
+    return out
+
+
+def scratch_runs(budget: ExperimentBudget) -> list[Run]:
+    """Every run of "cal_scratch": from scratch and aligned, MLE and CAL (1, 5), clean and N2 at the top rate."""
+    if SCRATCH_NOISE not in budget.noise_types:
+        raise ValueError(f"cal_scratch needs noise type {SCRATCH_NOISE} in `noise_types` (={budget.noise_types})")
+    top = max(budget.noise_rates)
+    chosen = [(None, 0.0)] + ([(SCRATCH_NOISE, top)] if top > 0 else [])
+    return [
+        Run(protocol, a, f, noise, rate, method)
+        for a, f in budget.scratch_pairs
+        for noise, rate in chosen
+        for protocol in ("scratch", "aligned")
+        for method in TIER1_METHODS
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage-1 model, alignment, pools
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _warmup(steps: int) -> int:
+    # The recipe's 100 warm-up steps for its 600-step stages; proportionally fewer for short (test) runs.
+    return min(100, max(1, steps // 6))
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cal_work_dir(budget: ExperimentBudget, work_dir: Path, base: str | Path | None) -> tuple[Path, Path]:
+    """The training folder shared by "cal_noise", "cal_scratch" and "cal_crg" (`work_dir/cal`), guarded against
+    mixing budgets or stage-1 models, and the stage-1 model folder (built there for a budget with `stage1_model`).
+
+    Returns:
+        `tuple[Path, Path]`: `(folder, base)`.
+    """
+    folder = Path(work_dir) / "cal"
+    fields = ("align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size", "n_test")
+    config: dict[str, Any] = {k: getattr(budget, k) for k in fields} | {"max_new_tokens": budget.max_new_tokens}
+    if budget.stage1_model is not None:
+        if base is not None:
+            raise ValueError(f"the budget builds its own stage-1 model (`stage1_model`); got a base model too: {base}")
+        config["stage1"] = {"model": budget.stage1_model, "steps": budget.stage1_steps}
+        check_work_dir(folder, config)
+        return folder, _build_stage1(folder / "stage1", budget)
+    base = Path(base) if base is not None else DEFAULT_BASE
+    weights = base / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"no stage-1 model at {base}: pass the recipe's vision stage (e.g. out/toy-testbed/vision, written by "
+            "`vcontrast toy train --out out/toy-testbed`) as --base"
+        )
+    check_work_dir(folder, config | {"base_sha256": _file_digest(weights)})
+    return folder, base
+
+
+def _build_stage1(folder: Path, budget: ExperimentBudget) -> Path:
+    # A stage-1 model as the recipe makes it (LM on text, then the vision tower), at the budget's size and steps.
+    from vcontrast.toy.train import pretrain_vision, train
+
+    common = {"steps": budget.stage1_steps, "batch_size": budget.batch_size, "num_threads": budget.num_threads}
+    lm = train(folder / "lm", stage="lm", trainable="lm", model_kwargs=budget.stage1_model, warmup=1, **common)
+    return pretrain_vision(folder / "vision", init=lm, log_every=budget.stage1_steps, **common)
+
+
+def _recipe_pt(base: Path, budget: ExperimentBudget) -> Path | None:
+    # The test bed's own PT (a = 0): BASE/../pt, if it is a finished seed-0 projector-only PT of the budget's length
+    # with the recipe's default learning rate and batch size, whose weights outside the projector are base's.
+    import inspect
+
+    from safetensors import safe_open
+
+    from vcontrast.toy.train import train_recipe
+
+    pt = base.parent / "pt"
+    state_file = pt / "train_state.json"
+    if budget.stage1_model is not None or not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    defaults = inspect.signature(train_recipe).parameters
+    if (state.get("stage"), state.get("seed"), state.get("step"), state.get("trainable")) != (
+        "pt",
+        0,
+        budget.align_steps,
+        "projector",
+    ) or (budget.align_lr, budget.batch_size) != (defaults["lr"].default, defaults["batch_size"].default):
+        return None
+    with safe_open(base / "model.safetensors", "pt") as a, safe_open(pt / "model.safetensors", "pt") as b:
+        keys = [k for k in a.keys() if "multi_modal_projector" not in k]  # noqa: SIM118 (safe_open is no dict)
+        if set(keys) != {k for k in b.keys() if "multi_modal_projector" not in k}:  # noqa: SIM118
+            return None
+        if not all(a.get_tensor(k).equal(b.get_tensor(k)) for k in keys):
+            return None
+    return pt
+
+
+def align_model(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> Path:
+    """The aligned model of seed `a`: the recipe's PT reused for a = 0 when it fits (see the module docstring) and
+    no own alignment run of seed 0 was started before (so every run of one experiment folder starts from the same
+    aligned model), else `train(stage="pt", trainable="projector")` from `base` into `folder/align/a{a}` (reused
+    once finished, resumed if interrupted)."""
+    from vcontrast.toy.train import train
+
+    own = folder / "align" / f"a{a}"
+    if a == 0 and not own.exists() and (pt := _recipe_pt(base, budget)) is not None:
+        return pt
+    steps = budget.align_steps
+    return train(
+        own,
+        stage="pt",
+        init=base,
+        trainable="projector",
+        steps=steps,
+        batch_size=budget.batch_size,
+        lr=budget.align_lr,
+        seed=a,
+        warmup=_warmup(steps),
+        log_every=max(1, min(50, steps // 4)),
+        save_every=SAVE_EVERY,
+        num_threads=budget.num_threads,
+    )
+
+
+def clean_pool(size: int, a: int, f: int) -> list[dict]:
+    """The fixed IT pool of seed pair (a, f): `size` train-split examples of `IT_MIX` (full-difficulty spatial),
+    each with its toy task name (`vcontrast.toy.noise.pool_example`)."""
+    from vcontrast.toy.noise import pool_example
+    from vcontrast.toy.train import IT_MIX, task_examples
+
+    rng = random.Random(f"cal-pool-a{a}-f{f}")
+    seeds = [rng.randrange(2**31) for _ in range(size)]
+    return [pool_example(ex) for ex in task_examples(seeds, stage="it", split="train", mix=IT_MIX, rng=rng)]
+
+
+def pool_batches(pool: Sequence[dict], a: int, f: int) -> Callable[[int, int], list[dict]]:
+    """The training data of one run as `train(data=...)` takes it: a function of (step, batch_size).
+
+    Every `TEXT_REPLAY_EVERY`-th step (9, 19, ...) is a batch of fresh text-only train examples (seeded by (a, f) and
+    the step); the other steps walk through `pool` in epochs, each shuffled by (a, f) and the epoch, so two pools of
+    the same length (the clean and a noisy one) are visited in the same order.
+    """
+    from vcontrast.toy.train import TEXT_REPLAY_EVERY, task_examples
+
+    if not pool:
+        raise ValueError("`pool` (=[]) holds no examples")
+    orders: dict[int, list[int]] = {}
+
+    def batch(step: int, batch_size: int) -> list[dict]:
+        if step % TEXT_REPLAY_EVERY == TEXT_REPLAY_EVERY - 1:
+            rng = random.Random(f"cal-replay-a{a}-f{f}-{step}")
+            seeds = [rng.randrange(2**31) for _ in range(batch_size)]
+            return task_examples(seeds, stage="lm", split="train", rng=rng)
+        start = (step - step // TEXT_REPLAY_EVERY) * batch_size  # pool examples used by the earlier pool steps
+        out = []
+        for k in range(start, start + batch_size):
+            epoch, i = divmod(k, len(pool))
+            if epoch not in orders:
+                orders[epoch] = random.Random(f"cal-order-a{a}-f{f}-{epoch}").sample(range(len(pool)), len(pool))
+            out.append(pool[orders[epoch][i]])
+        return out
+
+    return batch
+
+
+def method_loss(method: str, beta: float | None = None) -> Callable:
+    """The training loss of a method: MLE (`mle_loss`, also for "oracle") or `cal_loss` with the method's
+    `CALConfig` (window 3). A text-only batch (no `pixel_values`) always gets MLE.
+
+    Args:
+        method (`str`): a key of `METHODS`.
+        beta (`float`, *optional*): the upper clamp of "cal_p90" (required there).
+    """
+    from vcontrast.cal import CALConfig
+
+    if method not in METHODS:
+        raise ValueError(f"`method` (={method!r}) must be one of {list(METHODS)}")
+    if method == "cal_p90" and beta is None:
+        raise ValueError("method 'cal_p90' needs `beta`")
+    configs = {
+        "cal": CALConfig(alpha=1.0, beta=5.0, window=3),
+        "cal0": CALConfig(alpha=0.0, beta=5.0, window=3),
+        "cal_p90": CALConfig(alpha=1.0, beta=beta, window=3) if beta is not None else None,
+    }
+    return partial(_loss, config=configs.get(method))
+
+
+def _loss(model, batch, config):
+    from vcontrast.cal import cal_loss
+    from vcontrast.toy.train import mle_loss
+
+    if config is None or batch.get("pixel_values") is None:
+        return mle_loss(model, batch)
+    return cal_loss(model, batch, config).loss
+
+
+def p90_beta(budget: ExperimentBudget, folder: Path, aligned: Path, a: int, f: int, pool: Sequence[dict]) -> dict:
+    """CAL (1, p90)'s beta for seed pair (a, f): the 90th percentile of the CAL deltas of the clean pool's label
+    tokens under the aligned model, cached in `folder/beta/a{a}-f{f}.json`. Raised to alpha + 0.01 = 1.01 if it is
+    lower (`CALConfig` needs beta > alpha); both values are recorded."""
+    import torch
+
+    from vcontrast.cal import CALConfig, cal_deltas
+    from vcontrast.toy.model import load
+    from vcontrast.toy.train import collate
+
+    path = folder / "beta" / f"a{a}-f{f}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model, processor = load(aligned)
+    deltas = []
+    for start in range(0, len(pool), budget.eval_batch_size):
+        batch = collate(processor, pool[start : start + budget.eval_batch_size])
+        delta, mask = cal_deltas(model, batch, CALConfig())
+        deltas.append(delta[mask])
+    values = torch.cat(deltas).double()
+    p90 = float(torch.quantile(values, 0.9))
+    record = {
+        "p90": p90,
+        "beta": max(p90, 1.01),
+        "median": float(values.median()),
+        "n_tokens": int(values.numel()),
+        "aligned_model": str(aligned),
+    }
+    write_text(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _train_seconds(model_dir: Path) -> float:
+    # Training time over every session of a (possibly resumed) run: `train` logs the time since its own start, so a
+    # drop in elapsed_s marks a new session; the time after the last log of an interrupted session is lost.
+    log = model_dir / "log.jsonl"
+    if not log.is_file():
+        return math.nan
+    total, last = 0.0, 0.0
+    for line in log.read_text().splitlines():
+        if line.strip():
+            elapsed = float(json.loads(line).get("elapsed_s", 0.0))
+            if elapsed < last:
+                total += last
+            last = elapsed
+    return round(total + last, 1)
+
+
+def _finished(model_dir: Path, steps: int) -> bool:
+    state = model_dir / "train_state.json"
+    return state.is_file() and json.loads(state.read_text()).get("step") == steps
+
+
+class _Executor:
+    # Trains and evaluates runs, building each seed pair's pool, aligned model and beta at most once.
+    def __init__(self, budget: ExperimentBudget, folder: Path, base: Path) -> None:
+        self.budget, self.folder, self.base = budget, folder, base
+        self._pools: dict[tuple[int, int], list[dict]] = {}
+        self._tests: dict | None = None
+
+    def pool(self, a: int, f: int) -> list[dict]:
+        if (a, f) not in self._pools:
+            self._pools = {(a, f): clean_pool(self.budget.pool_size, a, f)}  # one pair at a time in memory
+        return self._pools[a, f]
+
+    def tests(self) -> dict:
+        from vcontrast.toy.cal_eval import clean_test_sets
+
+        if self._tests is None:
+            self._tests = clean_test_sets(self.budget.n_test)
+        return self._tests
+
+    def data(self, run: Run) -> tuple[list[dict], dict]:
+        from vcontrast.toy.noise import apply_noise
+
+        pool = self.pool(run.a, run.f)
+        if run.rate == 0:
+            return pool, {"n_pool": len(pool), "n_eligible": 0, "n_corrupted": 0, "realised_rate": 0.0}
+        noisy, corrupted, eligible = apply_noise(pool, run.noise, run.rate, seed=f"a{run.a}-f{run.f}")
+        stats = {
+            "n_pool": len(pool),
+            "n_eligible": len(eligible),
+            "n_corrupted": len(corrupted),
+            "realised_rate": len(corrupted) / len(eligible) if eligible else math.nan,
+        }
+        if run.method == "oracle":
+            dropped = set(corrupted)
+            noisy = [ex for i, ex in enumerate(noisy) if i not in dropped]
+        return noisy, stats
+
+    def train(self, run: Run) -> Path:
+        from vcontrast.toy.train import train
+
+        b, out = self.budget, run.folder(self.folder)
+        if _finished(out, b.finetune_steps):
+            return out
+        data, stats = self.data(run)
+        init = align_model(b, self.folder, self.base, run.a) if run.protocol == "aligned" else self.base
+        beta = None
+        if run.method == "cal_p90":
+            beta = p90_beta(b, self.folder, init, run.a, run.f, self.pool(run.a, run.f))["beta"]
+        info = asdict(run) | {"cell": run.cell, "tier": tier(run, b), "init": str(init), "beta": beta, **stats}
+        write_text(out / "run.json", json.dumps(info, indent=1) + "\n")
+        logger.info("training %s", info)
+        return train(
+            out,
+            steps=b.finetune_steps,
+            batch_size=b.batch_size,
+            lr=b.finetune_lr,
+            seed=1000 * run.a + run.f,
+            init=init,
+            trainable="projector+lm",
+            loss_fn=method_loss(run.method, beta),
+            data=pool_batches(data, run.a, run.f),
+            warmup=_warmup(b.finetune_steps),
+            log_every=max(1, min(50, b.finetune_steps // 4)),
+            save_every=SAVE_EVERY,
+            num_threads=b.num_threads,
+        )
+
+    def evaluate(self, run: Run) -> dict:
+        from vcontrast.toy.cal_eval import evaluate_clean
+        from vcontrast.toy.model import load
+
+        out = run.folder(self.folder)
+        path = out / "metrics.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        start = time.perf_counter()
+        model, processor = load(out)
+        b = self.budget
+        metrics = evaluate_clean(
+            model, processor, self.tests(), batch_size=b.eval_batch_size, max_new_tokens=b.max_new_tokens
+        )
+        metrics["eval_s"] = round(time.perf_counter() - start, 1)
+        write_text(path, json.dumps(metrics, indent=1) + "\n")
+        return metrics
+
+    def __call__(self, run: Run) -> None:
+        if not (run.folder(self.folder) / "metrics.json").is_file():
+            self.train(run)
+            self.evaluate(run)
+
+
+def _record(run: Run, folder: Path, budget: ExperimentBudget) -> dict | None:
+    # A completed run's numbers (None while it is not complete).
+    out = run.folder(folder)
+    if not (out / "metrics.json").is_file():
+        return None
+    info = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    metrics = json.loads((out / "metrics.json").read_text())
+    return (
+        asdict(run)
+        | {"cell": run.cell, "tier": tier(run, budget)}
+        | {k: info.get(k) for k in ("beta", "n_eligible", "n_corrupted", "realised_rate")}
+        | {"train_s": _train_seconds(out), **metrics}
+    )
+
+
+@contextlib.contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder/train.lock` (the process id) while training, so that two commands never train the same run
+    folders at once (e.g. "cal_noise" and "cal_scratch" started side by side); a lock whose process is gone is
+    taken over. Reports (`tier=0`) take no lock.
+
+    Raises:
+        `ValueError`: another live process holds the lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+                os.kill(pid, 0)  # raises if no such process
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:  # the process exists (another user's)
+                pass
+            raise ValueError(
+                f"process {pid} is training in {folder} ({path}); run one cal experiment at a time, or --tier 0 to "
+                "report the completed runs meanwhile"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise ValueError(f"could not take the training lock {path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def execute(
+    budget: ExperimentBudget, work_dir: Path, base: str | Path | None, runs: list[Run], max_tier: int
+) -> tuple[Path, Path, list[dict]]:
+    """Train and evaluate the runs of tiers 1..`max_tier` that are not complete, tier by tier (each complete
+    before the next, as PLAN.md's run order says) and within a tier seed pair by seed pair (so that whole pairs
+    complete first), then collect every completed run of `runs`.
+
+    Returns:
+        `tuple[Path, Path, list[dict]]`: the experiment folder, the stage-1 model and the completed runs' records.
+    """
+    if not isinstance(max_tier, int) or isinstance(max_tier, bool) or max_tier < 0:
+        raise ValueError(f"`tier` (={max_tier!r}) must be an int >= 0 (0: report only)")
+    todo = [r for r in runs if tier(r, budget) <= max_tier]
+    with training_lock(Path(work_dir) / "cal") if todo else contextlib.nullcontext():
+        folder, base = cal_work_dir(budget, work_dir, base)
+        executor = _Executor(budget, folder, base)
+        for run in sorted(todo, key=lambda r: tier(r, budget)):  # stable: `runs` is ordered by seed pair
+            executor(run)
+    records = [rec for r in runs if (rec := _record(r, folder, budget)) is not None]
+    return folder, base, records
+
+
+def cell_models(
+    budget: ExperimentBudget,
+    work_dir: Path,
+    base: str | Path | None,
+    noise: str,
+    rate: float,
+    methods: Sequence[str] = TIER1_METHODS,
+    a: int = 0,
+) -> dict[tuple[str, int], Path]:
+    """The trained models of one "cal_noise" cell at alignment seed `a`, for every fine-tuning seed: trains (and
+    evaluates) the missing ones. For other experiments that reuse them ("cal_crg").
+
+    Returns:
+        `dict[tuple[str, int], Path]`: `(method, f) -> model folder`.
+    """
+    runs = [Run("aligned", a, f, noise, rate, m) for f in budget.seeds for m in methods]
+    with training_lock(Path(work_dir) / "cal"):
+        folder, base = cal_work_dir(budget, work_dir, base)
+        executor = _Executor(budget, folder, base)
+        for run in runs:
+            executor(run)
+    return {(r.method, r.f): r.folder(folder) for r in runs}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The experiments
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _timing(records: Sequence[dict], folder: Path, wall_s: float) -> dict[str, Any]:
+    # Compute time of the completed runs (training over all its sessions + evaluation) and of the alignment runs.
+    train = [r["train_s"] for r in records if _finite(r.get("train_s"))]
+    evals = [r["eval_s"] for r in records if _finite(r.get("eval_s"))]
+    align = {p.name: _train_seconds(p) for p in sorted((folder / "align").glob("a*"))}
+    total = sum(train) + sum(evals) + sum(v for v in align.values() if _finite(v))
+    return {
+        "runs_complete": len(records),
+        "train_s_per_run": sum(train) / len(train) if train else math.nan,
+        "eval_s_per_run": sum(evals) / len(evals) if evals else math.nan,
+        "align_train_s": align,
+        "compute_s_total": round(total, 1),
+        "this_invocation_wall_s": round(wall_s, 1),
+        "machine": _machine(),
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _incomplete(runs: Sequence[Run], records: Sequence[dict], budget: ExperimentBudget) -> list[str]:
+    # "tier k: cell / method: done of planned pairs" for every (tier, cell, method) with missing runs.
+    done = {(r["protocol"], r["a"], r["f"], r["cell"], r["method"]) for r in records}
+    groups: dict[tuple[int, str, str, str], list[int]] = {}
+    for run in runs:
+        key = (tier(run, budget), run.protocol, run.cell, run.method)
+        groups.setdefault(key, [0, 0])
+        groups[key][1] += 1
+        groups[key][0] += (run.protocol, run.a, run.f, run.cell, run.method) in done
+    return [
+        f"tier {t}, {protocol}, {cell} / {METHODS[m]}: {k} of {n} runs"
+        for (t, protocol, cell, m), (k, n) in sorted(groups.items())
+        if k < n
+    ]
+
+
+def _notes(timing: dict, incomplete: list[str], base: Path, extra: list[str]) -> list[str]:
+    m = timing["machine"]
+    summary = (
+        f"Stage-1 model: {base}. Runs complete: {timing['runs_complete']}; compute time so far "
+        f"{timing['compute_s_total'] / 3600:.2f} h (training {timing['train_s_per_run']:.0f} s and evaluation "
+        f"{timing['eval_s_per_run']:.0f} s per run on average; alignment runs {timing['align_train_s']}); this "
+        f"invocation {timing['this_invocation_wall_s']:.0f} s. Machine: {m['processor']}, {m['cpu_count']} CPUs, "
+        f"{m['torch_threads']} torch threads ({m['platform']})."
+    )
+    lines = [summary, *extra]
+    if incomplete:
+        lines += ["", f"Incomplete ({len(incomplete)} groups; the tables use the completed runs only):", ""]
+        lines += [f"- {line}" for line in incomplete]
+    else:
+        lines += ["", "Every planned run is complete."]
+    return lines
+
+
+def _setup_line(budget: ExperimentBudget) -> str:
+    return (
+        f"Alignment: projector-only PT, {budget.align_steps} steps, seeds a = {list(budget.align_seeds)}; IT: pool of "
+        f"{budget.pool_size} train examples per (a, f), f = {list(budget.seeds)}, {budget.finetune_steps} steps of "
+        f"{budget.batch_size} at lr {budget.finetune_lr} (every 10th step text-only, MLE); noise "
+        f"{', '.join(budget.noise_types)} at {', '.join(f'{round(100 * r)}%' for r in budget.noise_rates)} of the "
+        f"eligible examples; metrics on {budget.n_test} clean test items each."
+    )
+
+
+def run_cal_noise(
+    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 3
+) -> tuple[str, dict, Any]:
+    """Run "cal_noise" (E2, see the module docstring); returns `(markdown, raw numbers, plot function)`.
+
+    Args:
+        budget (`ExperimentBudget`): steps, seeds, noise types and rates, test items.
+        work_dir (`Path`): runs go to `work_dir/cal` (shared with "cal_scratch" and "cal_crg").
+        model (`str | Path`, *optional*): the stage-1 model folder (default `DEFAULT_BASE`); must be None for a budget
+            that builds its own (`stage1_model`).
+        tier (`int`, *optional*, defaults to 3): train the runs of tiers 1..`tier` (0: none, report what is done).
+    """
+    from vcontrast.toy.cal_report import noise_analysis, noise_table, plot_deltas
+
+    start = time.perf_counter()
+    runs = noise_runs(budget)
+    folder, base, records = execute(budget, work_dir, model, runs, tier)
+    names = [cell_name(n, r) for n, r in cells(budget)]
+    analysis = noise_analysis(records, budget, names)
+    betas = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "beta").glob("*.json"))}
+    timing = _timing(records, folder, time.perf_counter() - start)
+    incomplete = _incomplete(runs, records, budget)
+    realised = {}
+    for name in names[1:]:
+        rows = [r for r in records if r["cell"] == name and r.get("n_eligible")]
+        if rows:
+            eligible = sum(r["n_eligible"] for r in rows)
+            realised[name] = {
+                "eligible_mean": eligible / len(rows),
+                "realised_rate": sum(r["n_corrupted"] for r in rows) / eligible,  # pooled over the runs
+            }
+    beta_text = ", ".join(f"{k}: {v['beta']:.2f} (p90 {v['p90']:.2f})" for k, v in betas.items())
+    noise_text = ", ".join(
+        f"{k}: {v['eligible_mean']:.0f}, {100 * v['realised_rate']:.1f}%" for k, v in realised.items()
+    )
+    extra = [
+        (
+            f"CAL (1, p90) beta per (a, f): {beta_text or 'none yet'}. Noise, eligible examples per pool and "
+            f"realised rate: {noise_text or 'none yet'}."
+        )
+    ]
+    notes = _notes(timing, incomplete, base, extra)
+    table = noise_table(analysis, records, names, {"setup": _setup_line(budget), "notes": notes})
+    data = {
+        "protocol": __doc__,
+        "base": str(base),
+        "tier_requested": tier,
+        "runs": records,
+        "analysis": analysis,
+        "betas": betas,
+        "noise": realised,
+        "incomplete": incomplete,
+        "timing": timing,
+    }
+    series = {
+        METHODS[m]: (lambda a, c, k, m=m: a["cells"][f"{c}/{k}/{m}"].get("delta")) for m in METHODS if m != "mle"
+    }
+    title = f"cal_noise: method − MLE, mean and 95% t-interval over seed pairs ({len(records)} runs complete)"
+    return table, data, partial(plot_deltas, analysis=analysis, cells=names, series=series, title=title)
+
+
+def run_cal_scratch(
+    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 1
+) -> tuple[str, dict, Any]:
+    """Run "cal_scratch" (E3, see the module docstring); returns `(markdown, raw numbers, plot function)`.
+
+    Args:
+        budget (`ExperimentBudget`): as "cal_noise"; `scratch_pairs` are its seed pairs.
+        work_dir (`Path`): runs go to `work_dir/cal` (the aligned runs are those of "cal_noise").
+        model (`str | Path`, *optional*): the stage-1 model folder (default `DEFAULT_BASE`).
+        tier (`int`, *optional*, defaults to 1): every run of "cal_scratch" is tier 1; 0 reports what is done.
+    """
+    from vcontrast.toy.cal_report import plot_deltas, scratch_analysis, scratch_table
+
+    start = time.perf_counter()
+    runs = scratch_runs(budget)
+    folder, base, records = execute(budget, work_dir, model, runs, tier)
+    names = list(dict.fromkeys(r.cell for r in runs))
+    analysis = scratch_analysis(records, budget, names)
+    timing = _timing([r for r in records if r["protocol"] == "scratch"], folder, time.perf_counter() - start)
+    incomplete = _incomplete(runs, records, budget)
+    setup = (
+        f'MLE and CAL (1, 5), IT on the pools of "cal_noise" for (a, f) in '
+        f"{[list(p) for p in budget.scratch_pairs]}, {budget.finetune_steps} steps: from the stage-1 model (random "
+        "projector, 'scratch') and after the alignment stage ('aligned', the runs of \"cal_noise\")."
+    )
+    notes = _notes(timing, incomplete, base, ["Runs complete and compute time count the from-scratch runs only."])
+    table = scratch_table(analysis, names, {"setup": setup, "notes": notes})
+    data = {"base": str(base), "runs": records, "analysis": analysis, "incomplete": incomplete, "timing": timing}
+    series = {
+        "aligned": lambda a, c, k: a[f"{c}/{k}"]["aligned"],
+        "scratch": lambda a, c, k: a[f"{c}/{k}"]["scratch"],
+    }
+    title = "cal_scratch: CAL (1, 5) − MLE after alignment and from scratch"
+    return table, data, partial(plot_deltas, analysis=analysis, cells=names, series=series, title=title)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers shared with "crg" / "cal_crg"
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def caption_f1(prediction: str, reference: str) -> dict[str, float]:
@@ -74,238 +784,28 @@ def caption_f1(prediction: str, reference: str) -> dict[str, float]:
     {'attr_f1': 0.75, 'object_f1': 0.0}
     ```
     """
+    from collections import Counter
+
+    from vcontrast.toy.cal_eval import mentioned_objects
     from vcontrast.toy.grammar import words
     from vcontrast.toy.scenes import COLORS, SHAPES, SIZES
 
-    attributes = {*COLORS, *SHAPES, *SIZES, *_POSITION_WORDS}
-
-    def objects(ws: list[str]) -> Counter:
-        return Counter((a, b) for a, b in pairwise(ws) if a in COLORS and b in SHAPES)
-
+    attributes = {*COLORS, *SHAPES, *SIZES, "top", "bottom", "left", "right", "middle"}
     p, r = words(prediction), words(reference)
     return {
         "attr_f1": _f1(Counter(w for w in p if w in attributes), Counter(w for w in r if w in attributes)),
-        "object_f1": _f1(objects(p), objects(r)),
+        "object_f1": _f1(Counter(mentioned_objects(prediction)), Counter(mentioned_objects(reference))),
     }
 
 
-def _f1(predicted: Counter, true: Counter) -> float:
+def _f1(predicted, true) -> float:
     total = sum(predicted.values()) + sum(true.values())
     return 1.0 if total == 0 else 2 * sum((predicted & true).values()) / total
-
-
-def caption_metrics(
-    model, processor, examples: list[dict], *, batch_size: int = 16, max_new_tokens: int = 48
-) -> dict[str, float]:
-    """Teacher-forced word accuracy and greedy-caption F1s of a model on caption examples.
-
-    Args:
-        model (`LlavaForConditionalGeneration`): the model.
-        processor (`LlavaProcessor`): its processor.
-        examples (`list[dict]`): caption examples (`"image"`, `"prompt"`, `"answer"`), e.g. clean test captions.
-        batch_size (`int`, *optional*, defaults to 16): examples per forward / `generate` call.
-        max_new_tokens (`int`, *optional*, defaults to 48): caption length limit.
-
-    Returns:
-        `dict[str, float]`: `caption_word_accuracy`'s keys plus the means of `caption_f1` (`"attr_f1"`,
-        `"object_f1"`) and `"caption_exact"` (the whole caption right, word for word).
-    """
-    from vcontrast.toy.train import caption_word_accuracy, exact_match, generate_answers
-
-    out = caption_word_accuracy(model, processor, examples, batch_size=batch_size)
-    texts = generate_answers(model, processor, examples, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    scores = [caption_f1(t, ex["answer"]) for t, ex in zip(texts, examples, strict=True)]
-    for key in ("attr_f1", "object_f1"):
-        out[key] = sum(s[key] for s in scores) / len(scores)
-    out["caption_exact"] = sum(exact_match(t, ex["answer"]) for t, ex in zip(texts, examples, strict=True)) / len(
-        examples
-    )
-    return out
-
-
-def clean_test_captions(n: int) -> list[dict]:
-    """`n` clean captions of the balanced "test" split (item seeds 0..n-1), as examples."""
-    from vcontrast.toy.tasks import iter_split
-    from vcontrast.toy.train import item_example
-
-    return [item_example(image, item) for image, item in iter_split("caption", n, seed=0, split="test")]
-
-
-def clean_pool(size: int, seed: int) -> list[dict]:
-    """The fixed pool of `size` "train"-split caption examples of one seed (before any noise)."""
-    from vcontrast.toy.train import task_examples
-
-    rng = random.Random(f"cal-noise-pool-{seed}")
-    seeds = [rng.randrange(2**31) for _ in range(size)]
-    return task_examples(seeds, stage="pt", split="train", rng=rng)
-
-
-def noisy_pool(pool: list[dict], rate: float, seed: int) -> tuple[list[dict], list[int]]:
-    """`pool` with a fraction `rate` of its captions swapped (`swap_captions`); returns it and the swapped indices."""
-    from vcontrast.toy.pairs import swap_captions
-
-    pairs, swapped = swap_captions([(ex, ex["answer"]) for ex in pool], rate, seed)
-    return [{**ex, "answer": text} for ex, text in pairs], swapped
-
-
-def _cal_loss_fn(model, batch, config):
-    from vcontrast.cal import cal_loss
-
-    return cal_loss(model, batch, config).loss
-
-
-def loss_fn(method: str):
-    """The training loss of `method`: "mle" (`vcontrast.toy.train.mle_loss`) or "cal" (`cal_loss` with `CALConfig()`,
-    the paper's alpha=1, beta=5, window=3)."""
-    from vcontrast.cal import CALConfig
-    from vcontrast.toy.train import mle_loss
-
-    if method not in METHODS:
-        raise ValueError(f"`method` (={method!r}) must be one of {METHODS}")
-    return mle_loss if method == "mle" else partial(_cal_loss_fn, config=CALConfig(alpha=1.0, beta=5.0, window=3))
-
-
-def init_run(work_dir: Path, source: str | Path | None = None) -> Path:
-    """Stage 0: a toy model with `source`'s vision tower (default: the shipped model's) and a freshly initialised
-    projector and LM (seed 0), saved with the source's processor into `work_dir/init` (reused if there)."""
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    from vcontrast.toy.model import load
-
-    out = Path(work_dir) / "init"
-    if (out / "model.safetensors").is_file():
-        return out
-    pretrained, processor = load(source)
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(pretrained.config)
-    tower = {k: v for k, v in pretrained.state_dict().items() if "vision_tower" in k}
-    missing, unexpected = model.load_state_dict(tower, strict=False)
-    if unexpected or any("vision_tower" in k for k in missing):
-        raise ValueError(f"could not copy the vision tower of {source}: {unexpected or missing}")
-    model.generation_config = pretrained.generation_config
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def align_run(budget: ExperimentBudget, work_dir: Path) -> Path:
-    """Stage 1: the shared MLE alignment stage on clean, freshly drawn "train" captions (seed 0), from `init_run`."""
-    from vcontrast.toy.train import train
-
-    return train(
-        work_dir / "align",
-        stage="pt",
-        init=work_dir / "init",
-        trainable="projector+lm",
-        steps=budget.align_steps,
-        batch_size=budget.batch_size,
-        lr=budget.align_lr,
-        seed=0,
-        warmup=max(1, budget.align_steps // 10),
-        log_every=max(1, budget.align_steps // 10),
-        save_every=10**9,
-        num_threads=budget.num_threads,
-    )
-
-
-def run_name(protocol: str, method: str, rate: float, seed: int) -> str:
-    """Folder name of one training run, e.g. "two_stage-cal-noise30-seed1"."""
-    return f"{protocol}-{method}-noise{round(100 * rate):02d}-seed{seed}"
-
-
-def finetune_run(
-    budget: ExperimentBudget,
-    work_dir: Path,
-    method: str,
-    rate: float,
-    seed: int,
-    pool: list[dict],
-    protocol: str = "two_stage",
-) -> Path:
-    """Stage 2 (or the from-scratch ablation): train on the noisy pool with `method`'s loss; returns the model folder
-    (a finished run is reused)."""
-    from vcontrast.toy.train import train
-
-    data, _ = noisy_pool(pool, rate, seed)
-    two_stage = protocol == "two_stage"
-    steps = budget.finetune_steps if two_stage else budget.align_steps + budget.finetune_steps
-    return train(
-        work_dir / run_name(protocol, method, rate, seed),
-        steps=steps,
-        batch_size=budget.batch_size,
-        lr=budget.finetune_lr if two_stage else budget.align_lr,
-        seed=seed,
-        init=work_dir / ("align" if two_stage else "init"),
-        trainable="projector+lm",
-        loss_fn=loss_fn(method),
-        data=data,
-        warmup=max(1, steps // 10),
-        log_every=max(1, steps // 5),
-        save_every=10**9,
-        num_threads=budget.num_threads,
-    )
-
-
-def cal_work_dir(budget: ExperimentBudget, work_dir: Path, source: str | Path | None = None) -> Path:
-    """The training folder of "cal_noise" (shared with "cal_crg"), guarded against mixing budgets or vision towers;
-    creates its `init` model (`init_run`)."""
-    folder = Path(work_dir) / "cal_noise"
-    fields = ("seeds", "align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size")
-    check_work_dir(folder, {k: getattr(budget, k) for k in fields} | {"vision_tower_sha256": vision_digest(source)})
-    init_run(folder, source)
-    return folder
-
-
-def vision_digest(source: str | Path | None = None) -> str:
-    """SHA-256 (first 16 hex digits) of a toy model's vision tower weights (default: the shipped model's): the same
-    for every model that shares the tower, e.g. all stages of the toy recipe after its vision stage."""
-    import hashlib
-
-    from safetensors import safe_open
-
-    from vcontrast.toy.model import WEIGHTS_DIR
-
-    path = Path(source if source is not None else WEIGHTS_DIR) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no toy model weights at {path}")
-    digest = hashlib.sha256()
-    with safe_open(path, framework="pt") as f:
-        for key in sorted(k for k in f.keys() if "vision_tower" in k):  # noqa: SIM118 (safe_open is no dict)
-            digest.update(key.encode())
-            digest.update(f.get_tensor(key).float().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _weight_diagnostic(model_dir: Path, pool: list[dict], rate: float, seed: int, n: int) -> dict[str, float]:
-    # CAL's mean token weight on clean vs swapped captions under the aligned model (the weights CAL starts with):
-    # the mechanism the method relies on, measured rather than assumed.
-    import torch
-
-    from vcontrast.cal import CALConfig, cal_weights
-    from vcontrast.toy.model import load
-    from vcontrast.toy.train import collate
-
-    model, processor = load(model_dir)
-    data, swapped = noisy_pool(pool, rate, seed)
-    swapped = set(swapped)
-    sums = {"clean": [0.0, 0], "swapped": [0.0, 0]}
-    with torch.no_grad():
-        for start in range(0, min(n, len(data)), 32):
-            chunk = data[start : start + 32]
-            weights = cal_weights(model, collate(processor, chunk), CALConfig())  # (B, T)
-            for i, row in enumerate(weights):
-                key = "swapped" if start + i in swapped else "clean"
-                sums[key][0] += float(row[row > 0].sum())
-                sums[key][1] += int((row > 0).sum())
-    return {f"mean_weight_{k}": s / c if c else float("nan") for k, (s, c) in sums.items()}
 
 
 def model_summary(model_dir: Path) -> dict[str, Any]:
     """The size of a saved toy model: parameter count and the config fields that set it (recorded with results, since
     `toy_config`'s defaults may change)."""
-    import json
-
     from vcontrast.toy.model import load
 
     model, _ = load(model_dir)
@@ -318,155 +818,3 @@ def model_summary(model_dir: Path) -> dict[str, Any]:
         "vision": {k: vision.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
         "text": {k: text.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
     }
-
-
-def train_seconds(model_dir: Path) -> float:
-    """The training-loop time of a finished `train` run, from its `log.jsonl` (so a rerun that reuses the run still
-    reports the time it took); NaN without a log."""
-    import json
-
-    log = Path(model_dir) / "log.jsonl"
-    if not log.is_file():
-        return float("nan")
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    return float(json.loads(lines[-1]).get("elapsed_s", float("nan"))) if lines else float("nan")
-
-
-def _evaluate(model_dir: Path, tests: list[dict], budget: ExperimentBudget) -> tuple[dict, float]:
-    from vcontrast.toy.model import load
-
-    start = time.perf_counter()
-    model, processor = load(model_dir)
-    metrics = caption_metrics(
-        model, processor, tests, batch_size=budget.eval_batch_size, max_new_tokens=budget.max_new_tokens
-    )
-    return metrics, time.perf_counter() - start
-
-
-def run_cal_noise(budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None) -> tuple[str, dict, Any]:
-    """Run "cal_noise" (see the module docstring); returns `(markdown, raw numbers, plot function)`.
-
-    `model` is the toy model whose vision tower the new models start from (default: the shipped one).
-    """
-    folder = cal_work_dir(budget, work_dir, model)
-    tests = clean_test_captions(budget.n_test)
-    align = align_run(budget, folder)
-    align_metrics, _ = _evaluate(align, tests, budget)
-    protocols = ["two_stage"] + (["from_scratch"] if budget.from_scratch else [])
-    runs: list[dict] = []
-    diagnostics = {}
-    for seed in budget.seeds:
-        pool = clean_pool(budget.pool_size, seed)
-        for rate in budget.noise_rates:
-            if rate > 0:
-                n = min(256, budget.pool_size)
-                diagnostics[f"noise{round(100 * rate)}-seed{seed}"] = _weight_diagnostic(align, pool, rate, seed, n)
-            for protocol in protocols:
-                for method in METHODS:
-                    model_dir = finetune_run(budget, folder, method, rate, seed, pool, protocol)
-                    train_s = train_seconds(model_dir)
-                    metrics, eval_s = _evaluate(model_dir, tests, budget)
-                    record = {"protocol": protocol, "method": method, "noise": rate, "seed": seed}
-                    runs.append(record | {"train_s": train_s, "eval_s": round(eval_s, 1), **metrics})
-                    logger.info("%s", runs[-1])
-    summary = _summaries(runs, budget, protocols)
-    data = {
-        "protocol": "\n\n".join(__doc__.split("\n\n")[1:4]),
-        "align": {"model_dir": str(align), "train_s": train_seconds(align), "metrics": align_metrics},
-        "model": model_summary(align) | {"vision_source": str(model) if model is not None else "shipped"},
-        "weight_diagnostic": diagnostics,
-        "runs": runs,
-        "summary": summary,
-    }
-    table = _table(summary, align_metrics, budget, protocols, diagnostics)
-    return table, data, partial(_plot, summary=summary, budget=budget, align_metrics=align_metrics)
-
-
-def _summaries(runs: list[dict], budget: ExperimentBudget, protocols: list[str]) -> dict:
-    out: dict[str, dict] = {}
-    for protocol in protocols:
-        for rate in budget.noise_rates:
-            key = f"{protocol}/noise{round(100 * rate)}"
-            by = {
-                m: {r["seed"]: r for r in runs if (r["protocol"], r["noise"], r["method"]) == (protocol, rate, m)}
-                for m in METHODS
-            }
-            entry: dict[str, Any] = {"protocol": protocol, "noise": rate}
-            for metric in METRICS:
-                for method in METHODS:
-                    entry[f"{method}/{metric}"] = summarize([by[method][s][metric] for s in budget.seeds])
-                deltas = [by["cal"][s][metric] - by["mle"][s][metric] for s in budget.seeds]
-                entry[f"delta/{metric}"] = summarize(deltas)
-            out[key] = entry
-    return out
-
-
-def _table(summary: dict, align_metrics: dict, budget: ExperimentBudget, protocols: list[str], diag: dict) -> str:
-    seeds = len(budget.seeds)
-    lines = []
-    for protocol in protocols:
-        title = "Two-stage (MLE alignment, then noisy fine-tuning)" if protocol == "two_stage" else "From scratch"
-        lines.append(f"### cal_noise: CAL vs MLE under swapped captions — {title}\n")
-        for metric, label in METRICS.items():
-            rows = []
-            for rate in budget.noise_rates:
-                e = summary[f"{protocol}/noise{round(100 * rate)}"]
-                d = e[f"delta/{metric}"]
-                rows.append(
-                    [
-                        f"{round(100 * rate)}%",
-                        pct_spread(e[f"mle/{metric}"]),
-                        pct_spread(e[f"cal/{metric}"]),
-                        pct_delta(d["mean"], (d["min"], d["max"])),
-                    ]
-                )
-            head = ["noise", f"MLE {label}", f"CAL {label}", f"CAL − MLE, mean [min, max] over {seeds} seeds"]
-            lines += [markdown_table(head, rows), ""]
-    lines.append(
-        f"Alignment stage alone (before fine-tuning): word acc {pct(align_metrics['word_acc'])}, attribute F1 "
-        f"{pct(align_metrics['attr_f1'])}, object F1 {pct(align_metrics['object_f1'])}. Values: % on "
-        f"{budget.n_test} clean test captions, mean ± std over {seeds} seeds."
-    )
-    if diag:
-        clean = [d["mean_weight_clean"] for d in diag.values()]
-        swapped = [d["mean_weight_swapped"] for d in diag.values()]
-        lines.append(
-            f"\nCAL token weight under the aligned model (clamp [1, 5]): clean captions "
-            f"{sum(clean) / len(clean):.2f}, swapped captions {sum(swapped) / len(swapped):.2f} (mean over the "
-            "noisy pools)."
-        )
-    return "\n".join(lines)
-
-
-def _plot(path: Path, summary: dict, budget: ExperimentBudget, align_metrics: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    protocols = sorted({e["protocol"] for e in summary.values()}, key=["two_stage", "from_scratch"].index)
-    fig, axes = plt.subplots(len(protocols), len(METRICS), figsize=(4.2 * len(METRICS), 3.4 * len(protocols)))
-    axes = [axes] if len(protocols) == 1 else axes
-    x = [100 * r for r in budget.noise_rates]
-    for row, protocol in zip(axes, protocols, strict=True):
-        for ax, (metric, label) in zip(row, METRICS.items(), strict=True):
-            for method, color, shift in (("mle", "tab:gray", -0.4), ("cal", "tab:red", 0.4)):
-                stats = [summary[f"{protocol}/noise{round(v)}"][f"{method}/{metric}"] for v in x]
-                ax.errorbar(
-                    [v + shift for v in x],
-                    [100 * s["mean"] for s in stats],
-                    yerr=[100 * s["std"] for s in stats],
-                    label=method.upper(),
-                    color=color,
-                    marker="o",
-                    capsize=3,
-                )
-            if protocol == "two_stage":
-                ax.axhline(100 * align_metrics[metric], color="tab:blue", ls=":", lw=1, label="alignment stage")
-            ax.set_xlabel("swapped captions (%)")
-            ax.set_ylabel(f"{label} (%)")
-            ax.set_xticks(x)
-            ax.set_title(f"{protocol.replace('_', '-')}: {label}", fontsize=9)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"CAL vs MLE under label noise (toy world, mean ± std over {len(budget.seeds)} seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

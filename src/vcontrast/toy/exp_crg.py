@@ -882,9 +882,8 @@ def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | No
     `model`'s vision tower, default the shipped one); returns `(markdown, raw numbers, plot function)`."""
     from . import exp_cal
 
-    folder = exp_cal.cal_work_dir(budget, work_dir, model)
     rate = budget.cal_crg_noise
-    exp_cal.align_run(budget, folder)
+    models = exp_cal.cell_models(budget, work_dir, model, "N1", rate)  # (method, f) -> E2's run, a = 0
     work = Path(work_dir) / "cal_crg"
     check_work_dir(work, {"noise": rate, "n": budget.n_test, "max_new_tokens": budget.max_new_tokens})
     data_dir = work / "data"
@@ -895,13 +894,8 @@ def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | No
     records = []
     timings = {}
     for seed in budget.seeds:
-        pool = None
-        for method in exp_cal.METHODS:
-            model_dir = folder / exp_cal.run_name("two_stage", method, rate, seed)
-            if not (model_dir / "model.safetensors").is_file():
-                pool = pool if pool is not None else exp_cal.clean_pool(budget.pool_size, seed)
-                exp_cal.finetune_run(budget, folder, method, rate, seed, pool)
-            loaded, processor = _load_model(model_dir)
+        for method in ("mle", "cal"):
+            loaded, processor = _load_model(models[method, seed])
             run = _Evaluator(loaded, processor, work / f"{method}-seed{seed}", budget)
             for task in CAL_CRG_TASKS:
                 for guidance in ("base", "crg"):

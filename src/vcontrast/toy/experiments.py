@@ -11,15 +11,18 @@ out_dir/
 
 Experiments (`EXPERIMENTS`):
 
-- "cal_noise" (`vcontrast.toy.exp_cal`): CAL vs MLE under label noise (image-caption pairs swapped, the CAL paper's
-  Figure 3), two-stage protocol: a shared MLE alignment stage on clean captions, then fine-tuning on noisy captions
-  with each loss, several seeds; teacher-forced attribute-word accuracy and greedy-caption F1 on clean test data.
+- "cal_noise" (`vcontrast.toy.exp_cal`, PLAN.md's E2): CAL vs MLE under three kinds of label noise (whole-answer
+  swap, one attribute replaced, prior-aligned hallucination), in an IT stage on a fixed pool of the task mix after a
+  shared projector-only alignment stage, 3 alignment x 2 fine-tuning seeds; attribute-token NLL, hallucination rate
+  and prior-inconsistent VQA accuracy on clean test data. Runs in tiers (`tier=`), resumable.
+- "cal_scratch" (`vcontrast.toy.exp_cal`, PLAN.md's E3): the same CAL-vs-MLE comparison without the alignment
+  stage (IT from the stage-1 model with its random projector), against the aligned runs of the same seed pairs.
 - "crg" (`vcontrast.toy.exp_crg`): experiment E1 of docs/results/PLAN.md, the plain toy model vs overlay, CRG,
   CRG + overlay and VCD on spatial choice, swap choice, image-text match and region VQA (annotated regions), and
   referring expressions re-ranked by CRG's log-ratio vs crops, random and oracle (annotated and proposed boxes,
   intrinsic and relational expressions); paired bootstrap intervals; the masking ablation as an extra.
-- "cal_crg" (`vcontrast.toy.exp_crg`): the models of "cal_noise" (CAL and MLE, at one noise rate) with and without
-  CRG, on the caption tasks such caption-only models can do.
+- "cal_crg" (`vcontrast.toy.exp_crg`): the models of "cal_noise" (CAL and MLE, N1 at one noise rate, alignment
+  seed 0) with and without CRG, on caption tasks.
 
 Training runs and evaluation folders go to `work_dir` (default `out/experiments`), the results to
 `work_dir/NAME` unless `out_dir` says otherwise; rerunning an experiment with the
@@ -31,7 +34,7 @@ Examples:
 
 ```python
 >>> from vcontrast.toy.experiments import run_experiment
->>> result = run_experiment("crg", out_dir="docs/results", budget="small")  # doctest: +SKIP
+>>> result = run_experiment("crg", out_dir="docs/results", budget="full")  # doctest: +SKIP
 >>> print(result.table)  # doctest: +SKIP
 ```
 """
@@ -69,6 +72,7 @@ __all__ = [
 
 EXPERIMENTS: dict[str, str] = {
     "cal_noise": "vcontrast.toy.exp_cal:run_cal_noise",
+    "cal_scratch": "vcontrast.toy.exp_cal:run_cal_scratch",
     "crg": "vcontrast.toy.exp_crg:run_crg",
     "cal_crg": "vcontrast.toy.exp_crg:run_cal_crg",
 }
@@ -79,66 +83,91 @@ DEFAULT_WORK_DIR = Path("out/experiments")
 class ExperimentBudget:
     """How much compute an experiment gets: steps, seeds, test items.
 
+    The defaults are the pre-registered numbers of docs/results/PLAN.md (the "full" budget).
+
     Args:
-        seeds (`tuple[int, ...]`, *optional*, defaults to `(0, 1, 2)`): training seeds of "cal_noise" (each seed draws
-            its own training pool, noise and data order; the alignment stage is shared).
-        noise_rates (`tuple[float, ...]`, *optional*, defaults to `(0.0, 0.1, 0.2, 0.3)`): fractions of swapped pairs.
-        align_steps (`int`, *optional*, defaults to 300): steps of the shared MLE alignment stage (clean captions).
-        finetune_steps (`int`, *optional*, defaults to 150): steps of each noisy fine-tuning run.
+        seeds (`tuple[int, ...]`, *optional*, defaults to `(0, 1)`): fine-tuning seeds f of "cal_noise" (with each
+            alignment seed a, a pair (a, f) draws its own IT pool, noise and batch order).
+        align_seeds (`tuple[int, ...]`, *optional*, defaults to `(0, 1, 2)`): alignment seeds a of "cal_noise": each
+            is one projector-only PT run from the stage-1 model.
+        noise_types (`tuple[str, ...]`, *optional*, defaults to `("N1", "N2", "N3")`): label noise types
+            (`vcontrast.toy.noise`).
+        noise_rates (`tuple[float, ...]`, *optional*, defaults to `(0.0, 0.3, 0.6)`): fractions of the eligible
+            examples corrupted; the highest rate makes tiers 1-2 of "cal_noise", the others tier 3.
+        align_steps (`int`, *optional*, defaults to 600): steps of each alignment (PT) run, the recipe's PT stage.
+        finetune_steps (`int`, *optional*, defaults to 600): steps of each IT run on a fixed pool.
         batch_size (`int`, *optional*, defaults to 32): training batch size.
-        align_lr (`float`, *optional*, defaults to 1e-3): peak learning rate of the alignment stage.
-        finetune_lr (`float`, *optional*, defaults to 5e-4): peak learning rate of fine-tuning (half, as the toy
-            recipe's second stage).
-        pool_size (`int`, *optional*, defaults to 2400): image-caption pairs in each seed's fixed fine-tuning pool
-            (cycled in epochs; `finetune_steps * batch_size / pool_size` epochs).
-        n_test (`int`, *optional*, defaults to 300): clean test captions for "cal_noise", and items per task of
-            "cal_crg".
+        align_lr (`float`, *optional*, defaults to 1e-3): peak learning rate of alignment (the recipe's PT).
+        finetune_lr (`float`, *optional*, defaults to 5e-4): peak learning rate of the IT runs.
+        pool_size (`int`, *optional*, defaults to 1600): train-split IT examples in the fixed pool of each (a, f).
+        n_test (`int`, *optional*, defaults to 300): clean test items per metric of "cal_noise" / "cal_scratch", and
+            items per task of "cal_crg".
         n_items (`int`, *optional*, defaults to 500): test items per task of "crg" (PLAN.md's E1).
         eval_batch_size (`int`, *optional*, defaults to 16): items per model call in evaluation.
         max_new_tokens (`int`, *optional*, defaults to 48): generation length (a 4-object caption is ~40 tokens).
-        cal_crg_noise (`float`, *optional*, defaults to 0.3): the noise rate whose CAL and MLE models "cal_crg" uses.
-        from_scratch (`bool`, *optional*, defaults to `False`): also run the from-scratch ablation of "cal_noise"
-            (no alignment stage: `align_steps + finetune_steps` steps on the noisy pool).
+        cal_crg_noise (`float`, *optional*, defaults to 0.3): the N1 noise rate whose CAL and MLE models "cal_crg"
+            uses (alignment seed 0).
+        scratch_pairs (`tuple[tuple[int, int], ...]`, *optional*, defaults to `((0, 0), (0, 1), (1, 0))`): the
+            (a, f) pairs of "cal_scratch" (each among `align_seeds` x `seeds`).
+        stage1_model (`dict`, *optional*): `toy_config` sizes of a stage-1 model (text-trained LM + vision tower)
+            built in the work folder with `stage1_steps` steps per stage, instead of reading one (`--base`): for
+            tests and timings, where no trained model is at hand.
+        stage1_steps (`int`, *optional*, defaults to 2): LM and vision steps of that built stage-1 model.
         bootstrap (`int`, *optional*, defaults to 10000): paired bootstrap resamples for confidence intervals
             (PLAN.md: 10,000).
         num_threads (`int`, *optional*, defaults to 2): `torch.set_num_threads` for the run.
     """
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    noise_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
-    align_steps: int = 300
-    finetune_steps: int = 150
+    seeds: tuple[int, ...] = (0, 1)
+    align_seeds: tuple[int, ...] = (0, 1, 2)
+    noise_types: tuple[str, ...] = ("N1", "N2", "N3")
+    noise_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
+    align_steps: int = 600
+    finetune_steps: int = 600
     batch_size: int = 32
     align_lr: float = 1e-3
     finetune_lr: float = 5e-4
-    pool_size: int = 2400
+    pool_size: int = 1600
     n_test: int = 300
     n_items: int = 500
     eval_batch_size: int = 16
     max_new_tokens: int = 48
     cal_crg_noise: float = 0.3
-    from_scratch: bool = False
+    scratch_pairs: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0))
+    stage1_model: dict | None = None
+    stage1_steps: int = 2
     bootstrap: int = 10000
     num_threads: int | None = 2
 
     def __post_init__(self) -> None:
-        self.seeds, self.noise_rates = tuple(self.seeds), tuple(float(r) for r in self.noise_rates)
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"`seeds` (={self.seeds}) must be distinct and at least one")
+        from vcontrast.toy.noise import NOISE_TYPES
+
+        self.seeds, self.align_seeds = tuple(self.seeds), tuple(self.align_seeds)
+        self.noise_types, self.noise_rates = tuple(self.noise_types), tuple(float(r) for r in self.noise_rates)
+        self.scratch_pairs = tuple(tuple(p) for p in self.scratch_pairs)
+        for name in ("seeds", "align_seeds"):
+            value = getattr(self, name)
+            if not value or len(set(value)) != len(value) or not all(_is_count(v, 0) for v in value):
+                raise ValueError(f"`{name}` (={value}) must be distinct non-negative ints, at least one")
+        if not self.noise_types or not set(self.noise_types) <= set(NOISE_TYPES):
+            raise ValueError(f"`noise_types` (={self.noise_types}) must be some of {NOISE_TYPES}")
         if not self.noise_rates or not all(0 <= r < 1 for r in self.noise_rates):
             raise ValueError(f"`noise_rates` (={self.noise_rates}) must be in [0, 1), at least one")
         if self.cal_crg_noise not in self.noise_rates:
             raise ValueError(
                 f"`cal_crg_noise` (={self.cal_crg_noise}) must be one of `noise_rates` {self.noise_rates}"
             )
+        pairs = {(a, f) for a in self.align_seeds for f in self.seeds}
+        if any(len(p) != 2 or p not in pairs for p in self.scratch_pairs):
+            raise ValueError(
+                f"`scratch_pairs` (={self.scratch_pairs}) must be (a, f) pairs of `align_seeds` x `seeds`"
+            )
         for name in ("align_steps", "finetune_steps", "batch_size", "pool_size", "n_test", "n_items"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` (={value!r}) must be a positive int")
-        for name in ("eval_batch_size", "max_new_tokens", "bootstrap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` (={value!r}) must be a positive int")
+            if not _is_count(getattr(self, name), 1):
+                raise ValueError(f"`{name}` (={getattr(self, name)!r}) must be a positive int")
+        for name in ("eval_batch_size", "max_new_tokens", "bootstrap", "stage1_steps"):
+            if not _is_count(getattr(self, name), 1):
+                raise ValueError(f"`{name}` (={getattr(self, name)!r}) must be a positive int")
         if not (self.align_lr > 0 and self.finetune_lr > 0):
             raise ValueError(f"learning rates (={self.align_lr}, {self.finetune_lr}) must be positive")
 
@@ -147,25 +176,36 @@ class ExperimentBudget:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def _is_count(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
 BUDGETS: dict[str, ExperimentBudget] = {
-    # Seconds: a handful of steps and items (tests pass a tiny model); checks the plumbing, measures nothing.
+    # Seconds: a handful of steps and items on a tiny stage-1 model built on the spot; checks the plumbing only.
     "tiny": ExperimentBudget(
         seeds=(0, 1),
-        noise_rates=(0.0, 0.3),
+        align_seeds=(0,),
         align_steps=2,
-        finetune_steps=2,
+        finetune_steps=10,  # reaches one text-only replay step (every 10th)
         batch_size=4,
-        pool_size=8,
+        pool_size=64,  # enough for a few N3-eligible examples in every pool
         n_test=4,
         n_items=8,
         eval_batch_size=4,
         max_new_tokens=6,
-        cal_crg_noise=0.3,
+        scratch_pairs=((0, 0), (0, 1)),
+        stage1_model={
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "vision_hidden_size": 32,
+            "vision_layers": 2,
+        },
         bootstrap=20,
         num_threads=1,
     ),
-    # The committed results (docs/results): sized for ~35 minutes per training experiment on 2 CPU cores.
-    "small": ExperimentBudget(),
+    # docs/results/PLAN.md's numbers: "cal_noise" is ~200 runs of ~10-15 min on 2 CPU cores, run in tiers.
+    "full": ExperimentBudget(),
 }
 
 
@@ -198,21 +238,24 @@ class ExperimentResult:
 def run_experiment(
     name: str,
     out_dir: str | Path | None = None,
-    budget: str | ExperimentBudget = "small",
+    budget: str | ExperimentBudget = "full",
     work_dir: str | Path = DEFAULT_WORK_DIR,
     model: str | Path | None = None,
+    **options: Any,
 ) -> ExperimentResult:
     """Run one toy experiment end to end and write its table, plot and raw numbers into `out_dir`.
 
     Args:
-        name (`str`): "cal_noise", "crg" or "cal_crg" (see the module docstring).
+        name (`str`): a key of `EXPERIMENTS` (see the module docstring).
         out_dir (`str | Path`, *optional*): where `{name}.md/.json/.png` go; defaults to `work_dir / name`
             (`out/experiments/NAME`), so that a run never overwrites the committed `docs/results` unless asked to.
-        budget (`str | ExperimentBudget`, *optional*, defaults to `"small"`): a name of `BUDGETS` or a budget.
+        budget (`str | ExperimentBudget`, *optional*, defaults to `"full"`): a name of `BUDGETS` or a budget.
         work_dir (`str | Path`, *optional*, defaults to `"out/experiments"`): training runs and evaluation folders;
             a rerun with the same budget reuses them. One budget per folder (a different one raises).
-        model (`str | Path`, *optional*): a toy model folder; defaults to the shipped one. "crg" evaluates it;
-            "cal_noise" and "cal_crg" train new models on its (pretrained, frozen) vision tower.
+        model (`str | Path`, *optional*): a toy model folder. "crg" evaluates it (default: the shipped one);
+            "cal_noise", "cal_scratch" and "cal_crg" start from it as the stage-1 model (text-trained LM and
+            vision tower; default `vcontrast.toy.exp_cal.DEFAULT_BASE`, "out/toy-testbed/vision").
+        **options: experiment-specific keyword arguments ("cal_noise", "cal_scratch": `tier`).
 
     Returns:
         `ExperimentResult`: the tables, the raw numbers and the files written.
@@ -237,7 +280,7 @@ def run_experiment(
     module, _, attr = EXPERIMENTS[name].partition(":")
     fn = getattr(importlib.import_module(module), attr)
     start = time.perf_counter()
-    table, data, plot = fn(budget=budget, work_dir=work_dir, model=model)
+    table, data, plot = fn(budget=budget, work_dir=work_dir, model=model, **options)
     data = {
         "experiment": name,
         "budget": budget.to_dict(),
