@@ -285,3 +285,16 @@ def test_training_lock(tmp_path):
     with training_lock(tmp_path):
         pass
     assert not (tmp_path / "train.lock").exists()
+
+
+def test_train_seconds_adds_up_sessions_even_when_the_resumed_one_logs_more_time(tmp_path):
+    # Session 1 logs steps 2-6 (interrupted after a checkpoint at 4); session 2 resumes from 4 on a slower machine,
+    # so its first elapsed_s exceeds session 1's last: only `session_start` / the step tell the sessions apart.
+    rows = [(2, 1.0, 0), (4, 2.0, 0), (6, 3.0, 0), (6, 5.0, 4), (8, 9.0, 4)]
+    (tmp_path / "log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "elapsed_s": e, "session_start": st}) + "\n" for s, e, st in rows)
+    )
+    assert exp_cal._train_seconds(tmp_path) == pytest.approx(3.0 + 9.0)
+    legacy = [(2, 1.0), (4, 2.0), (2, 0.5), (4, 1.5)]  # logs without session_start: a step going back starts one
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": e}) + "\n" for s, e in legacy))
+    assert exp_cal._train_seconds(tmp_path) == pytest.approx(2.0 + 1.5)

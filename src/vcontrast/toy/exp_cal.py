@@ -372,18 +372,21 @@ def p90_beta(budget: ExperimentBudget, folder: Path, aligned: Path, a: int, f: i
 
 
 def _train_seconds(model_dir: Path) -> float:
-    # Training time over every session of a (possibly resumed) run: `train` logs the time since its own start, so a
-    # drop in elapsed_s marks a new session; the time after the last log of an interrupted session is lost.
+    # Training time over every session of a (possibly resumed) run: `train` logs the time since its own start and
+    # the step its session started from, so a new `session_start`, a step that does not advance or a drop in
+    # elapsed_s marks a new session; the time after the last log of an interrupted session is lost.
     log = model_dir / "log.jsonl"
     if not log.is_file():
         return math.nan
-    total, last = 0.0, 0.0
+    total, last, previous = 0.0, 0.0, None
     for line in log.read_text().splitlines():
         if line.strip():
-            elapsed = float(json.loads(line).get("elapsed_s", 0.0))
-            if elapsed < last:
+            record = json.loads(line)
+            elapsed = float(record.get("elapsed_s", 0.0))
+            session = (record.get("session_start"), int(record.get("step", 0)))
+            if previous is not None and (session[0] != previous[0] or session[1] <= previous[1] or elapsed < last):
                 total += last
-            last = elapsed
+            last, previous = elapsed, session
     return round(total + last, 1)
 
 

@@ -532,6 +532,7 @@ def train(
                 "grad_norm": float(grad_norm),
                 "lr": optimizer.param_groups[0]["lr"],
                 "elapsed_s": round(time.perf_counter() - t0, 1),
+                "session_start": start,  # the step this session resumed from: sessions' times add up
             }
             logger.info("%s", record)
             with log_file.open("a") as f:
