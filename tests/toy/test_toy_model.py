@@ -273,8 +273,10 @@ def test_patch_labels_cover_objects_and_outline():
     _, scene = make_scene(3, n_objects=2)
     labels = toy_train.patch_labels(scene, 8, boxed=scene.objects[0].box)
     assert {k: v.shape for k, v in labels.items()} == dict.fromkeys(
-        ["shape", "color", "size", "text", "kind", "boxed"], (64,)
+        ["shape", "color", "size", "text", "kind", "boxed", "row", "col"], (64,)
     )
+    assert labels["row"].tolist() == [k // 8 for k in range(64)]
+    assert labels["col"].tolist() == [k % 8 for k in range(64)]
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.box
         cx, cy = int((x0 + x1) / 2 * 8 / scene.size), int((y0 + y1) / 2 * 8 / scene.size)

@@ -578,9 +578,11 @@ def patch_labels(scene, grid: int, boxed: tuple[float, float, float, float] | No
     Returns:
         `dict[str, torch.Tensor]`: each (grid * grid,) in row-major patch order: `"kind"` (index into `VISION_KINDS`),
         `"shape"`, `"color"`, `"size"` and `"text"` (indices into `SHAPES`, `COLORS`, `SIZES`, `TEXTS`; -100 where
-        not applicable, so background patches, most of every image, do not drown the attributes) and `"boxed"` (1
-        inside the outline, 0 outside). An object too small to cover any patch centre labels the patch
-        holding its centre.
+        not applicable, so background patches, most of every image, do not drown the attributes), `"boxed"` (1
+        inside the outline, 0 outside), and `"row"` / `"col"`, the patch's own grid position, so that the features
+        keep where they are (a tower trained on content alone kept little of it: a linear probe read the column of
+        a patch at R^2 0.34, and the LM never learnt left from right). An object too small to cover any patch
+        centre labels the patch holding its centre.
     """
     from vcontrast.toy.scenes import COLORS, SHAPES, SIZES, TEXTS
 
@@ -610,6 +612,8 @@ def patch_labels(scene, grid: int, boxed: tuple[float, float, float, float] | No
         out["color"][m] = list(COLORS).index(text.color)
         out["text"][m] = TEXTS.index(text.text)
     out["boxed"] = cover(boxed).long() if boxed is not None else torch.zeros(grid, grid, dtype=torch.long)
+    out["row"] = torch.arange(grid)[:, None].expand(grid, grid)
+    out["col"] = torch.arange(grid)[None, :].expand(grid, grid)
     return {k: v.flatten() for k, v in out.items()}
 
 
@@ -634,8 +638,9 @@ def pretrain_vision(
     and positions quickly but not shapes (a shape spans about one 8-pixel patch at a random offset; in a 2500-step
     PT + IT run shape-word accuracy stayed at chance). So the tower first learns, from linear heads on its patch
     features, what covers each patch (`patch_labels`: background / shape / text, colour, size, which word, and
-    whether the patch lies inside a drawn region outline) on unbiased random scenes. The heads are dropped; the
-    LM and projector stay random.
+    whether the patch lies inside a drawn region outline) and where the patch is (its row and column: CLIP's
+    features keep position, and left/right needs it), on unbiased random scenes. The heads are dropped; the LM and
+    projector are not touched.
 
     Args:
         out_dir (`str | Path`): output folder; gets the whole LLaVA model (`save_pretrained`) and the processor.
@@ -679,7 +684,7 @@ def pretrain_vision(
     tower = model.model.vision_tower
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     sizes = {"kind": len(VISION_KINDS), "shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES)}
-    sizes |= {"text": len(TEXTS), "boxed": 2}
+    sizes |= {"text": len(TEXTS), "boxed": 2, "row": grid, "col": grid}
     heads = torch.nn.ModuleDict(
         {k: torch.nn.Linear(model.config.vision_config.hidden_size, n) for k, n in sizes.items()}
     )
