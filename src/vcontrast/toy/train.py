@@ -740,7 +740,7 @@ def train_recipe(
     lm_steps: int = 1250,
     vision_steps: int = 2000,
     pt_steps: int = 600,
-    it_steps: int = 3000,
+    it_steps: int = 2000,
     batch_size: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
@@ -764,7 +764,7 @@ def train_recipe(
         lm_steps (`int`, *optional*, defaults to 1250): stage-0 steps (text only).
         vision_steps (`int`, *optional*, defaults to 2000): stage-1 steps.
         pt_steps (`int`, *optional*, defaults to 600): stage-2 steps.
-        it_steps (`int`, *optional*, defaults to 3000): stage-3 steps.
+        it_steps (`int`, *optional*, defaults to 2000): stage-3 steps.
         batch_size (`int`, *optional*, defaults to 32): examples per step in every stage.
         lr (`float`, *optional*, defaults to 1e-3): peak learning rate of stages 0-2; IT uses half of it.
         seed (`int`, *optional*, defaults to 0): seeds every stage.
