@@ -345,16 +345,23 @@ def test_shipped_weights_are_small_and_load_offline():
 
 @shipped
 def test_shipped_model_names_the_colour_and_shape_of_a_single_object():
+    # Shape questions ask about objects whose colour carries no shape prior: "what shape is the red object ?" is
+    # where the train split's 80%-red circles pull the answer to "circle" (the prior CRG and CAL are about).
+    from vcontrast.toy.tasks import BIASES
+
+    prior_colors = {color for color, _ in BIASES["shape_color"].values()}
     model, processor = load()
-    examples = []
-    for seed in range(5):
+    colour, shape = [], []
+    for seed in range(40):
         image, scene = make_scene(seed, n_objects=1)
         (obj,) = scene.objects
-        examples.append({"image": image, "prompt": PROMPTS["color"].format(shape=obj.shape), "answer": obj.color})
-        examples.append({"image": image, "prompt": PROMPTS["shape"].format(color=obj.color), "answer": obj.shape})
-    answers = toy_train.generate_answers(model, processor, examples)
-    right = [a == ex["answer"] for a, ex in zip(answers, examples, strict=True)]
-    assert sum(right[0::2]) >= 4 and sum(right[1::2]) >= 4, answers
+        if len(colour) < 5:
+            colour.append({"image": image, "prompt": PROMPTS["color"].format(shape=obj.shape), "answer": obj.color})
+        if len(shape) < 5 and obj.color not in prior_colors:
+            shape.append({"image": image, "prompt": PROMPTS["shape"].format(color=obj.color), "answer": obj.shape})
+    answers = toy_train.generate_answers(model, processor, colour + shape)
+    right = [a == ex["answer"] for a, ex in zip(answers, colour + shape, strict=True)]
+    assert len(shape) == 5 and sum(right[:5]) >= 4 and sum(right[5:]) >= 4, answers
 
 
 @pytest.mark.slow
