@@ -8,10 +8,10 @@ Protocol ("cal_noise"):
    a = 0, a finished `OUT/pt` next to it (the test bed's own PT, same steps, seed 0, same LM and tower) is reused.
 2. IT from the aligned model, fine-tuning seed f: a fixed pool of `budget.pool_size` train-split examples of the IT
    task mix (`IT_MIX`, full-difficulty spatial, no curriculum), drawn from (a, f); projector + LM trained,
-   `budget.finetune_steps` steps of `budget.batch_size` at `budget.finetune_lr`; every `TEXT_REPLAY_EVERY`-th step
-   is a text-only batch (fresh text-only train examples, as in the recipe), trained with plain MLE by every method
-   (CAL's delta is 0 without an image). Pool, noise, batch order and replay batches depend on (a, f) only, so all
-   methods of one (a, f) and cell see the same ones.
+   `budget.finetune_steps` steps of `budget.finetune_batch_size` at `budget.finetune_lr`; every
+   `TEXT_REPLAY_EVERY`-th step is a text-only batch (fresh text-only train examples, as in the recipe), trained with
+   plain MLE by every method (CAL's delta is 0 without an image). Pool, noise, batch order and replay batches depend
+   on (a, f) only, so all methods of one (a, f) and cell see the same ones.
 3. Noise (`vcontrast.toy.noise`): N1 whole-answer swap, N2 one attribute replaced, N3 prior-aligned hallucination,
    at `budget.noise_rates` of the eligible descriptive examples. A cell is one (noise, rate); rate 0 is the one
    "clean" cell.
@@ -27,10 +27,10 @@ includes 0, TOST equivalence with margin 0.05 nats (NLL) or 2 points (rates); H2
 noise rates above 0) Holm-corrected (two-sided t-test p-values; a hypothesis holds when its adjusted p < 0.05 and
 the mean difference is negative).
 
-Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and every noise type at the highest rate; 2 = the other methods
-at those cells; 3 = the lower non-zero rates, every method. `tier=k` trains tiers 1..k (0: none, report only);
-the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a finished
-run folder (weights + `metrics.json`) is reused, an interrupted one resumes from its checkpoint.
+Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and N2, N3 at the highest rate; 2 = the other methods at those
+cells, and N1 at the highest rate; 3 = the lower non-zero rates, every method. `tier=k` trains tiers 1..k (0: none,
+report only); the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a
+finished run folder (weights + `metrics.json`) is reused, an interrupted one resumes from its checkpoint.
 
 "cal_scratch" (E3): MLE and CAL (1, 5) at 0% and N2 at the highest rate, for `budget.scratch_pairs`, trained from
 the stage-1 model itself (random projector) with the same pools, steps and learning rate; the aligned runs of the
@@ -78,6 +78,7 @@ __all__ = [
 
 DEFAULT_BASE = Path("out/toy-testbed/vision")
 TIER1_METHODS = ("mle", "cal")
+TIER1_NOISE = ("N2", "N3")  # the noise types of H2.1-H2.2; N1 (exploratory) waits for tier 2 (PLAN.md amendment)
 SCRATCH_NOISE = "N2"
 SAVE_EVERY = 100  # checkpoint interval of the IT runs (a run resumes from its last checkpoint)
 
@@ -120,10 +121,14 @@ def cells(budget: ExperimentBudget) -> list[tuple[str | None, float]]:
 
 
 def tier(run: Run, budget: ExperimentBudget) -> int:
-    """PLAN.md's run order: 1 = MLE and CAL (1, 5) at 0% and the highest rate; 2 = the other methods there; 3 = the
-    lower non-zero rates. Runs of "cal_scratch" are tier 1."""
-    if run.protocol == "scratch" or run.rate in (0.0, max(budget.noise_rates)):
-        return 1 if run.method in TIER1_METHODS or run.protocol == "scratch" else 2
+    """PLAN.md's run order (as amended on 2026-11-27): 1 = MLE and CAL (1, 5) at 0% and at the highest rate of N2
+    and N3; 2 = the other methods there, and N1 at the highest rate; 3 = the lower non-zero rates. Runs of
+    "cal_scratch" are tier 1."""
+    if run.protocol == "scratch":
+        return 1
+    if run.rate in (0.0, max(budget.noise_rates)):
+        first = run.method in TIER1_METHODS and (run.rate == 0 or run.noise in TIER1_NOISE)
+        return 1 if first else 2
     return 3
 
 
@@ -181,7 +186,16 @@ def cal_work_dir(budget: ExperimentBudget, work_dir: Path, base: str | Path | No
         `tuple[Path, Path]`: `(folder, base)`.
     """
     folder = Path(work_dir) / "cal"
-    fields = ("align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size", "n_test")
+    fields = (
+        "align_steps",
+        "finetune_steps",
+        "batch_size",
+        "finetune_batch_size",
+        "align_lr",
+        "finetune_lr",
+        "pool_size",
+        "n_test",
+    )
     config: dict[str, Any] = {k: getattr(budget, k) for k in fields} | {"max_new_tokens": budget.max_new_tokens}
     if budget.stage1_model is not None:
         if base is not None:
@@ -449,7 +463,7 @@ class _Executor:
         return train(
             out,
             steps=b.finetune_steps,
-            batch_size=b.batch_size,
+            batch_size=b.finetune_batch_size,
             lr=b.finetune_lr,
             seed=1000 * run.a + run.f,
             init=init,
@@ -660,7 +674,7 @@ def _setup_line(budget: ExperimentBudget) -> str:
     return (
         f"Alignment: projector-only PT, {budget.align_steps} steps, seeds a = {list(budget.align_seeds)}; IT: pool of "
         f"{budget.pool_size} train examples per (a, f), f = {list(budget.seeds)}, {budget.finetune_steps} steps of "
-        f"{budget.batch_size} at lr {budget.finetune_lr} (every 10th step text-only, MLE); noise "
+        f"{budget.finetune_batch_size} at lr {budget.finetune_lr} (every 10th step text-only, MLE); noise "
         f"{', '.join(budget.noise_types)} at {', '.join(f'{round(100 * r)}%' for r in budget.noise_rates)} of the "
         f"eligible examples; metrics on {budget.n_test} clean test items each."
     )
