@@ -171,9 +171,10 @@ def results_table(model, processor, out: Path, n_items: int, echo: Callable[[str
         scores = {}
         for name in ("base", "crg"):
             max_new = VQA_MAX_NEW_TOKENS  # every open answer here is one word
-            method = get_method(name, model, processor, alpha=1.0, proposer=None, max_new_tokens=max_new)
-            if task == "refexp":
-                method.rerank_prompt = PROMPTS["refer"]
+            prompt = PROMPTS["refer"] if task == "refexp" else None  # the toy model's format of naming an object
+            method = get_method(
+                name, model, processor, alpha=1.0, proposer=None, max_new_tokens=max_new, rerank_prompt=prompt
+            )
             folder = out / "eval" / name / task
             summary = evaluate(
                 "toy", data, model=(model, processor), method=method, alpha=1.0, out_dir=folder,

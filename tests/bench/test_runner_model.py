@@ -144,6 +144,56 @@ def test_rerank_prompt_sets_the_expression_format():
         assert score == pytest.approx(loglik(image) - loglik(blackout(image, [box])), abs=1e-4)
 
 
+def test_rerank_prompt_by_name_in_python_and_the_cli(tmp_path):
+    # `rerank_prompt=` (get_method, evaluate) and `--rerank-prompt` give the predictions of a method whose attribute
+    # is set, record the prompt in the run's config, and are refused where they cannot apply.
+    model, processor = tm.build("llava")
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    data = toy_items(tmp_path / "data")
+    prompt = "name one object in the image ."
+    built = get_method("crg", model, processor, proposer=None, rerank_prompt=prompt)
+    assert built.config["rerank_prompt"] == prompt and built.expression_prompt() == prompt
+    reference = get_method("crg", model, processor, proposer=None)
+    reference.rerank_prompt = prompt
+    common = {"split": "test", "show_progress": False, "proposer": None}
+    expected = evaluate("toy", data, method=reference, out_dir=tmp_path / "ref", **common)
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.callback()(lambda: None)
+    args = [
+        "eval",
+        "--benchmark",
+        "toy",
+        "--data-dir",
+        str(data),
+        "--split",
+        "test",
+        "--model",
+        str(tmp_path / "ckpt"),
+    ]
+    args += ["--method", "crg", "--proposer", "none", "--no-progress", "--out", str(tmp_path / "cli")]
+    result = CliRunner().invoke(app, [*args, "--rerank-prompt", prompt])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert summary["config"]["rerank_prompt"] == prompt and summary["config"] == expected["config"]
+    got, want = (read_predictions(tmp_path / d / PREDICTIONS_FILE) for d in ("cli", "ref"))
+    assert {k: v["scores"] for k, v in got.items() if k.startswith("r")} == {
+        k: pytest.approx(v["scores"]) for k, v in want.items() if k.startswith("r")
+    }
+    # the default prompt scores otherwise, and a rerun with another prompt into the same folder is refused
+    default = evaluate("toy", data, method="crg", model=(model, processor), out_dir=tmp_path / "default", **common)
+    assert "rerank_prompt" not in default["config"]
+    assert read_predictions(tmp_path / "default" / PREDICTIONS_FILE)["r0"]["scores"] != got["r0"]["scores"]
+    again = CliRunner().invoke(app, [*args, "--rerank-prompt", "describe the image ."])
+    assert again.exit_code == 2 and "rerank_prompt" in again.output
+    with pytest.raises(ValueError, match="`rerank_prompt` is for a method given by name"):
+        evaluate("toy", data, method=reference, out_dir=tmp_path / "x", rerank_prompt=prompt, **common)
+    for bad in ("", "  ", 3):
+        with pytest.raises(ValueError, match=r"`rerank_prompt` \(="):
+            get_method("base", model, processor, rerank_prompt=bad)
+
+
 def test_method_arguments_are_checked():
     model, processor = tm.build("llava")
     with pytest.raises(ValueError, match="`alpha` \\(=-1\\)"):

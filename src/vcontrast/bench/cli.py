@@ -19,7 +19,13 @@ def eval_command(
     model: Annotated[
         str | None, typer.Option(help="Checkpoint folder (save_pretrained layout); default: the toy model.")
     ] = None,
-    method: Annotated[str, typer.Option(help="'base' (the plain model) or 'crg'.")] = "base",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="'base' (the plain model), 'crg', or a baseline: 'overlay' (boxes drawn on the image), "
+            "'crg+overlay', 'vcd' (contrast with a noised image), 'no-image' (CRG contrasting with no image)."
+        ),
+    ] = "base",
     alpha: Annotated[float, typer.Option(help="CRG guidance strength (method crg).")] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N items (per split).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder; rerunning into it resumes.")] = Path("out/eval"),
@@ -53,6 +59,13 @@ def eval_command(
     overwrite: Annotated[
         bool, typer.Option(help="Delete the predictions of an earlier run in --out and start over.")
     ] = False,
+    rerank_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Referring expressions: the prompt an expression is scored as the answer to (default: "
+            "'Describe the image.'), e.g. 'name one object in the image .' for the toy model."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
 
@@ -84,6 +97,7 @@ def eval_command(
             split_by=split_by,
             image_root=image_root,
             overwrite=overwrite,
+            rerank_prompt=rerank_prompt,
         )
     except (ValueError, FileNotFoundError) as e:
         print(short_error(e))

@@ -28,7 +28,8 @@ What each task turns into (the prediction schema of `vcontrast.bench.metrics`):
   expression's log-likelihood when only box i is blacked out, unnormalised); "base" scores the expression given each
   proposal's crop -> `scores`, `pred_index`, `pred_box`. The expression is scored as the answer to the method's
   `rerank_prompt` (default: CRG's `RERANK_PROMPT`, "Describe the image."); a model trained to name objects in
-  another format (the toy model: "name one object in the image .") is scored in its own format by setting it.
+  another format (the toy model: "name one object in the image .") is scored in its own format by passing it
+  (`get_method(..., rerank_prompt=...)`, `evaluate(..., rerank_prompt=...)`, `vcontrast eval --rerank-prompt`).
 - "vqa", "region_vqa", "caption": `generate_batch`, greedy, `max_new_tokens` -> `text`.
 
 P(yes) is renormalised over "yes" and "no", so that F1 at 0.5 means "yes is more likely than no" whatever mass the
@@ -118,6 +119,7 @@ def method_config(
     proposer: Any = DEFAULT_PROPOSER,
     proposer_model: str | None = None,
     max_new_tokens: int = 32,
+    rerank_prompt: str | None = None,
     **options: Any,
 ) -> dict:
     """The `config` of a built-in method, computable before the model is loaded (the runner checks it on resume).
@@ -128,6 +130,8 @@ def method_config(
         proposer (`str`, `RegionProposer` or `None`, *optional*, defaults to `"grounding-dino"`): the proposer.
         proposer_model (`str`, *optional*): the proposer's checkpoint.
         max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks.
+        rerank_prompt (`str`, *optional*): the prompt refexp expressions are scored as the answer to (see
+            `ModelMethod`); recorded only when given, so runs made before the option existed keep their config.
         **options: the method's own settings (`overlay_width`, `overlay_color`; `noise_step`, `plausibility_beta`).
     """
     if name not in METHODS:
@@ -137,11 +141,20 @@ def method_config(
     if unknown:
         raise ValueError(f"method {name!r} takes no options {unknown}; its options: {sorted(cls.defaults)}")
     settings = _check_options(cls.defaults | options)
+    if rerank_prompt is not None:
+        settings["rerank_prompt"] = _check_rerank_prompt(rerank_prompt)
     if cls.guided:
         from vcontrast.crg.guidance import check_alpha
 
         return _config(proposer, proposer_model, max_new_tokens, check_alpha(alpha)) | settings
     return _config(proposer, proposer_model, max_new_tokens) | settings
+
+
+def _check_rerank_prompt(prompt: Any) -> str | None:
+    """`prompt` if it is None or a string with text, else a `ValueError` naming it (the refexp scoring prompt)."""
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise ValueError(f"`rerank_prompt` (={prompt!r}) has to be a non-empty string or None")
+    return prompt
 
 
 def _check_options(options: dict) -> dict:
@@ -230,11 +243,10 @@ class ModelMethod:
             use), a proposer object, or `None` for none (the whole image is blacked out instead).
         proposer_model (`str`, *optional*): checkpoint folder or hub name of a named proposer.
         max_new_tokens (`int`, *optional*, defaults to 32): generation length for open-answer tasks (greedy).
-
-    Attributes:
-        rerank_prompt (`str | None`): the prompt a refexp expression is scored as the answer to; `None` (the
-            default) is CRG's `RERANK_PROMPT`. Set it on the built method (`method.rerank_prompt = ...`); once set it
-            is part of `config`, so the runner never mixes predictions of two formats.
+        rerank_prompt (`str`, *optional*): the prompt a refexp expression is scored as the answer to; `None` (the
+            default) is CRG's `RERANK_PROMPT`. A model trained to name objects in another format (e.g. the toy
+            model's "name one object in the image .") needs its own. Once set it is part of `config`, so the runner
+            never mixes predictions of two formats.
     """
 
     name = "model"
@@ -251,8 +263,10 @@ class ModelMethod:
         proposer: Any = DEFAULT_PROPOSER,
         proposer_model: str | None = None,
         max_new_tokens: int = 32,
+        rerank_prompt: str | None = None,
     ):
         _config(proposer, proposer_model, max_new_tokens)
+        self.rerank_prompt = _check_rerank_prompt(rerank_prompt)
         self.model = model
         self.processor = processor
         self.proposer = proposer
@@ -645,6 +659,7 @@ def get_method(
     proposer: Any = DEFAULT_PROPOSER,
     proposer_model: str | None = None,
     max_new_tokens: int = 32,
+    rerank_prompt: str | None = None,
     **options: Any,
 ) -> ModelMethod:
     """Build a built-in method by name.
@@ -654,7 +669,7 @@ def get_method(
         model (`PreTrainedModel`): a supported VLM in eval mode.
         processor (`ProcessorMixin`): its processor.
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (ignored by "base").
-        proposer, proposer_model, max_new_tokens: see `ModelMethod`.
+        proposer, proposer_model, max_new_tokens, rerank_prompt: see `ModelMethod`.
         **options: the method's own settings (see `method_config`).
 
     Examples:
@@ -665,8 +680,9 @@ def get_method(
     """
     if name not in METHODS:
         raise ValueError(f"`method` (={name!r}) has to be one of {sorted(METHODS)} or a Method object")
-    method_config(name, alpha, proposer, proposer_model, max_new_tokens, **options)  # checks every setting
+    method_config(name, alpha, proposer, proposer_model, max_new_tokens, rerank_prompt, **options)  # checks all
     kwargs = {"proposer": proposer, "proposer_model": proposer_model, "max_new_tokens": max_new_tokens, **options}
+    kwargs["rerank_prompt"] = rerank_prompt
     if METHODS[name].guided:
         kwargs["alpha"] = alpha
     return METHODS[name](model, processor, **kwargs)

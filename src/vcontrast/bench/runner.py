@@ -344,6 +344,7 @@ def _build_method(
     proposer_model: str | None,
     max_new_tokens: int,
     device: Any,
+    rerank_prompt: str | None = None,
 ) -> Method:
     if not isinstance(method, str):
         return method
@@ -361,6 +362,7 @@ def _build_method(
         proposer=proposer,
         proposer_model=proposer_model,
         max_new_tokens=max_new_tokens,
+        rerank_prompt=rerank_prompt,
     )
 
 
@@ -405,6 +407,7 @@ def evaluate(
     split_by: str | None = None,
     image_root: str | Path | None = None,
     overwrite: bool = False,
+    rerank_prompt: str | None = None,
 ) -> dict:
     """Evaluate a model on a benchmark, writing predictions as it goes and resuming where an earlier run stopped.
 
@@ -415,8 +418,9 @@ def evaluate(
         model (`str`, `Path`, `tuple` or `None`, *optional*): a checkpoint folder for `load_model`, a
             `(model, processor)` pair, or `None` for the toy model shipped with vcontrast. Unused when `method` is a
             `Method` object.
-        method (`str` or `Method`, *optional*, defaults to `"base"`): "base" (the plain model), "crg", or an object
-            following the `Method` protocol.
+        method (`str` or `Method`, *optional*, defaults to `"base"`): a built-in method of
+            `vcontrast.bench.methods.METHODS` ("base" (the plain model), "crg", "overlay", "crg+overlay", "vcd",
+            "no-image"), or an object following the `Method` protocol.
         alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (method "crg").
         limit (`int`, *optional*): evaluate the first `limit` items (of each split, as the loader counts).
         out_dir (`str` or `Path`, *optional*, defaults to `"out/eval"`): output folder (see the module docstring);
@@ -435,6 +439,8 @@ def evaluate(
         image_root (`str` or `Path`, *optional*): SugarCrepe and RefCOCO/+/g: the folder of the COCO images.
         overwrite (`bool`, *optional*, defaults to `False`): delete the predictions of an earlier run in `out_dir`
             and start over, instead of refusing when that run had other inputs.
+        rerank_prompt (`str`, *optional*): refexp only: the prompt an expression is scored as the answer to (default
+            CRG's "Describe the image."), for a built-in method given by name (set it on a `Method` object instead).
 
     Returns:
         `dict`: the content of `metrics.json`: `benchmark`, `split`, `model`, `method`, `config`, `n_items`,
@@ -462,13 +468,15 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` (={batch_size!r}) has to be a positive integer")
     if isinstance(method, str):
-        config = method_config(method, alpha, proposer, proposer_model, max_new_tokens)
+        config = method_config(method, alpha, proposer, proposer_model, max_new_tokens, rerank_prompt)
         name, model_id = method, model_identity(model)
     elif isinstance(method, Method):
+        if rerank_prompt is not None:
+            raise ValueError("`rerank_prompt` is for a method given by name; set it on the Method object instead")
         config, name = dict(method.config), method.name
         model_id = model_identity(model) if model is not None else None
     else:
-        raise ValueError(f"`method` (={method!r}) has to be 'base', 'crg' or a Method object")  # noqa: TRY004
+        raise ValueError(f"`method` (={method!r}) has to be a name of METHODS or a Method object")  # noqa: TRY004
     json.dumps(config)  # a Method's config must be JSON-ready: fail before any work
 
     options = {"proposals": proposals, "split_by": split_by, "image_root": image_root}
@@ -517,7 +525,9 @@ def evaluate(
         logger.info("%s: resuming, %d of %d items already predicted", out_dir, len(done), len(items))
 
     if todo:
-        runner = _build_method(method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device)
+        runner = _build_method(
+            method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device, rerank_prompt
+        )
         bar = tqdm(
             total=n_shard,
             initial=n_done,

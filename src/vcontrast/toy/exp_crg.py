@@ -367,7 +367,6 @@ class _Evaluator:
         mode: str = "union",
         rerank_prompt: str | None = None,
     ) -> dict:
-        from vcontrast.bench.methods import get_method
         from vcontrast.bench.runner import evaluate
 
         max_new = VQA_MAX_NEW_TOKENS if task == "region_vqa" else self.budget.max_new_tokens
@@ -376,11 +375,6 @@ class _Evaluator:
             method = MaskingCRGMethod(
                 self.model, self.processor, alpha=1.0, mode=mode, proposer=proposer, max_new_tokens=max_new
             )
-        elif rerank_prompt is not None:  # the refexp format: a setting of the built method, part of its config
-            method = get_method(
-                method, self.model, self.processor, alpha=1.0, proposer=proposer, max_new_tokens=max_new
-            )
-            method.rerank_prompt = rerank_prompt
         out_dir = self.work / tag / task
         start = time.perf_counter()
         summary = evaluate(
@@ -395,6 +389,7 @@ class _Evaluator:
             show_progress=False,
             proposer=proposer,
             max_new_tokens=max_new,
+            rerank_prompt=rerank_prompt,  # the refexp format, part of the method's config
         )
         # The time of the run that made the predictions: a rerun that only reads them keeps the first measurement.
         timing = out_dir / "timing.json"
