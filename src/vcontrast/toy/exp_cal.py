@@ -65,7 +65,6 @@ __all__ = [
     "METHODS",
     "Run",
     "align_model",
-    "caption_f1",
     "cell_models",
     "clean_pool",
     "execute",
@@ -780,44 +779,6 @@ def run_cal_scratch(
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers shared with "crg" / "cal_crg"
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def caption_f1(prediction: str, reference: str) -> dict[str, float]:
-    """Generation metrics of a caption against the true one.
-
-    Args:
-        prediction (`str`): the generated caption.
-        reference (`str`): the true caption (`vcontrast.toy.grammar.caption`).
-
-    Returns:
-        `dict[str, float]`: `"attr_f1"`, the F1 of the multisets of attribute words (colours, shapes, sizes and the
-        position words top / bottom / left / right / middle), and `"object_f1"`, the F1 of the multisets of
-        (colour, shape) pairs (a colour word directly followed by a shape word); 1.0 when both are empty.
-
-    Examples:
-
-    ```python
-    >>> caption_f1("a small red circle on the left .", "a small red square on the left .")
-    {'attr_f1': 0.75, 'object_f1': 0.0}
-    ```
-    """
-    from collections import Counter
-
-    from vcontrast.toy.cal_eval import mentioned_objects
-    from vcontrast.toy.grammar import words
-    from vcontrast.toy.scenes import COLORS, SHAPES, SIZES
-
-    attributes = {*COLORS, *SHAPES, *SIZES, "top", "bottom", "left", "right", "middle"}
-    p, r = words(prediction), words(reference)
-    return {
-        "attr_f1": _f1(Counter(w for w in p if w in attributes), Counter(w for w in r if w in attributes)),
-        "object_f1": _f1(Counter(mentioned_objects(prediction)), Counter(mentioned_objects(reference))),
-    }
-
-
-def _f1(predicted, true) -> float:
-    total = sum(predicted.values()) + sum(true.values())
-    return 1.0 if total == 0 else 2 * sum((predicted & true).values()) / total
 
 
 def model_summary(model_dir: Path) -> dict[str, Any]:

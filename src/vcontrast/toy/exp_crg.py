@@ -260,7 +260,7 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
     from vcontrast.bench.toy import load
 
-    from .exp_cal import caption_f1
+    from .cal_eval import caption_f1
 
     items = load(data_dir, split=f"{task}_test")
     predictions = read_predictions(out_dir / PREDICTIONS_FILE)
