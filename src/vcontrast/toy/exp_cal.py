@@ -69,7 +69,6 @@ __all__ = [
     "clean_pool",
     "execute",
     "method_loss",
-    "model_summary",
     "pool_batches",
     "run_cal_noise",
     "run_cal_scratch",
@@ -774,25 +773,3 @@ def run_cal_scratch(
     }
     title = "cal_scratch: CAL (1, 5) − MLE after alignment and from scratch"
     return table, data, partial(plot_deltas, analysis=analysis, cells=names, series=series, title=title)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers shared with "crg" / "cal_crg"
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def model_summary(model_dir: Path) -> dict[str, Any]:
-    """The size of a saved toy model: parameter count and the config fields that set it (recorded with results, since
-    `toy_config`'s defaults may change)."""
-    from vcontrast.toy.model import load
-
-    model, _ = load(model_dir)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    vision, text = config.get("vision_config", {}), config.get("text_config", {})
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "image_size": vision.get("image_size"),
-        "patch_size": vision.get("patch_size"),
-        "vision": {k: vision.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
-        "text": {k: text.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
-    }
