@@ -10,18 +10,15 @@ import pytest
 import torch
 
 from vcontrast.toy import exp_cal
+from vcontrast.toy.cal_runs import Run, noise_runs, scratch_runs, tier
 from vcontrast.toy.exp_cal import (
-    Run,
     _Executor,
     _recipe_pt,
     _train_seconds,
     cal_work_dir,
     clean_pool,
     method_loss,
-    noise_runs,
     pool_batches,
-    scratch_runs,
-    tier,
 )
 from vcontrast.toy.experiments import BUDGETS, ExperimentBudget, run_experiment
 from vcontrast.toy.model import load

@@ -49,13 +49,14 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vcontrast.atomic import write_text
 from vcontrast.toy.cal_report import METHODS
+from vcontrast.toy.cal_runs import TIER1_METHODS, Run, cell_name, cells, noise_runs, scratch_runs, tier
 from vcontrast.toy.experiments import ExperimentBudget, check_work_dir
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_BASE",
     "METHODS",
-    "Run",
     "align_model",
     "cell_models",
     "clean_pool",
@@ -75,85 +75,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE = Path("out/toy-testbed/vision")
-TIER1_METHODS = ("mle", "cal")
-TIER1_NOISE = ("N2", "N3")  # the noise types of H2.1-H2.2; N1 (exploratory) waits for tier 2 (PLAN.md amendment)
-SCRATCH_NOISE = "N2"
 SAVE_EVERY = 100  # checkpoint interval of the IT runs (a run resumes from its last checkpoint)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Runs
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Run:
-    """One IT run: protocol ("aligned" or "scratch"), seed pair (a, f), cell (noise type, rate) and method."""
-
-    protocol: str
-    a: int
-    f: int
-    noise: str | None
-    rate: float
-    method: str
-
-    @property
-    def cell(self) -> str:
-        """The cell's name: "clean" at rate 0, else e.g. "N2-60"."""
-        return cell_name(self.noise, self.rate)
-
-    def folder(self, root: Path) -> Path:
-        """The run's folder under the experiment folder `root`."""
-        return Path(root) / "runs" / self.protocol / f"a{self.a}-f{self.f}" / self.cell / self.method
-
-
-def cell_name(noise: str | None, rate: float) -> str:
-    """A cell's name: "clean" at rate 0, else "{noise}-{percent}" (e.g. "N3-60")."""
-    return "clean" if rate == 0 else f"{noise}-{round(100 * rate)}"
-
-
-def cells(budget: ExperimentBudget) -> list[tuple[str | None, float]]:
-    """The (noise, rate) cells of "cal_noise": the clean cell, then each noise type at each non-zero rate."""
-    rates = sorted(r for r in budget.noise_rates if r > 0)
-    return [(None, 0.0)] + [(noise, rate) for noise in budget.noise_types for rate in rates]
-
-
-def tier(run: Run, budget: ExperimentBudget) -> int:
-    """PLAN.md's run order (as amended on 2026-11-27): 1 = MLE and CAL (1, 5) at 0% and at the highest rate of N2
-    and N3; 2 = the other methods there, and N1 at the highest rate; 3 = the lower non-zero rates. Runs of
-    "cal_scratch" are tier 1."""
-    if run.protocol == "scratch":
-        return 1
-    if run.rate in (0.0, max(budget.noise_rates)):
-        first = run.method in TIER1_METHODS and (run.rate == 0 or run.noise in TIER1_NOISE)
-        return 1 if first else 2
-    return 3
-
-
-def noise_runs(budget: ExperimentBudget) -> list[Run]:
-    """Every run of "cal_noise" (all tiers), seed pair by seed pair."""
-    out = []
-    for a in budget.align_seeds:
-        for f in budget.seeds:
-            for noise, rate in cells(budget):
-                methods = [m for m in METHODS if not (m == "oracle" and rate == 0)]
-                out += [Run("aligned", a, f, noise, rate, m) for m in methods]
-    return out
-
-
-def scratch_runs(budget: ExperimentBudget) -> list[Run]:
-    """Every run of "cal_scratch": from scratch and aligned, MLE and CAL (1, 5), clean and N2 at the top rate."""
-    if SCRATCH_NOISE not in budget.noise_types:
-        raise ValueError(f"cal_scratch needs noise type {SCRATCH_NOISE} in `noise_types` (={budget.noise_types})")
-    top = max(budget.noise_rates)
-    chosen = [(None, 0.0)] + ([(SCRATCH_NOISE, top)] if top > 0 else [])
-    return [
-        Run(protocol, a, f, noise, rate, method)
-        for a, f in budget.scratch_pairs
-        for noise, rate in chosen
-        for protocol in ("scratch", "aligned")
-        for method in TIER1_METHODS
-    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
