@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from vcontrast.toy import exp_cal
+from vcontrast.toy.cal_inputs import cal_work_dir, clean_pool, method_loss, pool_batches
 from vcontrast.toy.cal_runs import Run, noise_runs, scratch_runs, tier
-from vcontrast.toy.exp_cal import (
-    _Executor,
-    _recipe_pt,
-    _train_seconds,
-    cal_work_dir,
-    clean_pool,
-    method_loss,
-    pool_batches,
-)
+from vcontrast.toy.exp_cal import _Executor, _recipe_pt, _train_seconds
 from vcontrast.toy.experiments import BUDGETS, ExperimentBudget, run_experiment
 from vcontrast.toy.model import load
 
