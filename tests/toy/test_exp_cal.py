@@ -9,20 +9,10 @@ import shutil
 import pytest
 import torch
 
-from vcontrast.toy import exp_cal
-from vcontrast.toy.exp_cal import (
-    Run,
-    _Executor,
-    _recipe_pt,
-    _train_seconds,
-    cal_work_dir,
-    clean_pool,
-    method_loss,
-    noise_runs,
-    pool_batches,
-    scratch_runs,
-    tier,
-)
+from vcontrast.toy import cal_train
+from vcontrast.toy.cal_inputs import cal_work_dir, clean_pool, method_loss, pool_batches
+from vcontrast.toy.cal_runs import Run, noise_runs, scratch_runs, tier
+from vcontrast.toy.cal_train import _Executor, _recipe_pt, _train_seconds
 from vcontrast.toy.experiments import BUDGETS, ExperimentBudget, run_experiment
 from vcontrast.toy.model import load
 
@@ -157,8 +147,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tier1, work_dir, tmp_pat
     folder = tmp_path / "cal"
     shutil.copytree(source, folder, ignore=lambda d, names: ["runs", "beta"] if d == str(source) else [])
     run = Run("aligned", 0, 0, "N2", 0.6, "cal")
-    monkeypatch.setattr(exp_cal, "SAVE_EVERY", 4)
-    real = exp_cal.method_loss
+    monkeypatch.setattr(cal_train, "SAVE_EVERY", 4)
+    real = cal_train.method_loss
     calls = []
 
     def failing(method, beta=None):
@@ -173,11 +163,11 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tier1, work_dir, tmp_pat
         return fn
 
     executor = _Executor(TINY, folder, folder / "stage1" / "vision")
-    monkeypatch.setattr(exp_cal, "method_loss", failing)
+    monkeypatch.setattr(cal_train, "method_loss", failing)
     with pytest.raises(KeyboardInterrupt):
         executor(run)
     assert (run.folder(folder) / "checkpoint" / "trainer_state.pt").is_file()
-    monkeypatch.setattr(exp_cal, "method_loss", real)
+    monkeypatch.setattr(cal_train, "method_loss", real)
     executor(run)
     log = [json.loads(line) for line in (run.folder(folder) / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4, 6, 6, 8, 10]  # steps 5-6 ran again after the checkpoint at 4
@@ -244,9 +234,9 @@ def test_recipe_pt_is_reused_for_alignment_seed_0(tier1, work_dir, tmp_path):
     assert _recipe_pt(base, budget) is None  # no PT next to it
     train(base.parent / "pt", stage="pt", init=base, trainable="projector", steps=budget.align_steps, seed=0)
     assert _recipe_pt(base, budget) == base.parent / "pt"
-    assert exp_cal.align_model(budget, tmp_path / "exp", base, 0) == base.parent / "pt"
+    assert cal_train.align_model(budget, tmp_path / "exp", base, 0) == base.parent / "pt"
     (tmp_path / "own" / "align" / "a0").mkdir(parents=True)  # an own seed-0 alignment was started before: kept
-    assert exp_cal.align_model(budget, tmp_path / "own", base, 0) == tmp_path / "own" / "align" / "a0"
+    assert cal_train.align_model(budget, tmp_path / "own", base, 0) == tmp_path / "own" / "align" / "a0"
     assert _recipe_pt(base, dataclasses.replace(budget, align_steps=3)) is None  # another length
     assert _recipe_pt(base, dataclasses.replace(budget, batch_size=4)) is None  # not the recipe's batch size
     other = tmp_path / "other" / "vision"
@@ -276,7 +266,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_training_lock(tmp_path):
-    from vcontrast.toy.exp_cal import training_lock
+    from vcontrast.toy.cal_train import training_lock
 
     with training_lock(tmp_path):
         assert (tmp_path / "train.lock").read_text() == str(os.getpid())
@@ -296,7 +286,7 @@ def test_train_seconds_adds_up_sessions_even_when_the_resumed_one_logs_more_time
     (tmp_path / "log.jsonl").write_text(
         "".join(json.dumps({"step": s, "elapsed_s": e, "session_start": st}) + "\n" for s, e, st in rows)
     )
-    assert exp_cal._train_seconds(tmp_path) == pytest.approx(3.0 + 9.0)
+    assert cal_train._train_seconds(tmp_path) == pytest.approx(3.0 + 9.0)
     legacy = [(2, 1.0), (4, 2.0), (2, 0.5), (4, 1.5)]  # logs without session_start: a step going back starts one
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": e}) + "\n" for s, e in legacy))
-    assert exp_cal._train_seconds(tmp_path) == pytest.approx(2.0 + 1.5)
+    assert cal_train._train_seconds(tmp_path) == pytest.approx(2.0 + 1.5)

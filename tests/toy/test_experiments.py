@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from vcontrast.bench.items import read_items
 from vcontrast.bench.methods import ModelMethod
 from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
+from vcontrast.toy.cal_eval import caption_f1
 from vcontrast.toy.cli import experiment_command, train_command
-from vcontrast.toy.exp_cal import caption_f1
 from vcontrast.toy.exp_crg import (
     E1_METHODS,
     VS_CRG,

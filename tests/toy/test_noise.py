@@ -4,7 +4,7 @@ constructed examples, whose right outcome is known word by word, and on a real p
 import pytest
 
 from vcontrast.bench.items import Item
-from vcontrast.toy.exp_cal import clean_pool
+from vcontrast.toy.cal_inputs import clean_pool
 from vcontrast.toy.grammar import words
 from vcontrast.toy.noise import PRIOR_COLOR, apply_noise, attribute_slots, eligible, pool_example, toy_task
 from vcontrast.toy.scenes import COLORS, SHAPES, Obj, Scene

@@ -12,6 +12,8 @@ All three read the balanced "test" split, which the training pools never touch:
   when it is not red), where a model that leans on the prior fails.
 
 `clean_test_sets(n)` builds the items once; `evaluate_clean(model, processor, tests)` runs all three.
+
+`caption_f1` scores a caption against the true one (attribute and object F1), for "crg" and "cal_crg".
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 __all__ = [
     "attribute_nll",
+    "caption_f1",
     "clean_test_sets",
     "evaluate_clean",
     "hallucination_counts",
@@ -151,6 +154,43 @@ def hallucination_rate(texts: Sequence[str], scenes: Sequence[Any]) -> dict[str,
         "mentions_per_caption": mentioned / len(texts),
         "object_recall": found / total if total else float("nan"),
     }
+
+
+def caption_f1(prediction: str, reference: str) -> dict[str, float]:
+    """Generation metrics of a caption against the true one.
+
+    Args:
+        prediction (`str`): the generated caption.
+        reference (`str`): the true caption (`vcontrast.toy.grammar.caption`).
+
+    Returns:
+        `dict[str, float]`: `"attr_f1"`, the F1 of the multisets of attribute words (colours, shapes, sizes and the
+        position words top / bottom / left / right / middle), and `"object_f1"`, the F1 of the multisets of
+        (colour, shape) pairs (a colour word directly followed by a shape word); 1.0 when both are empty.
+
+    Examples:
+
+    ```python
+    >>> caption_f1("a small red circle on the left .", "a small red square on the left .")
+    {'attr_f1': 0.75, 'object_f1': 0.0}
+    ```
+    """
+    from collections import Counter
+
+    from vcontrast.toy.grammar import words
+    from vcontrast.toy.scenes import COLORS, SHAPES, SIZES
+
+    attributes = {*COLORS, *SHAPES, *SIZES, "top", "bottom", "left", "right", "middle"}
+    p, r = words(prediction), words(reference)
+    return {
+        "attr_f1": _f1(Counter(w for w in p if w in attributes), Counter(w for w in r if w in attributes)),
+        "object_f1": _f1(Counter(mentioned_objects(prediction)), Counter(mentioned_objects(reference))),
+    }
+
+
+def _f1(predicted, true) -> float:
+    total = sum(predicted.values()) + sum(true.values())
+    return 1.0 if total == 0 else 2 * sum((predicted & true).values()) / total
 
 
 def prior_inconsistent_vqa(n: int, split: str = "test", max_seed: int | None = None) -> list[dict]:

@@ -1,6 +1,6 @@
 """Analysis and report of the CAL experiments "cal_noise" (E2) and "cal_scratch" (E3) of docs/results/PLAN.md.
 
-Input: the records of the completed runs (`vcontrast.toy.exp_cal.execute`), one dict per run with `protocol`,
+Input: the records of the completed runs (`vcontrast.toy.cal_train.execute`), one dict per run with `protocol`,
 `a`, `f`, `cell`, `method`, `tier` and the metrics of `vcontrast.toy.cal_eval`. Every comparison is paired by seed
 pair (a, f): the difference method - MLE of each pair where both runs are complete, their mean, the 95% t-interval
 (n - 1 degrees of freedom) and, where that interval includes 0, a TOST equivalence test (`METRICS` margins).

@@ -260,7 +260,7 @@ def item_scores(task: str, data_dir: Path, out_dir: Path) -> dict[str, Any]:
     from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
     from vcontrast.bench.toy import load
 
-    from .exp_cal import caption_f1
+    from .cal_eval import caption_f1
 
     items = load(data_dir, split=f"{task}_test")
     predictions = read_predictions(out_dir / PREDICTIONS_FILE)
@@ -875,10 +875,10 @@ def _bars(ax: Any, labels: list[str], values: dict, deltas: dict, colors: dict) 
 def run_cal_crg(budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None) -> tuple[str, dict, Any]:
     """Run "cal_crg" (see the module docstring): trains the "cal_noise" models it needs if they are missing (from
     `model`'s vision tower, default the shipped one); returns `(markdown, raw numbers, plot function)`."""
-    from . import exp_cal
+    from . import cal_train
 
     rate = budget.cal_crg_noise
-    models = exp_cal.cell_models(budget, work_dir, model, "N1", rate)  # (method, f) -> E2's run, a = 0
+    models = cal_train.cell_models(budget, work_dir, model, "N1", rate)  # (method, f) -> E2's run, a = 0
     work = Path(work_dir) / "cal_crg"
     check_work_dir(work, {"noise": rate, "n": budget.n_test, "max_new_tokens": budget.max_new_tokens})
     data_dir = work / "data"

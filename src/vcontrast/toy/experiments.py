@@ -267,7 +267,7 @@ def run_experiment(
             a rerun with the same budget reuses them. One budget per folder (a different one raises).
         model (`str | Path`, *optional*): a toy model folder. "crg" evaluates it (default: the shipped one);
             "cal_noise", "cal_scratch" and "cal_crg" start from it as the stage-1 model (text-trained LM and
-            vision tower; default `vcontrast.toy.exp_cal.DEFAULT_BASE`, "out/toy-testbed/vision").
+            vision tower; default `vcontrast.toy.cal_inputs.DEFAULT_BASE`, "out/toy-testbed/vision").
         **options: experiment-specific keyword arguments ("cal_noise", "cal_scratch": `tier`).
 
     Returns:
