@@ -290,3 +290,64 @@ def test_train_seconds_adds_up_sessions_even_when_the_resumed_one_logs_more_time
     legacy = [(2, 1.0), (4, 2.0), (2, 0.5), (4, 1.5)]  # logs without session_start: a step going back starts one
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": e}) + "\n" for s, e in legacy))
     assert cal_train._train_seconds(tmp_path) == pytest.approx(2.0 + 1.5)
+
+
+def test_try_lock_skips_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "run" / "run.lock"
+    with cal_train.try_lock(path) as held:
+        assert held and path.read_text() == str(os.getpid())
+        with cal_train.try_lock(path) as again:  # held by a live process (this one)
+            assert not again
+        assert path.is_file()  # the failed attempt leaves the holder's lock alone
+    assert not path.exists()
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    path.write_text(finished.stdout.strip())  # a process that is gone
+    with cal_train.try_lock(path) as held:
+        assert held and path.read_text() == str(os.getpid())
+
+
+def test_a_worker_skips_runs_another_holds_then_waits_for_them(tier1, work_dir, tmp_path, monkeypatch):
+    # Two runs to do; another (live) worker holds the first: this worker trains the second, waits, and takes the
+    # first over once its holder is gone. Each run is trained once (its log has each step once).
+    source = work_dir / "cal"
+    folder = tmp_path / "cal"
+    shutil.copytree(source, folder, ignore=lambda d, names: ["runs", "beta"] if d == str(source) else [])
+    held, free = Run("aligned", 0, 0, None, 0.0, "mle"), Run("aligned", 0, 1, None, 0.0, "mle")
+    lock = held.folder(folder) / "run.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getppid()))  # a live process other than this one
+    waits = []
+
+    def sleep(seconds):  # the other worker "dies" while this one waits
+        waits.append(seconds)
+        assert (free.folder(folder) / "metrics.json").is_file() and not (held.folder(folder) / "metrics.json").exists()
+        lock.unlink()
+
+    monkeypatch.setattr(cal_train.time, "sleep", sleep)
+    cal_train._work(TINY, folder, folder / "stage1" / "vision", [held, free])
+    assert waits == [cal_train.POLL_SECONDS]
+    for run in (held, free):
+        steps = [json.loads(line)["step"] for line in (run.folder(folder) / "log.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and (run.folder(folder) / "metrics.json").is_file()
+    assert not list(folder.rglob("*.lock"))
+
+
+def test_two_worker_processes_give_the_single_process_results(tier1, tmp_path):
+    result, _ = tier1
+    work = tmp_path / "work"
+    parallel = run_experiment("cal_noise", out_dir=tmp_path / "out", budget="tiny", work_dir=work, tier=1, workers=2)
+    key = lambda r: (r["a"], r["f"], r["cell"], r["method"])  # noqa: E731
+    assert {key(r): r["attr_nll"] for r in parallel.data["runs"]} == {
+        key(r): r["attr_nll"] for r in result.data["runs"]
+    }
+    for log in (work / "cal" / "runs").rglob("log.jsonl"):  # each run trained by one worker, once
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert steps == sorted(set(steps))
+    assert not list(work.rglob("*.lock"))
+    with pytest.raises(ValueError, match="`workers` \\(=0\\)"):
+        run_experiment("cal_noise", out_dir=tmp_path / "out", budget="tiny", work_dir=work, tier=1, workers=0)

@@ -44,16 +44,7 @@ def cal_work_dir(budget: ExperimentBudget, work_dir: Path, base: str | Path | No
         `tuple[Path, Path]`: `(folder, base)`.
     """
     folder = Path(work_dir) / "cal"
-    fields = (
-        "align_steps",
-        "finetune_steps",
-        "batch_size",
-        "finetune_batch_size",
-        "align_lr",
-        "finetune_lr",
-        "pool_size",
-        "n_test",
-    )
+    fields = ("align_steps", "finetune_steps", "batch_size", "align_lr", "finetune_lr", "pool_size", "n_test")
     config: dict[str, Any] = {k: getattr(budget, k) for k in fields} | {"max_new_tokens": budget.max_new_tokens}
     if budget.stage1_model is not None:
         if base is not None:

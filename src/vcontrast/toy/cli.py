@@ -51,6 +51,13 @@ def experiment_command(
         ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; default: the budget's (2).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="cal_noise / cal_scratch: processes sharing the runs, THREADS // WORKERS torch threads each (on "
+            "CPU, 2 workers of 1 thread train twice as many runs as 1 of 2). Default: 1."
+        ),
+    ] = None,
 ) -> None:
     """Run a toy-world experiment and print its results table (markdown).
 
@@ -82,7 +89,9 @@ def experiment_command(
         )
     if tier is not None and name not in ("cal_noise", "cal_scratch"):
         raise ValueError(f"--tier applies to cal_noise and cal_scratch, not {name}")
-    options = {"tier": tier} if tier is not None else {}
+    if workers is not None and name not in ("cal_noise", "cal_scratch"):
+        raise ValueError(f"--workers applies to cal_noise and cal_scratch, not {name}")
+    options = {k: v for k, v in (("tier", tier), ("workers", workers)) if v is not None}
     out = work_dir / name if out is None else out
     result = run_experiment(
         name,

@@ -8,7 +8,7 @@ Protocol ("cal_noise"):
    a = 0, a finished `OUT/pt` next to it (the test bed's own PT, same steps, seed 0, same LM and tower) is reused.
 2. IT from the aligned model, fine-tuning seed f: a fixed pool of `budget.pool_size` train-split examples of the IT
    task mix (`IT_MIX`, full-difficulty spatial, no curriculum), drawn from (a, f); projector + LM trained,
-   `budget.finetune_steps` steps of `budget.finetune_batch_size` at `budget.finetune_lr`; every
+   `budget.finetune_steps` steps of `budget.batch_size` at `budget.finetune_lr`; every
    `TEXT_REPLAY_EVERY`-th step is a text-only batch (fresh text-only train examples, as in the recipe), trained with
    plain MLE by every method (CAL's delta is 0 without an image). Pool, noise, batch order and replay batches depend
    on (a, f) only, so all methods of one (a, f) and cell see the same ones.
@@ -128,14 +128,14 @@ def _setup_line(budget: ExperimentBudget) -> str:
     return (
         f"Alignment: projector-only PT, {budget.align_steps} steps, seeds a = {list(budget.align_seeds)}; IT: pool of "
         f"{budget.pool_size} train examples per (a, f), f = {list(budget.seeds)}, {budget.finetune_steps} steps of "
-        f"{budget.finetune_batch_size} at lr {budget.finetune_lr} (every 10th step text-only, MLE); noise "
+        f"{budget.batch_size} at lr {budget.finetune_lr} (every 10th step text-only, MLE); noise "
         f"{', '.join(budget.noise_types)} at {', '.join(f'{round(100 * r)}%' for r in budget.noise_rates)} of the "
         f"eligible examples; metrics on {budget.n_test} clean test items each."
     )
 
 
 def run_cal_noise(
-    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 3
+    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 3, workers: int = 1
 ) -> tuple[str, dict, Any]:
     """Run "cal_noise" (E2, see the module docstring); returns `(markdown, raw numbers, plot function)`.
 
@@ -145,12 +145,13 @@ def run_cal_noise(
         model (`str | Path`, *optional*): the stage-1 model folder (default `DEFAULT_BASE`); must be None for a budget
             that builds its own (`stage1_model`).
         tier (`int`, *optional*, defaults to 3): train the runs of tiers 1..`tier` (0: none, report what is done).
+        workers (`int`, *optional*, defaults to 1): processes sharing the runs (`cal_train.execute`).
     """
     from vcontrast.toy.cal_report import noise_analysis, noise_table, plot_deltas
 
     start = time.perf_counter()
     runs = noise_runs(budget)
-    folder, base, records = execute(budget, work_dir, model, runs, tier)
+    folder, base, records = execute(budget, work_dir, model, runs, tier, workers)
     names = [cell_name(n, r) for n, r in cells(budget)]
     analysis = noise_analysis(records, budget, names)
     betas = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "beta").glob("*.json"))}
@@ -196,7 +197,7 @@ def run_cal_noise(
 
 
 def run_cal_scratch(
-    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 1
+    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 1, workers: int = 1
 ) -> tuple[str, dict, Any]:
     """Run "cal_scratch" (E3, see the module docstring); returns `(markdown, raw numbers, plot function)`.
 
@@ -205,12 +206,13 @@ def run_cal_scratch(
         work_dir (`Path`): runs go to `work_dir/cal` (the aligned runs are those of "cal_noise").
         model (`str | Path`, *optional*): the stage-1 model folder (default `DEFAULT_BASE`).
         tier (`int`, *optional*, defaults to 1): every run of "cal_scratch" is tier 1; 0 reports what is done.
+        workers (`int`, *optional*, defaults to 1): processes sharing the runs (`cal_train.execute`).
     """
     from vcontrast.toy.cal_report import plot_deltas, scratch_analysis, scratch_table
 
     start = time.perf_counter()
     runs = scratch_runs(budget)
-    folder, base, records = execute(budget, work_dir, model, runs, tier)
+    folder, base, records = execute(budget, work_dir, model, runs, tier, workers)
     names = list(dict.fromkeys(r.cell for r in runs))
     analysis = scratch_analysis(records, budget, names)
     timing = _timing([r for r in records if r["protocol"] == "scratch"], folder, time.perf_counter() - start)

@@ -95,14 +95,11 @@ class ExperimentBudget:
         noise_rates (`tuple[float, ...]`, *optional*, defaults to `(0.0, 0.3, 0.6)`): fractions of the eligible
             examples corrupted; the highest rate makes tiers 1-2 of "cal_noise", the others tier 3.
         align_steps (`int`, *optional*, defaults to 600): steps of each alignment (PT) run, the recipe's PT stage.
-        finetune_steps (`int`, *optional*, defaults to 300): steps of each IT run on a fixed pool (PLAN.md's
-            amendment of 2026-11-27: 600 steps of 32 were measured at ~70 h for the grid).
-        batch_size (`int`, *optional*, defaults to 32): batch size of the alignment (PT) runs and stage-1 builds.
-        finetune_batch_size (`int`, *optional*, defaults to 16): batch size of the IT runs.
+        finetune_steps (`int`, *optional*, defaults to 600): steps of each IT run on a fixed pool.
+        batch_size (`int`, *optional*, defaults to 32): training batch size.
         align_lr (`float`, *optional*, defaults to 1e-3): peak learning rate of alignment (the recipe's PT).
         finetune_lr (`float`, *optional*, defaults to 5e-4): peak learning rate of the IT runs.
-        pool_size (`int`, *optional*, defaults to 400): train-split IT examples in the fixed pool of each (a, f)
-            (300 steps of 16, 10% of them text-only, are 10.8 epochs of it).
+        pool_size (`int`, *optional*, defaults to 1600): train-split IT examples in the fixed pool of each (a, f).
         n_test (`int`, *optional*, defaults to 300): clean test items per metric of "cal_noise" / "cal_scratch", and
             items per task of "cal_crg".
         n_items (`int`, *optional*, defaults to 500): test items per task of "crg" (PLAN.md's E1).
@@ -126,12 +123,11 @@ class ExperimentBudget:
     noise_types: tuple[str, ...] = ("N1", "N2", "N3")
     noise_rates: tuple[float, ...] = (0.0, 0.3, 0.6)
     align_steps: int = 600
-    finetune_steps: int = 300
+    finetune_steps: int = 600
     batch_size: int = 32
-    finetune_batch_size: int = 16
     align_lr: float = 1e-3
     finetune_lr: float = 5e-4
-    pool_size: int = 400
+    pool_size: int = 1600
     n_test: int = 300
     n_items: int = 500
     eval_batch_size: int = 16
@@ -166,15 +162,7 @@ class ExperimentBudget:
             raise ValueError(
                 f"`scratch_pairs` (={self.scratch_pairs}) must be (a, f) pairs of `align_seeds` x `seeds`"
             )
-        for name in (
-            "align_steps",
-            "finetune_steps",
-            "batch_size",
-            "finetune_batch_size",
-            "pool_size",
-            "n_test",
-            "n_items",
-        ):
+        for name in ("align_steps", "finetune_steps", "batch_size", "pool_size", "n_test", "n_items"):
             if not _is_count(getattr(self, name), 1):
                 raise ValueError(f"`{name}` (={getattr(self, name)!r}) must be a positive int")
         for name in ("eval_batch_size", "max_new_tokens", "bootstrap", "stage1_steps"):
@@ -200,7 +188,6 @@ BUDGETS: dict[str, ExperimentBudget] = {
         align_steps=2,
         finetune_steps=10,  # reaches one text-only replay step (every 10th)
         batch_size=4,
-        finetune_batch_size=4,
         pool_size=64,  # enough for a few N3-eligible examples in every pool
         n_test=4,
         n_items=8,
@@ -268,7 +255,7 @@ def run_experiment(
         model (`str | Path`, *optional*): a toy model folder. "crg" evaluates it (default: the shipped one);
             "cal_noise", "cal_scratch" and "cal_crg" start from it as the stage-1 model (text-trained LM and
             vision tower; default `vcontrast.toy.cal_inputs.DEFAULT_BASE`, "out/toy-testbed/vision").
-        **options: experiment-specific keyword arguments ("cal_noise", "cal_scratch": `tier`).
+        **options: experiment-specific keyword arguments ("cal_noise", "cal_scratch": `tier`, `workers`).
 
     Returns:
         `ExperimentResult`: the tables, the raw numbers and the files written.
