@@ -327,9 +327,14 @@ def _aligned(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> bool
     return _finished(own, budget.align_steps)
 
 
-def _worker_main(budget: dict, folder: str, base: str, todo: list[dict], index: int) -> None:
-    # Entry point of a spawned worker process: its own logging (the parent's handlers are not inherited), then `_work`.
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [worker {index}] %(name)s %(message)s")
+def _worker_main(budget: dict, folder: str, base: str, todo: list[dict], output: dict, index: int) -> None:
+    # Entry point of a spawned worker process: the parent's output settings (a spawned process does not inherit them:
+    # the log level, transformers' progress bars on or off) with a worker tag on each log line, then `_work`.
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(level=output["level"], format=f"%(asctime)s [worker {index}] %(name)s %(message)s")
+    if not output["bars"]:
+        hf_logging.disable_progress_bar()
     chosen = ExperimentBudget(**budget)
     _work(chosen, Path(folder), Path(base), [Run(**r) for r in todo])
 
@@ -375,10 +380,12 @@ def _work_in_parallel(budget: ExperimentBudget, folder: Path, base: Path, todo: 
     import multiprocessing
 
     import torch
+    from transformers.utils import logging as hf_logging
 
     threads = max(1, (budget.num_threads or torch.get_num_threads()) // workers)
     each = dataclasses.replace(budget, num_threads=threads)
-    args = (each.to_dict(), str(folder), str(base), [asdict(r) for r in todo])
+    output = {"level": logging.getLogger().getEffectiveLevel(), "bars": hf_logging.is_progress_bar_enabled()}
+    args = (each.to_dict(), str(folder), str(base), [asdict(r) for r in todo], output)
     context = multiprocessing.get_context("spawn")  # no forked torch state
     children = [context.Process(target=_worker_main, args=(*args, k), daemon=True) for k in range(1, workers)]
     for child in children:

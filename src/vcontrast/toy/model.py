@@ -2,7 +2,6 @@
 
 `load()` returns the shipped, trained `(model, processor)` through `from_pretrained`, offline. `toy_config` and
 `build_model` make a fresh, randomly initialised one (what `vcontrast.toy.train` starts from and what tests use).
-`model_summary` gives the size of a saved one.
 
 Shapes, with the defaults (64 x 64 images, patch 8, vision hidden 96, LM hidden 128):
 
@@ -12,10 +11,8 @@ Shapes, with the defaults (64 x 64 images, patch 8, vision hidden 96, LM hidden 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from vcontrast.toy.tokenizer import BOS, EOS, IMAGE, IMAGE_SIZE, PAD, PATCH_SIZE, SPECIAL_TOKENS, warn_unknown_words
 
@@ -181,18 +178,3 @@ def load(path: str | Path | None = None, *, device: str | None = None):
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
-
-
-def model_summary(model_dir: Path) -> dict[str, Any]:
-    """The size of a saved toy model: parameter count and the config fields that set it (recorded with results, since
-    `toy_config`'s defaults may change)."""
-    model, _ = load(model_dir)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    vision, text = config.get("vision_config", {}), config.get("text_config", {})
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "image_size": vision.get("image_size"),
-        "patch_size": vision.get("patch_size"),
-        "vision": {k: vision.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
-        "text": {k: text.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
-    }
