@@ -57,6 +57,14 @@ def test_over_long_input_names_the_limit():
         crg.generate(tm.image(0), " ".join(["red"] * limit), regions=[(2, 2, 12, 10)], max_new_tokens=2)
     with pytest.raises(ValueError, match=f"more than the model's limit of {limit}"):
         crg.score(tm.image(0), " ".join(["red"] * limit), ["a"], regions=[(2, 2, 12, 10)])
+    # a prompt that fits, with more new tokens than the positions left: refused before generating
+    prompt = crg.prepare([tm.image(0)], ["what is red ?"], [[(2, 2, 12, 10)]]).reference
+    length = int(prompt["attention_mask"].sum())
+    answer = crg.generate(tm.image(0), "what is red ?", regions=[(2, 2, 12, 10)], max_new_tokens=limit - length)
+    assert isinstance(answer, str)
+    with pytest.raises(ValueError, match=f"plus max_new_tokens={limit - length + 1} is more than the model's limit"):
+        crg.generate(tm.image(0), "what is red ?", regions=[(2, 2, 12, 10)], max_new_tokens=limit - length + 1)
+    check_text_length(model, prompt["input_ids"], prompt["attention_mask"], new_tokens=limit - length)
     ids = torch.zeros(2, limit + 1, dtype=torch.long)
     mask = torch.ones_like(ids)
     mask[:, :2] = 0  # left padding: the real length is what counts

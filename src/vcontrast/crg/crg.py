@@ -20,6 +20,7 @@ from vcontrast.crg.guidance import check_alpha, check_beta
 from vcontrast.crg.processor import CRGLogitsProcessor
 from vcontrast.crg.scoring import ScoreJob, check_chunk_bytes, score_jobs
 from vcontrast.models import get_adapter
+from vcontrast.models.loading import check_text_length
 from vcontrast.regions import (
     _check_fill,
     _is_mask,
@@ -399,6 +400,9 @@ class CRG:
         decoding = self.decoding_mode(**generate_kwargs)
         prepared = self.prepare(images, prompts, regions, contrast_images=contrast_images)
         reference, contrast = prepared.reference, prepared.contrast
+        new_tokens = generate_kwargs.get("max_new_tokens")
+        if isinstance(new_tokens, int) and not isinstance(new_tokens, bool):  # positions past the limit: refused
+            check_text_length(self.model, reference["input_ids"], reference["attention_mask"], new_tokens=new_tokens)
         generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.model, self.processor))
         if implementation == "auto":
             implementation = "processor" if decoding.startswith("beam") else "batched"

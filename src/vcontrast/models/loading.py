@@ -195,8 +195,11 @@ def check_model_source(path: str | Path) -> str:
     return text
 
 
-def check_text_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-    """Raise ValueError if a sequence is longer than the model's position limit (`max_position_embeddings`).
+def check_text_length(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, new_tokens: int = 0
+) -> None:
+    """Raise ValueError if a sequence, with `new_tokens` generated tokens, is longer than the model's position limit
+    (`max_position_embeddings`).
 
     Longer inputs would run silently with positions the model never learned. Models without the field pass.
     """
@@ -213,6 +216,11 @@ def check_text_length(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         raise ValueError(
             f"an input has {longest} tokens (image tokens included), more than the model's limit of {limit} "
             "(max_position_embeddings); shorten the text"
+        )
+    if longest + new_tokens > limit:
+        raise ValueError(
+            f"an input of {longest} tokens (image tokens included) plus max_new_tokens={new_tokens} is more than the "
+            f"model's limit of {limit} (max_position_embeddings); lower max_new_tokens or shorten the text"
         )
 
 
