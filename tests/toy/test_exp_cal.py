@@ -351,3 +351,25 @@ def test_two_worker_processes_give_the_single_process_results(tier1, tmp_path):
     assert not list(work.rglob("*.lock"))
     with pytest.raises(ValueError, match="`workers` \\(=0\\)"):
         run_experiment("cal_noise", out_dir=tmp_path / "out", budget="tiny", work_dir=work, tier=1, workers=0)
+
+
+def test_reference_points_are_the_aligned_models_on_the_clean_tests(tier1, work_dir):
+    from vcontrast.toy.cal_eval import clean_test_sets, evaluate_clean
+    from vcontrast.toy.exp_cal import reference_metrics
+
+    result, _ = tier1
+    folder = work_dir / "cal"
+    references = result.data["references"]
+    assert set(references) == {"aligned a0"}  # the tiny stage-1 folder holds no test bed
+    model, processor = load(references["aligned a0"]["model"])
+    direct = evaluate_clean(model, processor, clean_test_sets(TINY.n_test), batch_size=4, max_new_tokens=6)
+    assert {k: references["aligned a0"][k] for k in direct} == pytest.approx(direct, nan_ok=True)
+    cache = folder / "reference" / "aligned-a0.json"
+    before = cache.stat().st_mtime_ns
+    assert (
+        reference_metrics(TINY, folder, folder / "stage1" / "vision") == references
+        and cache.stat().st_mtime_ns == before
+    )
+    clean = [r for r in result.data["runs"] if r["cell"] == "clean" and r["method"] == "mle"]
+    mean = 100 * sum(r["hallucination"] for r in clean) / len(clean)
+    assert f"| IT runs: clean MLE, mean of {len(clean)} |" in result.table and f"{mean:.1f}%" in result.table

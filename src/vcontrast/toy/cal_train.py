@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SAVE_EVERY",
     "align_model",
+    "aligned_model_if_ready",
     "cell_models",
     "execute",
     "training_lock",
@@ -320,11 +321,15 @@ def _work(budget: ExperimentBudget, folder: Path, base: Path, todo: Sequence[Run
 
 
 def _aligned(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> bool:
-    # Whether the aligned model of seed `a` is ready (the recipe's PT for a = 0, or a finished own alignment run).
+    return aligned_model_if_ready(budget, folder, base, a) is not None
+
+
+def aligned_model_if_ready(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> Path | None:
+    """The aligned model of seed `a` if it is ready (what `align_model` returns without training), else None."""
     own = folder / "align" / f"a{a}"
-    if a == 0 and not own.exists() and _recipe_pt(base, budget) is not None:
-        return True
-    return _finished(own, budget.align_steps)
+    if a == 0 and not own.exists() and (pt := _recipe_pt(base, budget)) is not None:
+        return pt
+    return own if _finished(own, budget.align_steps) else None
 
 
 def _worker_main(budget: dict, folder: str, base: str, todo: list[dict], output: dict, index: int) -> None:

@@ -50,12 +50,76 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vcontrast.atomic import write_text
 from vcontrast.toy.cal_report import METHODS
 from vcontrast.toy.cal_runs import Run, cell_name, cells, noise_runs, scratch_runs, tier
-from vcontrast.toy.cal_train import _train_seconds, execute
-from vcontrast.toy.experiments import ExperimentBudget
+from vcontrast.toy.cal_train import _train_seconds, aligned_model_if_ready, execute
+from vcontrast.toy.experiments import ExperimentBudget, markdown_table
 
-__all__ = ["run_cal_noise", "run_cal_scratch"]
+__all__ = ["reference_metrics", "run_cal_noise", "run_cal_scratch"]
+
+REFERENCE_METRICS = {  # metric -> (column, percent)
+    "attr_nll": ("attribute NLL", False),
+    "hallucination": ("hallucination", True),
+    "object_recall": ("object recall", True),
+    "vqa_prior_inconsistent": ("prior-inconsistent VQA", True),
+}
+
+
+def reference_metrics(budget: ExperimentBudget, folder: Path, base: Path) -> dict[str, dict]:
+    """The clean-test metrics of the models that tell whether an IT run made a model that uses the image: each ready
+    aligned model ("aligned a{a}", where the IT runs start) and, when `base`'s folder holds one, the test bed itself
+    (the recipe's final model after its own, longer IT). Evaluated once and cached in `folder/reference/`.
+
+    Returns:
+        `dict[str, dict]`: name -> `vcontrast.toy.cal_eval.evaluate_clean` metrics (with `"model"`, its folder).
+    """
+    from vcontrast.toy.cal_eval import clean_test_sets, evaluate_clean
+    from vcontrast.toy.model import load
+
+    models = {f"aligned a{a}": aligned_model_if_ready(budget, folder, base, a) for a in budget.align_seeds}
+    if (Path(base).parent / "model.safetensors").is_file():
+        models["test bed"] = Path(base).parent
+    out, tests = {}, None
+    for name, path in models.items():
+        if path is None:
+            continue
+        cache = folder / "reference" / f"{name.replace(' ', '-')}.json"
+        if not cache.is_file():
+            tests = tests if tests is not None else clean_test_sets(budget.n_test)
+            model, processor = load(path)
+            metrics = evaluate_clean(
+                model, processor, tests, batch_size=budget.eval_batch_size, max_new_tokens=budget.max_new_tokens
+            )
+            write_text(cache, json.dumps({"model": str(path), **metrics}, indent=1) + "\n")
+        out[name] = json.loads(cache.read_text())
+    return out
+
+
+def _reference_lines(references: dict[str, dict], records: Sequence[dict]) -> list[str]:
+    # The clean MLE runs next to the reference models, on the same test items.
+    clean = [r for r in records if r["cell"] == "clean" and r["method"] == "mle" and r["protocol"] == "aligned"]
+    rows = [
+        [name, *(_reference_value(m[k], p) for k, (_, p) in REFERENCE_METRICS.items())]
+        for name, m in references.items()
+    ]
+    if clean:
+        means = {k: sum(r[k] for r in clean) / len(clean) for k in REFERENCE_METRICS}
+        rows.append(
+            [
+                f"IT runs: clean MLE, mean of {len(clean)}",
+                *(_reference_value(means[k], p) for k, (_, p) in REFERENCE_METRICS.items()),
+            ]
+        )
+    if not rows:
+        return []
+    head = ["model", *(label for label, _ in REFERENCE_METRICS.values())]
+    intro = "Reference points (clean test items): does an IT run make a model that uses the image?"
+    return ["", intro, "", markdown_table(head, rows)]
+
+
+def _reference_value(value: float, percent: bool) -> str:
+    return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
 
 
 def _machine() -> dict[str, Any]:
@@ -176,6 +240,8 @@ def run_cal_noise(
             f"realised rate: {noise_text or 'none yet'}."
         )
     ]
+    references = reference_metrics(budget, folder, base)
+    extra += _reference_lines(references, records)
     notes = _notes(timing, incomplete, base, extra)
     table = noise_table(analysis, records, names, {"setup": _setup_line(budget), "notes": notes})
     data = {
@@ -186,6 +252,7 @@ def run_cal_noise(
         "analysis": analysis,
         "betas": betas,
         "noise": realised,
+        "references": references,
         "incomplete": incomplete,
         "timing": timing,
     }
