@@ -373,3 +373,34 @@ def test_reference_points_are_the_aligned_models_on_the_clean_tests(tier1, work_
     clean = [r for r in result.data["runs"] if r["cell"] == "clean" and r["method"] == "mle"]
     mean = 100 * sum(r["hallucination"] for r in clean) / len(clean)
     assert f"| IT runs: clean MLE, mean of {len(clean)} |" in result.table and f"{mean:.1f}%" in result.table
+
+
+def _alive(pid: int) -> bool:
+    # A process that exited may stay a zombie under a parent that does not reap it: that counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_stops_when_its_command_is_gone(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    worker = (
+        "import os, time; from vcontrast.toy.cal_train import _exit_with_parent; "
+        "_exit_with_parent(os.getppid(), every=0.05); print(os.getpid(), flush=True); time.sleep(120)"
+    )
+    command = (  # starts the worker, reports its pid and exits at once, as a killed command would
+        "import subprocess, sys; "
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True); "
+        "print(p.stdout.readline().strip(), flush=True)"
+    )
+    out = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True, timeout=120)
+    pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the worker outlived its command"

@@ -340,8 +340,23 @@ def _worker_main(budget: dict, folder: str, base: str, todo: list[dict], output:
     logging.basicConfig(level=output["level"], format=f"%(asctime)s [worker {index}] %(name)s %(message)s")
     if not output["bars"]:
         hf_logging.disable_progress_bar()
+    _exit_with_parent(os.getppid())
     chosen = ExperimentBudget(**budget)
     _work(chosen, Path(folder), Path(base), [Run(**r) for r in todo])
+
+
+def _exit_with_parent(parent: int, every: float = 5.0) -> None:
+    # A worker stops when the command that started it is gone (killed), instead of training on unseen; its run's lock
+    # is then stale and the next command takes the run over from its last checkpoint.
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        logger.warning("the parent process %d is gone: this worker stops", parent)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def execute(
