@@ -395,7 +395,8 @@ def test_a_worker_stops_when_its_command_is_gone(tmp_path):
     )
     command = (  # starts the worker, reports its pid and exits at once, as a killed command would
         "import subprocess, sys; "
-        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True); "
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
+        "stderr=subprocess.DEVNULL, text=True); "
         "print(p.stdout.readline().strip(), flush=True)"
     )
     out = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True, timeout=120)
