@@ -24,8 +24,8 @@ def experiment_command(
     budget: Annotated[
         str,
         typer.Option(
-            help="'full' (docs/results/PLAN.md's numbers; cal_noise is ~200 runs of 10-15 min each on 2 CPU cores, "
-            "run it by --tier) or 'tiny' (seconds, on a tiny model built on the spot; measures nothing)."
+            help="'full' (docs/results/PLAN.md's numbers; cal_noise is ~200 runs of 20-27 min each per worker on 2 "
+            "CPU cores, run it by --tier) or 'tiny' (seconds, on a tiny model built on the spot; measures nothing)."
         ),
     ] = "full",
     work_dir: Annotated[
