@@ -82,12 +82,11 @@ def align_model(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> P
     `folder/align/a{a}` (reused once finished, resumed if interrupted)."""
     from vcontrast.toy.train import train
 
-    own = folder / "align" / f"a{a}"
-    if a == 0 and not own.exists() and (pt := _recipe_pt(base, budget)) is not None:
-        return pt
+    if (ready := aligned_model_if_ready(budget, folder, base, a)) is not None:
+        return ready
     steps = budget.align_steps
     return train(
-        own,
+        folder / "align" / f"a{a}",
         stage="pt",
         init=base,
         trainable="projector",
@@ -306,7 +305,7 @@ def _work(budget: ExperimentBudget, folder: Path, base: Path, todo: Sequence[Run
             took = False
             for run in pending:
                 if run.protocol == "aligned" and run.a not in aligned:
-                    if not _aligned(budget, folder, base, run.a):
+                    if aligned_model_if_ready(budget, folder, base, run.a) is None:
                         with try_lock(folder / "align" / f"a{run.a}.lock") as held:
                             if not held:
                                 continue
@@ -318,10 +317,6 @@ def _work(budget: ExperimentBudget, folder: Path, base: Path, todo: Sequence[Run
                         took = True
             if not took and any(not _complete(r, folder) for r in pending):
                 time.sleep(POLL_SECONDS)
-
-
-def _aligned(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> bool:
-    return aligned_model_if_ready(budget, folder, base, a) is not None
 
 
 def aligned_model_if_ready(budget: ExperimentBudget, folder: Path, base: Path, a: int) -> Path | None:
