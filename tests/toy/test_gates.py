@@ -62,15 +62,20 @@ def test_spatial_and_mirror_match_brute_force(tiny, metrics):
 
     lr = (RELATIONS.index("left of"), RELATIONS.index("right of"))
     items = [(im, it) for im, it in iter_split("spatial", 3 * N, 7, "val") if it.answer in lr][:N]
-    flips = []
+    flips, shifts = [], []
     for image, item in items:
         prefs = []
         for im in (image, ImageOps.mirror(image)):
             left, rightward = (_logprob(model, processor, im, item.prompt, item.candidates[k]) for k in lr)
             prefs.append(left - rightward)
         flips.append((prefs[0] > 0) != (prefs[1] > 0))
+        towards_gold = prefs[0] - prefs[1] if item.answer == lr[0] else prefs[1] - prefs[0]
+        shifts.append(towards_gold / 2)
     assert metrics["mirror_items"] == len(items)
     assert metrics["mirror_flip"] == pytest.approx(sum(flips) / len(items), abs=1e-9)
+    # The shifts are small on the tiny model (~1e-3), so compare at 1% of their mean: a wrong sign or scale shows.
+    assert abs(sum(shifts)) > 1e-4
+    assert metrics["mirror_shift"] == pytest.approx(sum(shifts) / len(items), rel=1e-2, abs=1e-7)
 
 
 def test_swap_matches_brute_force(tiny, metrics):
@@ -148,6 +153,8 @@ def test_cli_prints_the_table_fails_on_a_failed_gate_and_draws_the_learning_curv
     assert result.exit_code == 1, result.output  # an untrained model fails its gates
     assert "| swap 2-way accuracy |" in result.output and "failed gates:" in result.output
     data = json.loads(out.read_text())
+    assert f"mirror shift towards the gold relation: {data['metrics']['mirror_shift']:+.3f}" in result.output
+    assert "| step | mirror_flip |" in result.output and result.output.count("mirror_shift") == 1  # curve column
     assert [int(p["step"]) for p in data["curve"]] == [2, 4]
     assert data["metrics"]["where_acc"] == data["curve"][-1]["where_acc"]  # the final model is the curve's end
     bad = CliRunner().invoke(app, ["toy", "gates", "--model", str(run), "--split", "dev"])

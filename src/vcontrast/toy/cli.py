@@ -185,12 +185,14 @@ def gates_command(
     metrics = measure(loaded, processor, n=n, seed=seed, split=split)
     results = check(metrics)
     print(gates_table(results))
+    shift = metrics["mirror_shift"]
+    print(f"\nmirror shift towards the gold relation: {shift:+.3f} nats (not a gate; > 0: partly learnt)")
     data: dict = {"model": str(model or "shipped"), "n": n, "split": split, "seed": seed, "metrics": metrics}
     if curve:
         if model is None:
             raise ValueError("`--curve` needs `--model`, a `vcontrast toy train` output folder with snapshots/")
         points = learning_curve(model, n=n, seed=seed, split=split)
-        keys = [g.key for g in GATES]
+        keys = [g.key for g in GATES] + ["mirror_shift"]
         print("\nlearning curve (IT step: gate metrics)\n")
         print("| step | " + " | ".join(keys) + " |")
         print("|---:|" + "---:|" * len(keys))

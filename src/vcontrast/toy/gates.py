@@ -4,7 +4,9 @@ A model that ignores the image leaves CRG nothing to amplify, and a model whose 
 CAL weigh glue words as visual (DESIGN.md §3). `measure` computes, on the balanced **val** split (never test):
 
 - `mirror_flip`: the share of left/right spatial items whose preference between "left of" and "right of" flips
-  when the image is mirrored (the relation depends on the image);
+  when the image is mirrored (the relation depends on the image), and `mirror_shift`: half the change of that
+  preference (log-prob difference, nats) between the image and its mirror, signed so that positive is towards the
+  gold relation and averaged over items; it shows a relation partly learnt before a language prior lets it flip;
 - `spatial_acc` (4-way choice), split into `spatial_acc/prior_consistent` (gold "left of", the train split's favourite)
   and `spatial_acc/prior_inconsistent`, and their difference `spatial_prior_gap` (room for CRG);
 - `match_auroc` (image-text match, P(yes) renormalised over yes/no), `where_acc` (greedy "where is ... ?" exact match),
@@ -141,7 +143,17 @@ def _mirror(scorer, n: int, seed: int, split: str, batch_size: int) -> dict[str,
         (a > 0) == (it.answer == lr[0]) and (b > 0) == (it.answer == lr[1])
         for a, b, (_, it) in zip(prefs[:k], prefs[k:], items, strict=True)
     ]
-    return {"mirror_flip": _mean(flips), "mirror_both_right": _mean(both), "mirror_items": float(k)}
+    # The mirror swaps the gold relation, so (a - b) / 2 is the image's pull towards "left of", free of the prior.
+    shift = [
+        (a - b) / 2 * (1 if it.answer == lr[0] else -1)
+        for a, b, (_, it) in zip(prefs[:k], prefs[k:], items, strict=True)
+    ]
+    return {
+        "mirror_flip": _mean(flips),
+        "mirror_shift": _mean(shift),
+        "mirror_both_right": _mean(both),
+        "mirror_items": float(k),
+    }
 
 
 def _match(scorer, n: int, seed: int, split: str, batch_size: int) -> dict[str, float]:
