@@ -7,6 +7,7 @@ the tests.
     python docs/results/relational_probes.py mirror-shift out/toy-testbed/pt out/toy-testbed
     python docs/results/relational_probes.py probe out/toy-testbed/pt spatial_lr out/diag/lr --steps 300
     python docs/results/relational_probes.py probe out/toy-testbed/pt where out/diag/where --steps 1500
+    python docs/results/relational_probes.py probe out/diag/where spatial_lr out/diag/lr-long --steps 3000
     python docs/results/relational_probes.py lookup-lm out/diag/lookup      # stage 0 with reading items, then PT
     python docs/results/relational_probes.py reading-accuracy out/toy-testbed/lm out/diag/lookup/lm
 """
