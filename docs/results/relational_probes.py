@@ -28,7 +28,7 @@ from vcontrast.toy.gates import _choice_scores, _items, _mirror, _where
 from vcontrast.toy.grammar import PROMPTS, RELATIONS, caption, name, position
 from vcontrast.toy.model import load
 from vcontrast.toy.scenes import make_scene
-from vcontrast.toy.tasks import BIASES
+from vcontrast.toy.tasks import BIASES, _unique
 
 READING_SHARE = 0.3  # of stage-0 examples offered a reading item (about 2/3 of the draws yield one)
 
@@ -83,7 +83,7 @@ def reading_item(rng: random.Random) -> dict | None:
         question, answer = PROMPTS["where"].format(name=text), position(obj, scene.size)
     else:
         by = "shape" if kind == "color" else "color"
-        unique = [o for o in objects if sum(getattr(p, by) == getattr(o, by) for p in objects) == 1]
+        unique = _unique(objects, by)
         if not unique:
             return None
         obj = rng.choice(unique)
