@@ -182,6 +182,15 @@ def test_hub_names_offline_or_unreachable(monkeypatch, tmp_path):
     assert loading.check_model_source("org/model") == "org/model"  # hub names keep working online
 
 
+@pytest.mark.parametrize(
+    ("grounding", "needle"), [("where", "'where' must be TASK:STEPS"), ("wher:10", "('wher', 10) must be (task")]
+)
+def test_toy_train_bad_grounding_phase_fails_before_training(capsys, tmp_path, grounding, needle):
+    out = tmp_path / "model"
+    assert_user_error(invoke(capsys, ["toy", "train", "--out", out, "--grounding", grounding]), needle)
+    assert not out.exists()
+
+
 def test_complete_model_folder_loads(model_folder):
     model, processor = loading.load_model(model_folder)
     assert model.config.model_type == "llava" and not model.training

@@ -12,7 +12,7 @@ from vcontrast.bench.items import read_items
 from vcontrast.bench.methods import ModelMethod
 from vcontrast.bench.runner import PREDICTIONS_FILE, read_predictions
 from vcontrast.toy.cal_eval import caption_f1
-from vcontrast.toy.cli import experiment_command, train_command
+from vcontrast.toy.cli import experiment_command, parse_phases, train_command
 from vcontrast.toy.exp_crg import (
     E1_METHODS,
     VS_CRG,
@@ -313,7 +313,14 @@ def test_train_command_help():
     app.command("train")(train_command)
     app.command("experiment")(experiment_command)
     result = CliRunner().invoke(app, ["train", "--help"])
-    assert result.exit_code == 0 and "--vision-steps" in result.output
+    assert result.exit_code == 0 and "--vision-steps" in result.output and "--grounding" in result.output
+
+
+def test_grounding_option_parses_task_steps_pairs():
+    assert parse_phases("") == []
+    assert parse_phases("where:1500, spatial_lr:3000") == [("where", 1500), ("spatial_lr", 3000)]
+    with pytest.raises(typer.BadParameter, match="'where:-5' must be TASK:STEPS"):
+        parse_phases("where:-5")
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,6 +268,40 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     resumed, _ = load(toy_train.train(out, steps=3, save_every=2, **TRAIN_KW))
     for (name, p), q in zip(resumed.named_parameters(), straight.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+
+
+def test_recipe_grounding_phases_chain_between_pt_and_it(tmp_path, monkeypatch):
+    calls, real_train = [], toy_train.train
+
+    def recording_train(out_dir, **kwargs):
+        calls.append((Path(out_dir), kwargs))
+        return real_train(out_dir, **kwargs)
+
+    monkeypatch.setattr(toy_train, "train", recording_train)
+    steps = {"lm_steps": 1, "vision_steps": 1, "pt_steps": 1, "it_steps": 1, "batch_size": 2}
+    grounding = [("where", 2), ("spatial_lr", 1)]
+    out = toy_train.train_recipe(
+        tmp_path, **steps, grounding=grounding, num_threads=1, snapshot_every=None, model_kwargs=TINY, log_every=1
+    )
+    assert [c[0].name for c in calls] == ["lm", "pt", "ground-1-where", "ground-2-spatial_lr", tmp_path.name]
+    (where_dir, where), (lr_dir, lr), (_, it) = calls[2:]
+    assert where["init"] == tmp_path / "pt" and lr["init"] == where_dir and it["init"] == lr_dir
+    assert where["mix"] == {"where": 1.0} and lr["mix"] == {"spatial_lr": 1.0} and it.get("mix") is None
+    assert where["batch_size"] == lr["batch_size"] == toy_train.GROUNDING_BATCH_SIZE and it["batch_size"] == 2
+    assert where["lr"] == lr["lr"] == it["lr"] and where["trainable"] == it["trainable"] == "projector+lm"
+    for folder, n in ((where_dir, 2), (lr_dir, 1)):
+        assert len((folder / "log.jsonl").read_text().splitlines()) == n
+    grounded, _ = load(lr_dir)
+    aligned, _ = load(tmp_path / "pt")
+    assert any(not p.equal(q) for p, q in zip(grounded.parameters(), aligned.parameters(), strict=True))
+    assert out == tmp_path
+
+
+@pytest.mark.parametrize("phase", [("wher", 10), ("where", 0), ("where",), ("where", 1.5)])
+def test_recipe_rejects_a_bad_grounding_phase_before_training(tmp_path, phase):
+    with pytest.raises(ValueError, match="grounding"):
+        toy_train.train_recipe(tmp_path, grounding=[phase])
+    assert not any(tmp_path.iterdir())
 
 
 def test_patch_labels_cover_objects_and_outline():

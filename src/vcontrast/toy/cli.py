@@ -1,7 +1,7 @@
 """The `vcontrast toy ...` commands: typed functions whose docstrings become `--help` (registered in `vcontrast.cli`).
 
 - `experiment_command`: `vcontrast toy experiment NAME`, one of the toy experiments (`vcontrast.toy.experiments`).
-- `train_command`: `vcontrast toy train`, the toy VLM's two-stage recipe (`vcontrast.toy.train.train_recipe`).
+- `train_command`: `vcontrast toy train`, the toy VLM's four-stage recipe (`vcontrast.toy.train.train_recipe`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,17 @@ def experiment_command(
         print(f"wrote {path}")
 
 
+def parse_phases(text: str) -> list[tuple[str, int]]:
+    """`--grounding`'s "TASK:STEPS,..." as (task, steps) pairs ("" gives none); a malformed phase is named."""
+    phases = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        task, _, steps = part.partition(":")
+        if not steps.strip().isdigit():
+            raise typer.BadParameter(f"phase {part!r} must be TASK:STEPS, e.g. 'where:1500'", param_hint="--grounding")
+        phases.append((task.strip(), int(steps)))
+    return phases
+
+
 def train_command(
     out: Annotated[Path, typer.Option(help="Output folder (loadable with vcontrast.toy.load(OUT)).")] = Path(
         "out/toy-model"
@@ -128,6 +139,13 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seeds the initialisation and the data.")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads (1 is faster when other jobs share the cores).")] = 2,
     eval_items: Annotated[int, typer.Option(help="Test items per task for the final evaluation (0: none).")] = 200,
+    grounding: Annotated[
+        str,
+        typer.Option(
+            help="IT grounding phases before the task mix, TASK:STEPS,... (one task each, batch 16), e.g. "
+            "'where:1500,spatial_lr:3000' (the next test bed's candidate); default: none, as the shipped model."
+        ),
+    ] = "",
 ) -> None:
     """Train the toy VLM with vcontrast's recipe (LM on text, vision tower, projector on captions, mixed toy tasks).
 
@@ -143,7 +161,7 @@ def train_command(
     options = {"lm_steps": lm_steps, "vision_steps": vision_steps, "pt_steps": pt_steps, "it_steps": it_steps}
     options["batch_size"] = batch_size
     options = {k: v for k, v in (options | {"lr": lr}).items() if v is not None}
-    path = train_recipe(out, seed=seed, num_threads=threads, **options)
+    path = train_recipe(out, seed=seed, num_threads=threads, grounding=parse_phases(grounding), **options)
     print(f"model: {path}")
     if eval_items > 0:
         model, processor = load(path)

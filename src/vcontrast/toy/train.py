@@ -60,6 +60,13 @@ SPATIAL_CURRICULUM: tuple[tuple[float, str], ...] = ((0.15, "spatial_lr"), (0.35
 # Every TEXT_REPLAY_EVERY-th IT step is a text-only batch (LLaVA-1.5's IT mix keeps ShareGPT text conversations), so
 # the no-image predictions CAL contrasts with stay those of a language model.
 TEXT_REPLAY_EVERY = 10
+# Optional IT grounding phases before the task mix, one task each: (task, steps). The probes of docs/results/gates.md
+# learnt "where is" in ~1500 steps of 16 and then left/right only after a ~2200-step plateau; the shipped recipe (v2)
+# gave two-object left/right ~4,300 examples and never learnt it. `train_recipe(grounding=GROUNDING_PHASES)` is the
+# next test bed's candidate recipe (not yet trained: the shipped model has no grounding phases).
+GROUNDING_PHASES: tuple[tuple[str, int], ...] = (("where", 1500), ("spatial_lr", 3000))
+GROUNDING_BATCH_SIZE = 16  # the probes' batch
+GROUNDING_WARMUP = 30
 STAGES = ("lm", "pt", "it")
 TRAINABLE = ("all", "projector", "projector+lm", "lm")
 CHECKPOINT_DIR = "checkpoint"
@@ -748,6 +755,7 @@ def train_recipe(
     num_threads: int | None = 2,
     model_kwargs: dict | None = None,
     snapshot_every: int | None = 500,
+    grounding: Sequence[tuple[str, int]] = (),
 ) -> Path:
     """The shipped model's recipe, after LLaVA's: LM (`out_dir/lm`), vision (`out_dir/vision`), PT (`out_dir/pt`), IT.
 
@@ -757,7 +765,9 @@ def train_recipe(
     1. `pretrain_vision`: the CLIP tower learns dense object attributes (the stand-in for CLIP pretraining).
     2. PT: the projector alone learns to feed the frozen LM from captions, as in LLaVA.
     3. IT on `IT_MIX` (spatial curriculum, text-only replay), vision tower frozen, projector + LM trained at half
-       the learning rate, with snapshots every `snapshot_every` steps for the learning curve.
+       the learning rate, with snapshots every `snapshot_every` steps for the learning curve. With `grounding`, IT
+       first runs one phase per (task, steps) on that task alone (`out_dir/ground-K-TASK`, batch
+       `GROUNDING_BATCH_SIZE`, the IT learning rate and trainable parts, no text replay), each from the one before.
 
     Args:
         out_dir (`str | Path`): final output folder (loadable with `vcontrast.toy.load(out_dir)`).
@@ -772,20 +782,42 @@ def train_recipe(
         num_threads (`int`, *optional*, defaults to 2): torch threads (1 is faster when other jobs share the cores).
         model_kwargs (`dict`, *optional*): `toy_config` overrides; defaults to `RECIPE_MODEL` (LM 6 x 192).
         snapshot_every (`int`, *optional*, defaults to 500): IT snapshot interval (None: none).
+        grounding (`Sequence[tuple[str, int]]`, *optional*, defaults to `()`): IT grounding phases, (task, steps)
+            each, task a `vcontrast.toy.tasks.TASK_NAMES` key; e.g. `GROUNDING_PHASES`.
 
     Returns:
         `Path`: `out_dir`. Interrupted runs resume where they stopped when called again.
     """
+    from vcontrast.toy.tasks import TASK_NAMES
+
     out_dir = Path(out_dir)
+    grounding = [tuple(phase) for phase in grounding]
+    for phase in grounding:
+        if len(phase) != 2 or phase[0] not in TASK_NAMES or not isinstance(phase[1], int) or phase[1] < 1:
+            raise ValueError(
+                f"`grounding` phase {phase!r} must be (task, steps) with task one of {list(TASK_NAMES)} and steps >= 1"
+            )
     common = {"batch_size": batch_size, "seed": seed, "log_every": log_every, "num_threads": num_threads}
     model_kwargs = RECIPE_MODEL if model_kwargs is None else model_kwargs
     lm = train(out_dir / "lm", stage="lm", steps=lm_steps, lr=lr, trainable="lm", model_kwargs=model_kwargs, **common)
     vision = pretrain_vision(out_dir / "vision", steps=vision_steps, lr=lr, init=lm, **common)
-    pt = train(out_dir / "pt", stage="pt", init=vision, steps=pt_steps, lr=lr, trainable="projector", **common)
+    init = train(out_dir / "pt", stage="pt", init=vision, steps=pt_steps, lr=lr, trainable="projector", **common)
+    for k, (task, steps) in enumerate(grounding, start=1):
+        init = train(
+            out_dir / f"ground-{k}-{task}",
+            stage="it",
+            init=init,
+            steps=steps,
+            lr=lr / 2,
+            trainable="projector+lm",
+            mix={task: 1.0},
+            warmup=GROUNDING_WARMUP,
+            **(common | {"batch_size": GROUNDING_BATCH_SIZE}),
+        )
     return train(
         out_dir,
         stage="it",
-        init=pt,
+        init=init,
         steps=it_steps,
         lr=lr / 2,
         trainable="projector+lm",
