@@ -142,10 +142,11 @@ def test_gate_bounds_check_and_table():
 def test_cli_prints_the_table_fails_on_a_failed_gate_and_draws_the_learning_curve(tmp_path):
     from vcontrast.cli import app
 
-    run = toy_train.train(
-        tmp_path / "run", steps=4, batch_size=2, stage="it", log_every=2, warmup=1, model_kwargs=TINY,
-        snapshot_every=2, num_threads=1,
-    )  # fmt: skip
+    kw = {"batch_size": 2, "stage": "it", "log_every": 2, "warmup": 1, "num_threads": 1}
+    where = toy_train.train(tmp_path / "run" / "ground-1-where", steps=2, mix={"where": 1.0}, model_kwargs=TINY, **kw)
+    toy_train.train(tmp_path / "run" / "ground-2-spatial_lr", steps=1, model_kwargs=TINY, **kw)
+    (tmp_path / "run" / "ground-2-spatial_lr" / "train_state.json").unlink()  # unfinished: not on the curve
+    run = toy_train.train(tmp_path / "run", steps=4, init=where, snapshot_every=2, **kw)
     out = tmp_path / "gates.json"
     result = CliRunner().invoke(
         app, ["toy", "gates", "--model", str(run), "--n", "6", "--curve", "--json", str(out), "--threads", "1"]
@@ -154,8 +155,9 @@ def test_cli_prints_the_table_fails_on_a_failed_gate_and_draws_the_learning_curv
     assert "| swap 2-way accuracy |" in result.output and "failed gates:" in result.output
     data = json.loads(out.read_text())
     assert f"mirror shift towards the gold relation: {data['metrics']['mirror_shift']:+.3f}" in result.output
-    assert "| step | mirror_flip |" in result.output and result.output.count("mirror_shift") == 1  # curve column
-    assert [int(p["step"]) for p in data["curve"]] == [2, 4]
+    assert "| phase | step | mirror_flip |" in result.output and result.output.count("mirror_shift") == 1
+    assert [(p["phase"], int(p["step"])) for p in data["curve"]] == [("ground-1-where", 2), ("it", 2), ("it", 4)]
+    assert "| ground-1-where | 2 |" in result.output
     assert data["metrics"]["where_acc"] == data["curve"][-1]["where_acc"]  # the final model is the curve's end
     bad = CliRunner().invoke(app, ["toy", "gates", "--model", str(run), "--split", "dev"])
     assert bad.exit_code != 0 and "split" in str(bad.exception or bad.output)

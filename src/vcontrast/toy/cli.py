@@ -178,7 +178,10 @@ def gates_command(
     seed: Annotated[int, typer.Option(help="Item seeds seed * 1,000,000 + i.")] = 0,
     curve: Annotated[
         bool,
-        typer.Option(help="Also measure every IT snapshot of MODEL (a `vcontrast toy train` output): learning curve."),
+        typer.Option(
+            help="Also measure MODEL's grounding phases and IT snapshots (a `vcontrast toy train` output): "
+            "learning curve."
+        ),
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every metric to this JSON file.")] = None,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -211,11 +214,12 @@ def gates_command(
             raise ValueError("`--curve` needs `--model`, a `vcontrast toy train` output folder with snapshots/")
         points = learning_curve(model, n=n, seed=seed, split=split)
         keys = [g.key for g in GATES] + ["mirror_shift"]
-        print("\nlearning curve (IT step: gate metrics)\n")
-        print("| step | " + " | ".join(keys) + " |")
-        print("|---:|" + "---:|" * len(keys))
+        print("\nlearning curve (grounding phases, then IT steps: gate metrics)\n")
+        print("| phase | step | " + " | ".join(keys) + " |")
+        print("|---|---:|" + "---:|" * len(keys))
         for point in points:
-            print(f"| {int(point['step'])} | " + " | ".join(f"{point[k]:.3f}" for k in keys) + " |")
+            values = " | ".join(f"{point[k]:.3f}" for k in keys)
+            print(f"| {point['phase']} | {int(point['step'])} | {values} |")
         data["curve"] = points
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -319,26 +319,33 @@ def gates_table(results: Sequence[GateResult]) -> str:
 
 
 def learning_curve(run_dir: str | Path, *, n: int = 100, **kwargs: Any) -> list[dict[str, float]]:
-    """Gate metrics of every IT snapshot of a `vcontrast toy train` run (`run_dir/snapshots/step-N`) and of its
-    final model, in step order: the learning curve a failed gate is reported with.
+    """Gate metrics of a `vcontrast toy train` run's finished grounding phases (`run_dir/ground-K-TASK`), then of
+    every IT snapshot (`run_dir/snapshots/step-N`) and the final model: the learning curve a failed gate is reported
+    with.
 
     Returns:
-        `list[dict]`: one metrics dict per model, with its `"step"`.
+        `list[dict]`: one metrics dict per model, with its `"phase"` ("ground-K-TASK" or "it") and its `"step"` in
+        that phase.
     """
     import json
 
     from vcontrast.toy.model import load
 
+    def finished_step(folder: Path) -> int | None:
+        state = folder / "train_state.json"
+        return json.loads(state.read_text())["step"] if state.is_file() else None
+
     run_dir = Path(run_dir)
-    folders = sorted((run_dir / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    points = [(int(p.name.split("-")[1]), p) for p in folders]
-    state = run_dir / "train_state.json"
-    if state.is_file():
-        points.append((json.loads(state.read_text())["step"], run_dir))
+    grounding = sorted(run_dir.glob("ground-*-*"), key=lambda p: int(p.name.split("-")[1]))
+    points = [(p.name, finished_step(p), p) for p in grounding if finished_step(p) is not None]
+    snapshots = sorted((run_dir / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    points += [("it", int(p.name.split("-")[1]), p) for p in snapshots]
+    if finished_step(run_dir) is not None:
+        points.append(("it", finished_step(run_dir), run_dir))
     if not points:
         raise FileNotFoundError(f"{run_dir} holds no snapshots and no finished model")
     out = []
-    for step, folder in points:
+    for phase, step, folder in points:
         model, processor = load(folder)
-        out.append({"step": float(step)} | measure(model, processor, n=n, **kwargs))
+        out.append({"phase": phase, "step": float(step)} | measure(model, processor, n=n, **kwargs))
     return out
