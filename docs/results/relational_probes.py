@@ -8,6 +8,10 @@ the tests.
     python docs/results/relational_probes.py probe out/toy-testbed/pt spatial_lr out/diag/lr --steps 300
     python docs/results/relational_probes.py probe out/toy-testbed/pt where out/diag/where --steps 1500
     python docs/results/relational_probes.py probe out/diag/where spatial_lr out/diag/lr-long --steps 3000
+    python docs/results/relational_probes.py it-probe out/toy-testbed-v3/ground-2-spatial_lr out/diag/it-1e-4 \
+        --steps 600 --lr 1e-4                                   # the IT mix after the grounding phases, low lr
+    python docs/results/relational_probes.py it-probe out/toy-testbed-v3/ground-2-spatial_lr out/diag/it-lr25 \
+        --steps 600 --lr 5e-4 --left-right-share 0.25           # the same, with left/right in every batch
     python docs/results/relational_probes.py lookup-lm out/diag/lookup      # stage 0 with reading items, then PT
     python docs/results/relational_probes.py reading-accuracy out/toy-testbed/lm out/diag/lookup/lm
 """
@@ -68,6 +72,35 @@ def probe(init: str, task: str, out: str, steps: int) -> None:
         with torch.no_grad():
             result = _where(model, processor, 100, 0, "val", 16)
     print(out, {k: round(v, 3) for k, v in result.items()}, "loss every 75 steps:", losses[::3], flush=True)
+
+
+def _with_left_right(steps: int, share: float):
+    # The recipe's IT batches, with the first `share` of every image batch replaced by two-object left/right items.
+    recipe = toy_train._data_fn(None, "it", 0, None, steps)
+
+    def fn(step: int, batch_size: int) -> list[dict]:
+        batch = recipe(step, batch_size)
+        if batch[0]["image"] is None:  # a text replay batch stays as it is
+            return batch
+        rng = random.Random(f"left-right-{step}")
+        k = round(share * batch_size)
+        seeds = [rng.randrange(2**31) for _ in range(k)]
+        return toy_train.task_examples(seeds, mix={"spatial_lr": 1.0}, rng=rng) + batch[k:]
+
+    return fn
+
+
+def it_probe(init: str, out: str, steps: int, lr: float, left_right_share: float) -> None:
+    """The recipe's IT (task mix, spatial curriculum, text replay; batch 32) at peak learning rate `lr` from `init`,
+    optionally with a share of two-object left/right items in every batch, and the mirror test on its snapshots:
+    does a left/right relation learnt before IT survive it?"""
+    data = _with_left_right(steps, left_right_share) if left_right_share > 0 else None
+    toy_train.train(
+        out, stage="it", init=init, steps=steps, batch_size=32, lr=lr, trainable="projector+lm", log_every=50,
+        snapshot_every=max(1, steps // 3), num_threads=1, data=data,
+    )  # fmt: skip
+    snapshots = sorted(Path(out, "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    mirror_shift([init, *map(str, snapshots), out])
 
 
 def reading_item(rng: random.Random) -> dict | None:
@@ -153,6 +186,12 @@ def main() -> None:
     p.add_argument("task", choices=["spatial_lr", "where"])
     p.add_argument("out")
     p.add_argument("--steps", type=int, default=300)
+    p = sub.add_parser("it-probe")
+    p.add_argument("init")
+    p.add_argument("out")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--left-right-share", type=float, default=0.0)
     sub.add_parser("lookup-lm").add_argument("out")
     sub.add_parser("reading-accuracy").add_argument("models", nargs="+")
     args = parser.parse_args()
@@ -161,6 +200,8 @@ def main() -> None:
         mirror_shift(args.models)
     elif args.command == "probe":
         probe(args.init, args.task, args.out, args.steps)
+    elif args.command == "it-probe":
+        it_probe(args.init, args.out, args.steps, args.lr, args.left_right_share)
     elif args.command == "lookup-lm":
         lookup_lm(args.out)
     else:

@@ -143,7 +143,7 @@ def train_command(
         str,
         typer.Option(
             help="IT grounding phases before the task mix, TASK:STEPS,... (one task each, batch 16), e.g. "
-            "'where:1500,spatial_lr:3000' (the next test bed's candidate); default: none, as the shipped model."
+            "'where:1500,spatial_lr:3000' (test bed v3's, docs/results/gates.md); default: none, as the shipped model."
         ),
     ] = "",
 ) -> None:

@@ -62,8 +62,9 @@ SPATIAL_CURRICULUM: tuple[tuple[float, str], ...] = ((0.15, "spatial_lr"), (0.35
 TEXT_REPLAY_EVERY = 10
 # Optional IT grounding phases before the task mix, one task each: (task, steps). The probes of docs/results/gates.md
 # learnt "where is" in ~1500 steps of 16 and then left/right only after a ~2200-step plateau; the shipped recipe (v2)
-# gave two-object left/right ~4,300 examples and never learnt it. `train_recipe(grounding=GROUNDING_PHASES)` is the
-# next test bed's candidate recipe (not yet trained: the shipped model has no grounding phases).
+# gave two-object left/right ~4,300 examples and never learnt it. `train_recipe(grounding=GROUNDING_PHASES)` taught
+# it (44% mirror flips), but the IT mix that follows erased it (test bed v3, not shipped; the shipped model has no
+# grounding phases).
 GROUNDING_PHASES: tuple[tuple[str, int], ...] = (("where", 1500), ("spatial_lr", 3000))
 GROUNDING_BATCH_SIZE = 16  # the probes' batch
 GROUNDING_WARMUP = 30
