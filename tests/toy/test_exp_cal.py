@@ -119,6 +119,7 @@ def test_tier2_methods(tier1, work_dir, tmp_path):
         assert runs[0, f, "clean", "cal0"]["attr_nll"] != runs[0, f, "clean", "mle"]["attr_nll"]
     clean_oracle = result.data["analysis"]["cells"]["clean/attr_nll/oracle"]["delta"]
     assert clean_oracle["mean"] == 0.0 and clean_oracle["n"] == 2  # at 0% the oracle is MLE
+    assert "| clean | " in result.table and "= MLE (0% noise) |" in result.table  # not reported as "equivalent"
     executor = _Executor(budget, folder, folder / "stage1" / "vision")
     oracle, stats = executor.data(Run("aligned", 0, 0, "N3", 0.6, "oracle"))
     noisy, _ = executor.data(Run("aligned", 0, 0, "N3", 0.6, "mle"))
