@@ -297,7 +297,7 @@ def test_recipe_grounding_phases_chain_between_pt_and_it(tmp_path, monkeypatch):
     assert out == tmp_path
 
 
-@pytest.mark.parametrize("phase", [("wher", 10), ("where", 0), ("where",), ("where", 1.5)])
+@pytest.mark.parametrize("phase", [("wher", 10), ("where", 0), ("where",), ("where", 1.5), "where", 7])
 def test_recipe_rejects_a_bad_grounding_phase_before_training(tmp_path, phase):
     with pytest.raises(ValueError, match="grounding"):
         toy_train.train_recipe(tmp_path, grounding=[phase])

@@ -792,9 +792,9 @@ def train_recipe(
     from vcontrast.toy.tasks import TASK_NAMES
 
     out_dir = Path(out_dir)
-    grounding = [tuple(phase) for phase in grounding]
     for phase in grounding:
-        if len(phase) != 2 or phase[0] not in TASK_NAMES or not isinstance(phase[1], int) or phase[1] < 1:
+        well_formed = isinstance(phase, tuple | list) and len(phase) == 2 and phase[0] in TASK_NAMES
+        if not well_formed or not isinstance(phase[1], int) or phase[1] < 1:
             raise ValueError(
                 f"`grounding` phase {phase!r} must be (task, steps) with task one of {list(TASK_NAMES)} and steps >= 1"
             )
