@@ -337,11 +337,11 @@ def learning_curve(run_dir: str | Path, *, n: int = 100, **kwargs: Any) -> list[
 
     run_dir = Path(run_dir)
     grounding = sorted(run_dir.glob("ground-*-*"), key=lambda p: int(p.name.split("-")[1]))
-    points = [(p.name, finished_step(p), p) for p in grounding if finished_step(p) is not None]
+    points = [(p.name, step, p) for p in grounding if (step := finished_step(p)) is not None]
     snapshots = sorted((run_dir / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     points += [("it", int(p.name.split("-")[1]), p) for p in snapshots]
-    if finished_step(run_dir) is not None:
-        points.append(("it", finished_step(run_dir), run_dir))
+    if (final := finished_step(run_dir)) is not None:
+        points.append(("it", final, run_dir))
     if not points:
         raise FileNotFoundError(f"{run_dir} holds no snapshots and no finished model")
     out = []
