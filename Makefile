@@ -10,7 +10,7 @@ OLDEST := requirements/oldest.txt
 PYTEST := -m pytest -q -p no:cacheprovider
 REPORT_VERSIONS := pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate|trl|peft|huggingface.hub) '
 
-.PHONY: install test test-all test-latest test-oldest lint lock demo clean test-lmms
+.PHONY: install test test-all test-gpu test-latest test-oldest lint lock demo clean test-lmms
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: lint
 
 test-all: lint
 	$(BIN)/python $(PYTEST) -m ""
+
+# The `gpu` tests (tests/gpu), on a machine with a CUDA GPU: run with the Python whose torch is a CUDA build and
+# has vcontrast installed (`make test-gpu PY=path/to/python`); the .venv here holds the CPU build, so they skip.
+test-gpu:
+	$(PY) $(PYTEST) -m gpu -rA tests/gpu
 
 # The newest release of every dependency pyproject admits (no lock), torch on the CPU build pinned first.
 test-latest:

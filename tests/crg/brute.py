@@ -21,7 +21,7 @@ def with_tokens(inputs: dict, ids: torch.Tensor, model_type: str = "") -> dict:
     batch = {k: v for k, v in inputs.items() if k != "labels"}
     extra = ids.shape[1] - inputs["input_ids"].shape[1]
     batch["input_ids"] = ids
-    ones = torch.ones(ids.shape[0], extra, dtype=inputs["attention_mask"].dtype)
+    ones = torch.ones(ids.shape[0], extra, dtype=inputs["attention_mask"].dtype, device=ids.device)
     batch["attention_mask"] = torch.cat([inputs["attention_mask"], ones], dim=1)
     for key, value in APPENDED_TYPE_OF.get(model_type, APPENDED_TYPE).items():
         if key in batch:
@@ -47,7 +47,7 @@ def greedy(model, reference: dict, contrast: dict, alpha: float, max_new_tokens:
     Tokens in `banned` are never chosen (`suppress_tokens`): a full forward cannot re-run a sequence in which the
     model generated its own image placeholder token, while a cached decoding step can."""
     ids = reference["input_ids"].clone()
-    unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         scores = guided(full_logits(model, reference, ids)[:, -1], full_logits(model, contrast, ids)[:, -1], alpha)
         scores[:, list(banned)] = -torch.inf
@@ -103,11 +103,11 @@ def _row(inputs: dict, row: int):
 
 def candidate_scores(model, reference: dict, contrast: dict, tokens: list[int], alpha: float, normalize: bool):
     """Per-token guided scores of `tokens` after a one-row prompt: two full forwards of prompt + candidate."""
-    ids = torch.cat([reference["input_ids"], torch.tensor([tokens])], dim=1)
+    ids = torch.cat([reference["input_ids"], torch.tensor([tokens], device=reference["input_ids"].device)], dim=1)
     n = len(tokens)
     ref = full_logits(model, reference, ids)[0, -n - 1 : -1]
     con = full_logits(model, contrast, ids)[0, -n - 1 : -1]
     g = guided(ref, con, alpha)
     if normalize:
         g = torch.log_softmax(g, -1)
-    return g[torch.arange(n), torch.tensor(tokens)]
+    return g[torch.arange(n), torch.tensor(tokens, device=g.device)]
