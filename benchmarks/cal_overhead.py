@@ -18,6 +18,12 @@ Models (random weights; only cost is measured):
   answer, the labels), vision tower frozen as in LLaVA's instruction tuning; widths and depths are small so that it
   runs on a CPU, with the vocabulary scaled so that the LM head is a few percent of the language model, as in
   LLaVA-1.5-7B (a 32k vocabulary on a 384-wide model would make the head dominate and flatter CAL).
+- `llava7b`: LLaVA-1.5-7B's real sizes (CLIP ViT-L/14 at 336 px, 24 layers of 1024; a 32-layer, 4096-wide Llama
+  with a 32064-row embedding and head; 7.06B parameters, 6.76B of them trained), with `llava15`'s batch layout and its
+  frozen vision tower; for a GPU (`--device cuda`; refused on the CPU). It is built directly on the device in
+  `--dtype` (no float32 or CPU copy); `--hidden`, `--layers`, `--vocab` and the `--vision-*` sizes do not apply.
+  transformers' own random init (normal, std `initializer_range` = 0.02) gives logits of std about 1.3 at this width
+  (0.02 * sqrt(4096); RMS-normed hidden states), far from float16's range, so it is kept.
 - `toy`: the built-in toy VLM's shape (`vcontrast.toy.model.toy_config`, 64 image tokens), if importable.
 
 Time: each step is timed with the three methods interleaved round by round (so load from other processes hits them
@@ -31,13 +37,34 @@ identical for the three methods: it is set by the allocator and the libraries, n
 With other processes on the machine, wall-clock times are noisy; with `--threads 1` the process CPU time of each step
 measures the work itself and is printed beside the wall-clock time.
 
-Run: `python benchmarks/cal_overhead.py [--model llava15|toy] [--batch 2] [--rounds 9] [--threads 1]`.
+Run: `python benchmarks/cal_overhead.py [--model llava15|llava7b|toy] [--batch 2] [--rounds 9] [--threads 1]
+[--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]`.
+
+`--device` (default `cpu`) and `--dtype` (default `float32`) say where the model and the batch live and in what
+precision the model (and the pixel values) are; AdamW keeps its state in the parameters' dtype (pure 16-bit
+training, no master weights). On CUDA: the optimizer is AdamW with `foreach=True`, every timed step is bracketed by
+`torch.cuda.synchronize()`, the process-CPU-time table is left out (it would time the host's kernel launches and
+waits, not the work), and memory is `torch.cuda.max_memory_allocated()` over one extra step per method, after
+`torch.cuda.reset_peak_memory_stats()`: the same quantity as the CPU's profiler peak (parameters, gradients,
+optimizer state and activations), from the allocator. The header then names the device and the dtype. Use bfloat16:
+in float16 without loss scaling AdamW's eps (1e-8) rounds to 0, so parameters without gradient (unused embedding
+rows) become NaN after the first step; a run whose losses turn non-finite says so (timings stay what they are).
+
+On a GPU (H100 or H200; on an H200 on 2026-11-28 this and crg_speed's 7B run took under 2 minutes together, a step
+0.23-0.29 s; peak memory 63.6 GiB in bfloat16, in the optimizer step: weights, gradients, AdamW's two moments and
+foreach's temporary square roots, 2 bytes per (trained) parameter each; the allocator setting only limits
+fragmentation):
+
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \\
+        python benchmarks/cal_overhead.py --device cuda --dtype bfloat16 --model llava7b --rounds 20 --warmup 3
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -52,30 +79,47 @@ from vcontrast.cal import CALConfig, cal_loss
 from vcontrast.models import get_adapter
 
 IMAGE_TOKEN = 4
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# LLaVA-1.5-7B's sizes (CLIP ViT-L/14 at 336 px, Vicuna-7B), the `llava7b` model.
+LLAVA_7B_VISION = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "projection_dim": 768,
+}  # fmt: skip
+LLAVA_7B_TEXT = {
+    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32,
+}  # fmt: skip
 
 
-def build(kind: str, args: argparse.Namespace) -> tuple[tf.LlavaForConditionalGeneration, dict]:
-    """A random LLaVA-architecture model and a right-padded labelled batch (image block inside the prompt)."""
+def build(
+    kind: str, args: argparse.Namespace, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[tf.LlavaForConditionalGeneration, dict]:
+    """A random LLaVA-architecture model and a right-padded labelled batch (image block inside the prompt), on
+    `device`, the model (and the pixel values) in `dtype`; the model is built there (no float32 or CPU copy)."""
     torch.manual_seed(0)
-    if kind == "llava15":
-        vision = tf.CLIPVisionConfig(
-            hidden_size=args.vision_hidden,
-            intermediate_size=4 * args.vision_hidden,
-            num_hidden_layers=args.vision_layers,
-            num_attention_heads=4,
-            image_size=336,
-            patch_size=14,
-            projection_dim=args.hidden,
-        )
-        text = tf.LlamaConfig(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            intermediate_size=int(2.6875 * args.hidden),  # LLaVA-7B's 11008 / 4096
-            num_hidden_layers=args.layers,
-            num_attention_heads=args.hidden // 64,
-            max_position_embeddings=2048,
-            pad_token_id=0,
-        )
+    if kind in ("llava15", "llava7b"):
+        if kind == "llava7b":
+            vision = tf.CLIPVisionConfig(**LLAVA_7B_VISION, image_size=336, patch_size=14)
+            text = tf.LlamaConfig(**LLAVA_7B_TEXT, max_position_embeddings=2048, pad_token_id=0)
+        else:
+            vision = tf.CLIPVisionConfig(
+                hidden_size=args.vision_hidden,
+                intermediate_size=4 * args.vision_hidden,
+                num_hidden_layers=args.vision_layers,
+                num_attention_heads=4,
+                image_size=336,
+                patch_size=14,
+                projection_dim=args.hidden,
+            )
+            text = tf.LlamaConfig(
+                vocab_size=args.vocab,
+                hidden_size=args.hidden,
+                intermediate_size=int(2.6875 * args.hidden),  # LLaVA-7B's 11008 / 4096
+                num_hidden_layers=args.layers,
+                num_attention_heads=args.hidden // 64,
+                max_position_embeddings=2048,
+                pad_token_id=0,
+            )
         config = tf.LlavaConfig(
             vision_config=vision,
             text_config=text,
@@ -93,8 +137,12 @@ def build(kind: str, args: argparse.Namespace) -> tuple[tf.LlavaForConditionalGe
         image_size = config.vision_config.image_size
         prompt, answer = 16, 24
     else:
-        raise ValueError(f"--model (={kind!r}) has to be 'llava15' or 'toy'")
-    model = tf.LlavaForConditionalGeneration(config)
+        raise ValueError(f"--model (={kind!r}) has to be 'llava15', 'llava7b' or 'toy'")
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        model = tf.LlavaForConditionalGeneration(config)
+    else:  # built where it runs, in its dtype (transformers' `dtype` sets the default dtype while it builds)
+        with torch.device(device):
+            model = tf.LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     model.config.image_token_id = IMAGE_TOKEN
     model.model.vision_tower.requires_grad_(False)  # LLaVA instruction tuning trains projector + LM
     model.train()
@@ -115,6 +163,7 @@ def build(kind: str, args: argparse.Namespace) -> tuple[tf.LlavaForConditionalGe
         labels[b, len(row) - n_answer : len(row)] = row[-n_answer:]
     pixel_values = torch.randn(args.batch, 3, image_size, image_size)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values, "labels": labels}
+    batch = {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
     return model, batch
 
 
@@ -187,9 +236,38 @@ def peak_tensor_mib(model, optimizer, batch, method) -> float:
     return max(sum(row) for row in sizes) / 2**20
 
 
+def peak_cuda_mib(model, optimizer, batch, method, device) -> float:
+    """Peak allocated CUDA memory during one step (`torch.cuda.max_memory_allocated`), parameters, gradients,
+    optimizer state and activations included: the CUDA counterpart of `peak_tensor_mib`."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step(model, optimizer, batch, method)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def check_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """`--device` as a torch.device; a one-line argparse error for anything but an available CPU or CUDA device."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)")
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        parser.error(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        parser.error(f"--device {name!r}: CUDA is not available (torch {torch.__version__}, no usable GPU)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="llava15", choices=["llava15", "toy"])
+    parser.add_argument("--model", default="llava15", choices=["llava15", "llava7b", "toy"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -201,11 +279,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype (default float32)")
     args = parser.parse_args(argv)
+    device, dtype = check_device(parser, args.device), DTYPES[args.dtype]
+    cuda = device.type == "cuda"
+    if args.model == "llava7b" and not cuda:
+        parser.error("--model llava7b (7B parameters) needs --device cuda")
 
     torch.set_num_threads(args.threads)
-    model, batch = build(args.model, args)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    if cuda:
+        torch.cuda.set_device(device)
+    model, batch = build(args.model, args, device, dtype)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, foreach=True) if cuda else torch.optim.AdamW(trained, lr=1e-5)
     n_params = sum(p.numel() for p in model.parameters())
     seq = batch["input_ids"].shape[1]
     n_labels = int((batch["labels"] != -100).sum())
@@ -213,27 +300,49 @@ def main(argv: list[str] | None = None) -> None:
         f"model={args.model} params={n_params / 1e6:.1f}M batch={args.batch} seq={seq} "
         f"image_tokens={int((batch['input_ids'][0] == IMAGE_TOKEN).sum())} label_tokens={n_labels} "
         f"threads={args.threads} torch={torch.__version__} transformers={tf.__version__}"
+        + (
+            f" device={device}{f' ({torch.cuda.get_device_name(device)})' if cuda else ''} dtype={args.dtype} "
+            f"trained_params={sum(p.numel() for p in trained) / 1e6:.1f}M"
+            if cuda or dtype != torch.float32
+            else ""
+        )
     )
     wall = {m: [] for m in METHODS}
     cpu = {m: [] for m in METHODS}
+    nonfinite = {m: 0 for m in METHODS}
     for r in range(args.warmup + args.rounds):
         for method in METHODS:
+            if cuda:
+                torch.cuda.synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
-            step(model, optimizer, batch, method)
+            loss = step(model, optimizer, batch, method)
+            if cuda:
+                torch.cuda.synchronize(device)
             if r >= args.warmup:
                 wall[method].append(time.perf_counter() - start)
                 cpu[method].append(time.process_time() - start_cpu)
-    for name, times in (("wall-clock", wall), ("process CPU", cpu)):
+            nonfinite[method] += not math.isfinite(loss)
+    tables = (("wall-clock", wall),) if cuda else (("wall-clock", wall), ("process CPU", cpu))
+    for name, times in tables:
         median = {m: statistics.median(t) for m, t in times.items()}
         print(f"\nstep time, {name} (median of {args.rounds} interleaved rounds, [min, max])")
         for method in METHODS:
             spread = f"[{min(times[method]):.3f}, {max(times[method]):.3f}]"
             ratio = median[method] / median["mle"]
             print(f"  {method:6s} {median[method]:8.3f} s  {spread:>18s}  x{ratio:.3f} vs mle")
+    if cuda:
+        print("\nstep time, process CPU: n/a on CUDA (the host only launches kernels and waits)")
+    if any(nonfinite.values()):
+        counts = ", ".join(f"{m} {n}" for m, n in nonfinite.items())
+        print(f"\nnote: non-finite losses in {counts} of {args.warmup + args.rounds} steps (see the doc on float16)")
     if args.no_memory:
         return
-    print("\npeak live tensor memory during one step (torch.profiler memory timeline)")
-    peak = {m: peak_tensor_mib(model, optimizer, batch, m) for m in METHODS}
+    if cuda:
+        print("\npeak allocated CUDA memory during one step (torch.cuda.max_memory_allocated)")
+        peak = {m: peak_cuda_mib(model, optimizer, batch, m, device) for m in METHODS}
+    else:
+        print("\npeak live tensor memory during one step (torch.profiler memory timeline)")
+        peak = {m: peak_tensor_mib(model, optimizer, batch, m) for m in METHODS}
     for method in METHODS:
         print(f"  {method:6s} {peak[method]:8.1f} MiB  x{peak[method] / peak['mle']:.3f} vs mle")
 
