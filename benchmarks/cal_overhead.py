@@ -73,13 +73,13 @@ from pathlib import Path
 
 import torch
 import transformers as tf
+from device_args import add_device_args, parse_device
 from torch.nn import functional as F
 
 from vcontrast.cal import CALConfig, cal_loss
 from vcontrast.models import get_adapter
 
 IMAGE_TOKEN = 4
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # LLaVA-1.5-7B's sizes (CLIP ViT-L/14 at 336 px, Vicuna-7B), the `llava7b` model.
 LLAVA_7B_VISION = {
     "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
@@ -248,23 +248,6 @@ def peak_cuda_mib(model, optimizer, batch, method, device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def check_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    """`--device` as a torch.device; a one-line argparse error for anything but an available CPU or CUDA device."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)")
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        parser.error(f"--device {name!r}: only cpu and cuda are supported")
-    if not torch.cuda.is_available():
-        parser.error(f"--device {name!r}: CUDA is not available (torch {torch.__version__}, no usable GPU)")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="llava15", choices=["llava15", "llava7b", "toy"])
@@ -279,10 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype (default float32)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
-    device, dtype = check_device(parser, args.device), DTYPES[args.dtype]
+    device, dtype = parse_device(parser, args)
     cuda = device.type == "cuda"
     if args.model == "llava7b" and not cuda:
         parser.error("--model llava7b (7B parameters) needs --device cuda")

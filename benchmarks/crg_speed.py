@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers as tf
+from device_args import add_device_args, parse_device
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LogitsProcessorList
@@ -108,7 +109,6 @@ SHAPES = {
     "head": {"vocab_size": 32000, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4},
     "llava7b": LLAVA_7B_TEXT,
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Part 2 on CUDA: a measurement whose estimated allocation would exceed this (or the device's memory) is skipped.
 CUDA_MEMORY_CAP = 70 * 2**30
 
@@ -336,23 +336,6 @@ def measure_memory_cuda(model, processor, k: int, chunk_bytes: int | None, lengt
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def check_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    """`--device` as a torch.device; a one-line argparse error for anything but an available CPU or CUDA device."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)")
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        parser.error(f"--device {name!r}: only cpu and cuda are supported")
-    if not torch.cuda.is_available():
-        parser.error(f"--device {name!r}: CUDA is not available (torch {torch.__version__}, no usable GPU)")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="lm", help="text-model shape (see the doc)")
@@ -362,12 +345,11 @@ def main() -> None:
     parser.add_argument("--skip-generation", action="store_true", help="only scoring and memory")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="candidate counts to score")
     parser.add_argument("--no-warmup", action="store_true", help="no warm-up round before the timed scoring runs")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype (default float32)")
+    add_device_args(parser)
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--chunk-bytes", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device, dtype = check_device(parser, args.device), DTYPES[args.dtype]
+    device, dtype = parse_device(parser, args)
     cuda = device.type == "cuda"
     if args.shape == "llava7b" and not cuda:
         parser.error("--shape llava7b (7B parameters) needs --device cuda")
