@@ -73,22 +73,13 @@ from pathlib import Path
 
 import torch
 import transformers as tf
-from device_args import add_device_args, parse_device
+from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, parse_device
 from torch.nn import functional as F
 
 from vcontrast.cal import CALConfig, cal_loss
 from vcontrast.models import get_adapter
 
 IMAGE_TOKEN = 4
-# LLaVA-1.5-7B's sizes (CLIP ViT-L/14 at 336 px, Vicuna-7B), the `llava7b` model.
-LLAVA_7B_VISION = {
-    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-    "projection_dim": 768,
-}  # fmt: skip
-LLAVA_7B_TEXT = {
-    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 32,
-}  # fmt: skip
 
 
 def build(

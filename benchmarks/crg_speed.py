@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers as tf
-from device_args import add_device_args, parse_device
+from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, parse_device
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LogitsProcessorList
@@ -89,15 +89,6 @@ TEMPLATE = (
 )
 
 
-# LLaVA-1.5-7B's sizes (CLIP ViT-L/14 at 336 px, Vicuna-7B): the "llava7b" shape and the FLOP-share reference.
-LLAVA_7B_VISION = {
-    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-    "projection_dim": 768,
-}  # fmt: skip
-LLAVA_7B_TEXT = {
-    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 32,
-}  # fmt: skip
 # The small shapes' vision tower (and projector width).
 SMALL_VISION = {
     "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,

@@ -1,4 +1,4 @@
-"""`--device` and `--dtype` for the benchmark scripts, one definition for both (imported as a sibling module)."""
+"""What the benchmark scripts share (a sibling module they import): `--device` / `--dtype`, LLaVA-1.5-7B's sizes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ import torch
 from vcontrast.models.loading import check_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# LLaVA-1.5-7B's sizes (CLIP ViT-L/14 at 336 px, Vicuna-7B): the "llava7b" shape of both scripts.
+LLAVA_7B_VISION = {
+    "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "projection_dim": 768,
+}  # fmt: skip
+LLAVA_7B_TEXT = {
+    "vocab_size": 32064, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32,
+}  # fmt: skip
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
