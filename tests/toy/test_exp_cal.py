@@ -140,6 +140,11 @@ def test_cal_scratch_end_to_end(tier1, work_dir, tmp_path):
     entry = result.data["analysis"]["N2-60/attr_nll"]
     assert entry["pairs"] == [[0, 0], [0, 1]] and entry["scratch_minus_aligned"]["n"] == 2
     assert "scratch − aligned" in result.table
+    # Its compute time is its own runs' (training + evaluation), without the alignment runs it does not use.
+    timing = result.data["timing"]
+    own = sum(r["train_s"] + r["eval_s"] for r in scratch)
+    assert timing["align_train_s"] == {} and timing["compute_s_total"] == pytest.approx(own, abs=0.1)
+    assert "alignment runs" not in result.table
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tier1, work_dir, tmp_path, monkeypatch):

@@ -133,11 +133,12 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _timing(records: Sequence[dict], folder: Path, wall_s: float) -> dict[str, Any]:
-    # Compute time of the completed runs (training over all its sessions + evaluation) and of the alignment runs.
+def _timing(records: Sequence[dict], folder: Path, wall_s: float, alignment: bool = True) -> dict[str, Any]:
+    # Compute time of the completed runs (training over all its sessions + evaluation) and, with `alignment`, of the
+    # alignment runs (not for "cal_scratch", whose own runs skip that stage).
     train = [r["train_s"] for r in records if _finite(r.get("train_s"))]
     evals = [r["eval_s"] for r in records if _finite(r.get("eval_s"))]
-    align = {p.name: _train_seconds(p) for p in sorted((folder / "align").glob("a*"))}
+    align = {p.name: _train_seconds(p) for p in sorted((folder / "align").glob("a*"))} if alignment else {}
     total = sum(train) + sum(evals) + sum(v for v in align.values() if _finite(v))
     return {
         "runs_complete": len(records),
@@ -172,10 +173,11 @@ def _incomplete(runs: Sequence[Run], records: Sequence[dict], budget: Experiment
 
 def _notes(timing: dict, incomplete: list[str], base: Path, extra: list[str]) -> list[str]:
     m = timing["machine"]
+    align = f"; alignment runs {timing['align_train_s']}" if timing["align_train_s"] else ""
     summary = (
         f"Stage-1 model: {base}. Runs complete: {timing['runs_complete']}; compute time so far "
         f"{timing['compute_s_total'] / 3600:.2f} h (training {timing['train_s_per_run']:.0f} s and evaluation "
-        f"{timing['eval_s_per_run']:.0f} s per run on average; alignment runs {timing['align_train_s']}); this "
+        f"{timing['eval_s_per_run']:.0f} s per run on average{align}); this "
         f"invocation {timing['this_invocation_wall_s']:.0f} s. Machine: {m['processor']}, {m['cpu_count']} CPUs, "
         f"{m['torch_threads']} torch threads ({m['platform']})."
     )
@@ -282,7 +284,8 @@ def run_cal_scratch(
     folder, base, records = execute(budget, work_dir, model, runs, tier, workers)
     names = list(dict.fromkeys(r.cell for r in runs))
     analysis = scratch_analysis(records, budget, names)
-    timing = _timing([r for r in records if r["protocol"] == "scratch"], folder, time.perf_counter() - start)
+    scratch = [r for r in records if r["protocol"] == "scratch"]
+    timing = _timing(scratch, folder, time.perf_counter() - start, alignment=False)
     incomplete = _incomplete(runs, records, budget)
     setup = (
         f'MLE and CAL (1, 5), IT on the pools of "cal_noise" for (a, f) in '
