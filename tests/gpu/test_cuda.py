@@ -188,3 +188,60 @@ def test_toy_model_on_gpu_matches_cpu(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "CRG" in run.stdout or "crg" in run.stdout.lower(), run.stdout
+
+
+def _eval_runs(tmp_path, monkeypatch, gpu_model):
+    """The toy benchmark's items (every task) through the eval runner with CRG: once with `gpu_model` (a checkpoint
+    folder, or a model already on the GPU), once with the same weights on the CPU. Returns both runs' predictions
+    and the devices `load_model` put models on."""
+    from tests.bench.test_runner_model import toy_items
+    from vcontrast.bench.runner import PREDICTIONS_FILE, evaluate, read_predictions
+    from vcontrast.models import loading
+
+    data = toy_items(tmp_path / "data")
+    model, processor = tm.build("llava")
+    model.save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+    devices, real = [], loading.load_model
+
+    def spy(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        devices.append(next(loaded[0].parameters()).device.type)
+        return loaded
+
+    monkeypatch.setattr(loading, "load_model", spy)
+    common = {"method": "crg", "batch_size": 4, "show_progress": False, "proposer": None, "max_new_tokens": 3}
+    gpu = tmp_path / "checkpoint" if gpu_model == "checkpoint" else (on_cuda(model), processor)
+    evaluate("toy", data, model=gpu, out_dir=tmp_path / "gpu", **common)
+    evaluate("toy", data, model=(model, processor), out_dir=tmp_path / "cpu", **common)
+    return [read_predictions(tmp_path / name / PREDICTIONS_FILE) for name in ("gpu", "cpu")], devices
+
+
+def _assert_same_predictions(gpu: dict, cpu: dict) -> None:
+    assert gpu.keys() == cpu.keys()
+    for key in ("c0", "c1", "m0", "m1"):
+        field = "scores" if key[0] == "c" else "logprobs"
+        torch.testing.assert_close(torch.tensor(gpu[key][field]), torch.tensor(cpu[key][field]), atol=1e-4, rtol=1e-4)
+    assert [gpu[k]["text"] for k in ("q0", "q1")] == [cpu[k]["text"] for k in ("q0", "q1")]
+    assert [gpu[k]["pred_box"] for k in ("r0", "r1")] == [cpu[k]["pred_box"] for k in ("r0", "r1")]
+
+
+def test_eval_runner_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
+    """The eval runner with a model on the GPU gives the CPU run's predictions (every task) to float32 rounding."""
+    (gpu, cpu), _ = _eval_runs(tmp_path, monkeypatch, "on_cuda")
+    _assert_same_predictions(gpu, cpu)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug, seen on an H200 on 2026-11-28, cause not found: the runner loads the checkpoint on the GPU, "
+    "but its CRG scores differ from the CPU's on the two items of image 0 (choice 3.3e-2, match 6.4e-3 nats; "
+    "deterministic, at batch size 1 and 4), while the same weights copied to the GPU agree to 6e-6 and the "
+    "checkpoint loaded on the CPU agrees too",
+)
+def test_eval_runner_loads_a_checkpoint_on_the_gpu_and_matches_the_cpu(tmp_path, monkeypatch):
+    """`vcontrast eval` in one process on a GPU machine: the runner loads the checkpoint on the GPU (accelerate's
+    device) and its CRG predictions equal a CPU run's to float32 rounding."""
+    (gpu, cpu), devices = _eval_runs(tmp_path, monkeypatch, "checkpoint")
+    assert devices == ["cuda"]
+    _assert_same_predictions(gpu, cpu)
