@@ -73,7 +73,7 @@ from pathlib import Path
 
 import torch
 import transformers as tf
-from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, parse_device
+from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, build_llava, parse_device
 from torch.nn import functional as F
 
 from vcontrast.cal import CALConfig, cal_loss
@@ -129,11 +129,7 @@ def build(
         prompt, answer = 16, 24
     else:
         raise ValueError(f"--model (={kind!r}) has to be 'llava15', 'llava7b' or 'toy'")
-    if torch.device(device).type == "cpu" and dtype == torch.float32:
-        model = tf.LlavaForConditionalGeneration(config)
-    else:  # built where it runs, in its dtype (transformers' `dtype` sets the default dtype while it builds)
-        with torch.device(device):
-            model = tf.LlavaForConditionalGeneration._from_config(config, dtype=dtype)
+    model = build_llava(config, device, dtype)
     model.config.image_token_id = IMAGE_TOKEN
     model.model.vision_tower.requires_grad_(False)  # LLaVA instruction tuning trains projector + LM
     model.train()
@@ -265,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
     model, batch = build(args.model, args, device, dtype)
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-5, foreach=True) if cuda else torch.optim.AdamW(trained, lr=1e-5)
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, foreach=True if cuda else None)
     n_params = sum(p.numel() for p in model.parameters())
     seq = batch["input_ids"].shape[1]
     n_labels = int((batch["labels"] != -100).sum())

@@ -1,10 +1,12 @@
-"""What the benchmark scripts share (a sibling module they import): `--device` / `--dtype`, LLaVA-1.5-7B's sizes."""
+"""What the benchmark scripts share (a sibling module they import): `--device` / `--dtype`, LLaVA-1.5-7B's sizes,
+and building a random LLaVA where it runs."""
 
 from __future__ import annotations
 
 import argparse
 
 import torch
+import transformers as tf
 
 from vcontrast.models.loading import check_device
 
@@ -35,3 +37,14 @@ def parse_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: only cpu and cuda are supported")
     return device, DTYPES[args.dtype]
+
+
+def build_llava(
+    config: tf.LlavaConfig, device: torch.device | str, dtype: torch.dtype
+) -> tf.LlavaForConditionalGeneration:
+    """A random LLaVA of `config`, built on `device` in `dtype` (a 7B model never exists on the CPU or in float32);
+    on the CPU in float32, the plain constructor, so the CPU numbers stay those of earlier runs."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        return tf.LlavaForConditionalGeneration(config)
+    with torch.device(device):  # transformers' `dtype` sets the default dtype while it builds
+        return tf.LlavaForConditionalGeneration._from_config(config, dtype=dtype)

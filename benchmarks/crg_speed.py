@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers as tf
-from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, parse_device
+from common import LLAVA_7B_TEXT, LLAVA_7B_VISION, add_device_args, build_llava, parse_device
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LogitsProcessorList
@@ -175,11 +175,7 @@ def build_llava_15_shaped(
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(0)
-    if torch.device(device).type == "cpu" and dtype == torch.float32:
-        model = tf.LlavaForConditionalGeneration(config).eval()
-    else:  # built where it runs, in its dtype (transformers' `dtype` sets the default dtype while it builds)
-        with torch.device(device):
-            model = tf.LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    model = build_llava(config, device, dtype).eval()
     with torch.no_grad():  # spread the weights so that logits differ visibly between tokens
         for name, param in model.named_parameters():
             if param.dim() >= 2:
@@ -395,18 +391,11 @@ def main() -> None:
         print(
             "\npeak CUDA memory allocated by one CRG.score call beyond the weights (torch.cuda.max_memory_allocated):"
         )
-        peaks = {
-            (k, name): measure_memory_cuda(model, processor, k, chunk, length)
-            for k in (4, 64)
-            for name, chunk in budgets
-        }
+        measure = lambda k, chunk: measure_memory_cuda(model, processor, k, chunk, length)  # noqa: E731
     else:
         print("\npeak resident memory added by one CRG.score call (fresh process each):")
-        peaks = {
-            (k, name): measure_memory(args.shape, k, chunk, args.threads, args.dtype)
-            for k in (4, 64)
-            for name, chunk in budgets
-        }
+        measure = lambda k, chunk: measure_memory(args.shape, k, chunk, args.threads, args.dtype)  # noqa: E731
+    peaks = {(k, name): measure(k, chunk) for k in (4, 64) for name, chunk in budgets}
     for name, _ in budgets:
         four, sixty_four = peaks[4, name], peaks[64, name]
         if four is None or sixty_four is None:

@@ -19,9 +19,9 @@ import transformers as tf
 from tests import tiny_models as tm
 from tests.cal.utils import RowCollator, cal_batch, scaled, sft_rows, train_copy
 from tests.crg import brute
+from tests.crg.test_generation import image_token, special_tokens
 from vcontrast.cal import CALConfig, CALTrainer, cal_deltas, cal_loss, cal_weights
 from vcontrast.crg import CRG, two_stream_generate
-from vcontrast.models import get_adapter
 from vcontrast.models.loading import load_model
 
 pytestmark = [
@@ -44,6 +44,13 @@ FAMILIES = [
 PROMPT = "which colour is the cup left of the plate ?"
 REGIONS = [(2, 2, 12, 10)]
 CANDIDATES = ["red", "blue plate", "a small green triangle"]
+
+
+def save_checkpoint(path) -> None:
+    """The cached tiny LLaVA and its processor, saved to `path` (a checkpoint folder for `load_model`)."""
+    model, processor = tm.build("llava")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
 
 
 def on_cuda(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -79,10 +86,8 @@ def test_crg_greedy_on_gpu_matches_brute_force(family):
     gpu = on_cuda(model)
     inputs = CRG(gpu, processor, alpha=1.0).prepare([tm.image(0)], [PROMPT], [REGIONS])
     assert inputs.reference["input_ids"].device.type == "cuda"
-    eos = gpu.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    pad = processor.tokenizer.pad_token_id
-    banned = [get_adapter(gpu).image_token_id]
+    eos, pad = special_tokens(gpu, processor)
+    banned = [image_token(gpu)]
     expected = brute.greedy(gpu, inputs.reference, inputs.contrast, 1.0, 3, eos, pad, banned)
     kwargs = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": pad, "suppress_tokens": banned}
     out = two_stream_generate(gpu, inputs.reference, inputs.contrast, 1.0, **kwargs)
@@ -163,9 +168,7 @@ def test_cal_trainer_bf16_mixed_precision_on_gpu(tmp_path):
 
 def test_load_model_on_cuda_in_bfloat16(tmp_path):
     """`load_model(path, dtype=, device=)` on a checkpoint we save ourselves puts every weight on the GPU in bf16."""
-    model, processor = tm.build("llava")
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    save_checkpoint(tmp_path)
     loaded, _ = load_model(tmp_path, dtype="bfloat16", device="cuda")
     assert {p.device.type for p in loaded.parameters()} == {"cuda"}
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
@@ -187,21 +190,20 @@ def test_toy_model_on_gpu_matches_cpu(tmp_path):
         check=False, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "CRG" in run.stdout or "crg" in run.stdout.lower(), run.stdout
+    assert "crg" in run.stdout.lower(), run.stdout
 
 
-def _eval_runs(tmp_path, monkeypatch, gpu_model):
-    """The toy benchmark's items (every task) through the eval runner with CRG: once with `gpu_model` (a checkpoint
-    folder, or a model already on the GPU), once with the same weights on the CPU. Returns both runs' predictions
-    and the devices `load_model` put models on."""
+def _eval_runs(tmp_path, monkeypatch, from_checkpoint: bool):
+    """The toy benchmark's items (every task) through the eval runner with CRG: once on the GPU (the runner loading
+    a checkpoint folder, or a model already there), once with the same weights on the CPU. Returns both runs'
+    predictions and the devices `load_model` put models on."""
     from tests.bench.test_runner_model import toy_items
     from vcontrast.bench.runner import PREDICTIONS_FILE, evaluate, read_predictions
     from vcontrast.models import loading
 
     data = toy_items(tmp_path / "data")
     model, processor = tm.build("llava")
-    model.save_pretrained(tmp_path / "checkpoint")
-    processor.save_pretrained(tmp_path / "checkpoint")
+    save_checkpoint(tmp_path / "checkpoint")
     devices, real = [], loading.load_model
 
     def spy(*args, **kwargs):
@@ -211,7 +213,7 @@ def _eval_runs(tmp_path, monkeypatch, gpu_model):
 
     monkeypatch.setattr(loading, "load_model", spy)
     common = {"method": "crg", "batch_size": 4, "show_progress": False, "proposer": None, "max_new_tokens": 3}
-    gpu = tmp_path / "checkpoint" if gpu_model == "checkpoint" else (on_cuda(model), processor)
+    gpu = tmp_path / "checkpoint" if from_checkpoint else (on_cuda(model), processor)
     evaluate("toy", data, model=gpu, out_dir=tmp_path / "gpu", **common)
     evaluate("toy", data, model=(model, processor), out_dir=tmp_path / "cpu", **common)
     return [read_predictions(tmp_path / name / PREDICTIONS_FILE) for name in ("gpu", "cpu")], devices
@@ -228,7 +230,7 @@ def _assert_same_predictions(gpu: dict, cpu: dict) -> None:
 
 def test_eval_runner_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
     """The eval runner with a model on the GPU gives the CPU run's predictions (every task) to float32 rounding."""
-    (gpu, cpu), _ = _eval_runs(tmp_path, monkeypatch, "on_cuda")
+    (gpu, cpu), _ = _eval_runs(tmp_path, monkeypatch, from_checkpoint=False)
     _assert_same_predictions(gpu, cpu)
 
 
@@ -242,6 +244,6 @@ def test_eval_runner_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
 def test_eval_runner_loads_a_checkpoint_on_the_gpu_and_matches_the_cpu(tmp_path, monkeypatch):
     """`vcontrast eval` in one process on a GPU machine: the runner loads the checkpoint on the GPU (accelerate's
     device) and its CRG predictions equal a CPU run's to float32 rounding."""
-    (gpu, cpu), devices = _eval_runs(tmp_path, monkeypatch, "checkpoint")
+    (gpu, cpu), devices = _eval_runs(tmp_path, monkeypatch, from_checkpoint=True)
     assert devices == ["cuda"]
     _assert_same_predictions(gpu, cpu)
