@@ -39,12 +39,17 @@ def _weights(path):
 def test_plan_and_tiers_at_the_full_budget():
     runs = noise_runs(FULL)
     assert len(runs) == 6 * (4 + 6 * 5)  # 6 seed pairs x (4 methods at 0% + 6 noisy cells x 5 methods)
-    by_tier = [sum(tier(r, FULL) == k for r in runs) for k in (1, 2, 3)]
-    assert by_tier == [6 * 3 * 2, 6 * (2 + 2 * 3 + 5), 6 * 3 * 5]
+    by_tier = [sum(tier(r, FULL) == k for r in runs) for k in (1, 2, 3, 4)]
+    assert by_tier == [6 * 3 * 2, 6 * 2 * 2, 6 * (2 + 2 * 3 + 5), 6 * (3 * 5 - 2 * 2)]
     tier1 = {(r.cell, r.method) for r in runs if tier(r, FULL) == 1}
     assert tier1 == {(c, m) for c in ("clean", "N2-60", "N3-60") for m in ("mle", "cal")}
+    # tiers 1-2 hold H2.1's four cells (N2 and N3 at 30% and 60%), MLE and CAL (1, 5), and H2.3's clean cell
     tier2 = {(r.cell, r.method) for r in runs if tier(r, FULL) == 2}
-    assert ("N1-60", "mle") in tier2 and ("N2-60", "oracle") in tier2 and ("clean", "cal0") in tier2
+    assert tier2 == {(c, m) for c in ("N2-30", "N3-30") for m in ("mle", "cal")}
+    tier3 = {(r.cell, r.method) for r in runs if tier(r, FULL) == 3}
+    assert ("N1-60", "mle") in tier3 and ("N2-60", "oracle") in tier3 and ("clean", "cal0") in tier3
+    tier4 = {(r.cell, r.method) for r in runs if tier(r, FULL) == 4}
+    assert ("N1-30", "mle") in tier4 and ("N2-30", "cal_p90") in tier4 and ("N2-30", "mle") not in tier4
     assert not any(r.method == "oracle" and r.cell == "clean" for r in runs)
     scratch = scratch_runs(FULL)
     assert len(scratch) == 3 * 2 * 2 * 2 and {r.cell for r in scratch} == {"clean", "N2-60"}
@@ -67,9 +72,8 @@ def test_cal_noise_tier1_end_to_end(tier1, work_dir):
     done = {(r["a"], r["f"], r["cell"], r["method"]) for r in data["runs"]}
     expected = {(r.a, r.f, r.cell, r.method) for r in noise_runs(TINY) if tier(r, TINY) == 1}
     assert done == expected and all(r["tier"] == 1 for r in data["runs"])
-    assert any("tier 2" in line for line in data["incomplete"]) and any(
-        "tier 3" in line for line in data["incomplete"]
-    )
+    for later in ("tier 2", "tier 3", "tier 4"):
+        assert any(line.startswith(later) for line in data["incomplete"])
     for r in data["runs"]:
         assert r["attr_nll"] > 0 and 0 <= r["vqa_prior_inconsistent"] <= 1 and r["train_s"] >= 0
         if r["cell"] != "clean":
@@ -104,9 +108,9 @@ def test_finished_runs_are_reused(tier1, work_dir, tmp_path):
     assert len(report.data["runs"]) == 2 * 3 * 2
 
 
-def test_tier2_methods(tier1, work_dir, tmp_path):
+def test_tier3_methods(tier1, work_dir, tmp_path):
     budget = dataclasses.replace(TINY, noise_types=("N3",), noise_rates=(0.0, 0.6), cal_crg_noise=0.6)
-    result = run_experiment("cal_noise", out_dir=tmp_path, budget=budget, work_dir=work_dir, tier=2)
+    result = run_experiment("cal_noise", out_dir=tmp_path, budget=budget, work_dir=work_dir, tier=3)
     runs = {(r["a"], r["f"], r["cell"], r["method"]): r for r in result.data["runs"]}
     assert len(runs) == 2 * (4 + 5) and result.data["incomplete"] == []
     assert "Every planned run is complete." in result.table

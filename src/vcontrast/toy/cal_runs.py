@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 TIER1_METHODS = ("mle", "cal")
-TIER1_NOISE = ("N2", "N3")  # the noise types of H2.1-H2.2; N1 (exploratory) waits for tier 2 (PLAN.md amendment)
+TIER1_NOISE = ("N2", "N3")  # the noise types of H2.1-H2.2; N1 (exploratory) waits for tier 3 (PLAN.md amendments)
 SCRATCH_NOISE = "N2"
 
 
@@ -59,15 +59,17 @@ def cells(budget: ExperimentBudget) -> list[tuple[str | None, float]]:
 
 
 def tier(run: Run, budget: ExperimentBudget) -> int:
-    """PLAN.md's run order (as amended on 2026-11-27): 1 = MLE and CAL (1, 5) at 0% and at the highest rate of N2
-    and N3; 2 = the other methods there, and N1 at the highest rate; 3 = the lower non-zero rates. Runs of
-    "cal_scratch" are tier 1."""
+    """PLAN.md's run order (as amended on 2026-11-27 and 2026-11-28): 1 = MLE and CAL (1, 5) at 0% and at the highest
+    rate of N2 and N3; 2 = MLE and CAL (1, 5) at the lower non-zero rates of N2 and N3 (with tier 1, H2.1's four
+    cells); 3 = the other methods at 0% and the highest rate, and N1 at the highest rate; 4 = the rest of the lower
+    rates. Runs of "cal_scratch" are tier 1."""
     if run.protocol == "scratch":
         return 1
-    if run.rate in (0.0, max(budget.noise_rates)):
-        first = run.method in TIER1_METHODS and (run.rate == 0 or run.noise in TIER1_NOISE)
-        return 1 if first else 2
-    return 3
+    top = run.rate in (0.0, max(budget.noise_rates))
+    primary = run.method in TIER1_METHODS and (run.rate == 0 or run.noise in TIER1_NOISE)
+    if primary:
+        return 1 if top else 2
+    return 3 if top else 4
 
 
 def noise_runs(budget: ExperimentBudget) -> list[Run]:

@@ -27,9 +27,9 @@ includes 0, TOST equivalence with margin 0.05 nats (NLL) or 2 points (rates); H2
 noise rates above 0) Holm-corrected (two-sided t-test p-values; a hypothesis holds when its adjusted p < 0.05 and
 the mean difference is negative).
 
-Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and N2, N3 at the highest rate; 2 = the other methods at those
-cells, and N1 at the highest rate; 3 = the lower non-zero rates, every method. `tier=k` trains tiers 1..k (0: none,
-report only); the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a
+Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and N2, N3 at the highest rate; 2 = MLE and CAL (1, 5) at the lower
+non-zero rates of N2, N3 (H2.1's other cells); 3 = the other methods at 0% and the highest rate, and N1 at the highest
+rate; 4 = the rest of the lower rates. `tier=k` trains tiers 1..k (0: none, report only); the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a
 finished run folder (weights + `metrics.json`) is reused, an interrupted one resumes from its checkpoint.
 
 "cal_scratch" (E3): MLE and CAL (1, 5) at 0% and N2 at the highest rate, for `budget.scratch_pairs`, trained from
@@ -201,7 +201,7 @@ def _setup_line(budget: ExperimentBudget) -> str:
 
 
 def run_cal_noise(
-    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 3, workers: int = 1
+    budget: ExperimentBudget, work_dir: Path, model: str | Path | None = None, tier: int = 4, workers: int = 1
 ) -> tuple[str, dict, Any]:
     """Run "cal_noise" (E2, see the module docstring); returns `(markdown, raw numbers, plot function)`.
 
@@ -210,7 +210,7 @@ def run_cal_noise(
         work_dir (`Path`): runs go to `work_dir/cal` (shared with "cal_scratch" and "cal_crg").
         model (`str | Path`, *optional*): the stage-1 model folder (default `DEFAULT_BASE`); must be None for a budget
             that builds its own (`stage1_model`).
-        tier (`int`, *optional*, defaults to 3): train the runs of tiers 1..`tier` (0: none, report what is done).
+        tier (`int`, *optional*, defaults to 4): train the runs of tiers 1..`tier` (0: none, report what is done).
         workers (`int`, *optional*, defaults to 1): processes sharing the runs (`cal_train.execute`).
     """
     from vcontrast.toy.cal_report import noise_analysis, noise_table, plot_deltas
