@@ -29,8 +29,9 @@ the mean difference is negative).
 
 Run order (`tier`): 1 = MLE and CAL (1, 5) at 0% and N2, N3 at the highest rate; 2 = MLE and CAL (1, 5) at the lower
 non-zero rates of N2, N3 (H2.1's other cells); 3 = the other methods at 0% and the highest rate, and N1 at the highest
-rate; 4 = the rest of the lower rates. `tier=k` trains tiers 1..k (0: none, report only); the report covers every completed run on disk and lists the incomplete cells. Every run is resumable: a
-finished run folder (weights + `metrics.json`) is reused, an interrupted one resumes from its checkpoint.
+rate; 4 = the rest of the lower rates. `tier=k` trains tiers 1..k (0: none, report only); the report covers every
+completed run on disk and lists the incomplete cells. Every run is resumable: a finished run folder (weights +
+`metrics.json`) is reused, an interrupted one resumes from its checkpoint.
 
 "cal_scratch" (E3): MLE and CAL (1, 5) at 0% and N2 at the highest rate, for `budget.scratch_pairs`, trained from
 the stage-1 model itself (random projector) with the same pools, steps and learning rate; the aligned runs of the
