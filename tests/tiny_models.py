@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import types
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -813,6 +814,16 @@ def build(family: str, seed: int = 0, tokenizer: str | None = None):
     `tokenizer` picks a `TOKENIZER_KINDS` kind; None gives the kind the family's released checkpoints have (use
     `"word"` only where a test needs hand-readable ids)."""
     return _cached(family, seed, tokenizer or tokenizer_kind(family))
+
+
+def save_checkpoint(path, family: str = "llava") -> Path:
+    """The cached tiny `family` model and its processor, saved to `path` (a checkpoint folder for `load_model`). A copy
+    of the model is saved: `save_pretrained` fills in the sub-configs' `dtype`, which would change the cached model's
+    fingerprint for the tests that follow."""
+    model, processor = build(family)
+    copy.deepcopy(model).save_pretrained(path)
+    processor.save_pretrained(path)
+    return Path(path)
 
 
 def image(seed: int = 0, size: tuple[int, int] = (24, 20)) -> Image.Image:

@@ -200,6 +200,9 @@ def test_bad_model_args(lmms_eval):
         VContrastCRG(contrast="mask")
     with pytest.raises(ValueError, match=r"unknown model_args \['temperature'\]"):
         VContrastCRG(temperature=0.2)
+    with pytest.raises(ValueError, match="image backend 'opencv' is not one of 'pil', 'torchvision'"):
+        VContrastCRG(image_backend="opencv")
+    assert type(VContrastCRG(image_backend="pil").method.processor.image_processor).__name__ == "CLIPImageProcessorPil"
 
 
 def test_entry_point_manifest_resolves_to_the_model(lmms_eval):

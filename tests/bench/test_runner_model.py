@@ -148,8 +148,7 @@ def test_rerank_prompt_by_name_in_python_and_the_cli(tmp_path):
     # `rerank_prompt=` (get_method, evaluate) and `--rerank-prompt` give the predictions of a method whose attribute
     # is set, record the prompt in the run's config, and are refused where they cannot apply.
     model, processor = tm.build("llava")
-    model.save_pretrained(tmp_path / "ckpt")
-    processor.save_pretrained(tmp_path / "ckpt")
+    tm.save_checkpoint(tmp_path / "ckpt")
     data = toy_items(tmp_path / "data")
     prompt = "name one object in the image ."
     built = get_method("crg", model, processor, proposer=None, rerank_prompt=prompt)
@@ -173,6 +172,7 @@ def test_rerank_prompt_by_name_in_python_and_the_cli(tmp_path):
         str(tmp_path / "ckpt"),
     ]
     args += ["--method", "crg", "--proposer", "none", "--no-progress", "--out", str(tmp_path / "cli")]
+    args += ["--image-backend", "pil"]  # the in-memory processor's, also where torchvision is installed
     result = CliRunner().invoke(app, [*args, "--rerank-prompt", prompt])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "cli" / "metrics.json").read_text())
@@ -216,9 +216,7 @@ def test_method_arguments_are_checked():
 
 
 def test_cli_on_a_saved_checkpoint(tmp_path, make_image):
-    model, processor = tm.build("llava")
-    model.save_pretrained(tmp_path / "ckpt")
-    processor.save_pretrained(tmp_path / "ckpt")
+    tm.save_checkpoint(tmp_path / "ckpt")
     data = write_sugarcrepe(tmp_path / "data", make_image, n=3)
     app = typer.Typer()
     app.command("eval")(eval_command)

@@ -20,7 +20,7 @@ def test_save_and_load_round_trip(family, tmp_path):
     model, proc, batch, labels = make_batch(family)
     model.save_pretrained(tmp_path)
     proc.save_pretrained(tmp_path)
-    loaded, loaded_proc = load_model(tmp_path)
+    loaded, loaded_proc = load_model(tmp_path, image_backend="pil")  # the in-memory processors are PIL ones
     assert type(loaded) is type(model) and not loaded.training
     again = dict(
         loaded_proc(images=get_images(loaded, family), text=get_texts(proc), return_tensors="pt", padding=True)
@@ -55,7 +55,7 @@ def test_dtype_applies_to_the_toy_model(monkeypatch):
 
     model, proc = tm.build("llava")
     model = copy.deepcopy(model)  # the builder's model is cached
-    monkeypatch.setattr(vcontrast.toy, "load", lambda device=None: (model, proc))
+    monkeypatch.setattr(vcontrast.toy, "load", lambda device=None, image_backend=None: (model, proc))
     loaded, _ = load_model(None, dtype="bfloat16")
     assert loaded.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="`dtype` \\(='half-ish'\\)"):

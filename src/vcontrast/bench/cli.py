@@ -66,6 +66,13 @@ def eval_command(
             "'Describe the image.'), e.g. 'name one object in the image .' for the toy model."
         ),
     ] = None,
+    image_backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Image processor backend: 'pil' or 'torchvision'; default: transformers' choice (torchvision where "
+            "installed). They resize differently: pin one to compare numbers across machines."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
 
@@ -98,6 +105,7 @@ def eval_command(
             image_root=image_root,
             overwrite=overwrite,
             rerank_prompt=rerank_prompt,
+            image_backend=image_backend,
         )
     except (ValueError, FileNotFoundError) as e:
         print(short_error(e))

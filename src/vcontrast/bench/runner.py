@@ -6,7 +6,7 @@ or any `Method`) over them in batches, and writes into `out_dir`:
 ```
 out_dir/
   run.json                   what produced the predictions: benchmark, split, data files (size + SHA-256) and loader
-                             options, model (folder + file fingerprints), method and its settings
+                             options, model (folder + file fingerprints), method and its settings, image backend
   predictions.partR.jsonl    process R's predictions while it runs, one JSON object a line ({"id": ..., ...})
   predictions.jsonl          all predictions once the run is complete (the part files are merged into it)
   metrics.json               the metrics of `vcontrast.bench.metrics.compute_metrics` and the run's description
@@ -18,8 +18,9 @@ loses at most the batches in flight. A rerun with the same `out_dir` reads every
 items that have one; a line torn by a crash is ignored (and cut off before the owner appends again). Batches are
 fixed by the item order and `batch_size` alone, and a batch with any item missing runs whole (only the missing items
 are written), so a resumed run computes every item in the same batch as an uninterrupted run. `run.json` guards the
-folder: a rerun whose benchmark, split, data files, loader options, model, method or settings differ raises (naming
-every difference) instead of mixing predictions; `overwrite=True` deletes the earlier run's files and starts over.
+folder: a rerun whose benchmark, split, data files, loader options, model, method, settings or image backend differ
+raises (naming every difference) instead of mixing predictions; `overwrite=True` deletes the earlier run's files and
+starts over.
 A larger `limit` reuses the predictions of the smaller run. Every row and image is validated (by the loader) before
 the model loads.
 
@@ -345,6 +346,7 @@ def _build_method(
     max_new_tokens: int,
     device: Any,
     rerank_prompt: str | None = None,
+    image_backend: str | None = None,
 ) -> Method:
     if not isinstance(method, str):
         return method
@@ -353,7 +355,8 @@ def _build_method(
     else:
         from vcontrast.models.loading import load_model
 
-        loaded, processor = load_model(model, device=device if device is not None and device.type != "cpu" else None)
+        on = device if device is not None and device.type != "cpu" else None
+        loaded, processor = load_model(model, device=on, image_backend=image_backend)
     return get_method(
         method,
         loaded,
@@ -364,6 +367,26 @@ def _build_method(
         max_new_tokens=max_new_tokens,
         rerank_prompt=rerank_prompt,
     )
+
+
+def _image_backend(model: Any, image_backend: str | None) -> str | None:
+    """The image backend ("pil" or "torchvision") the run's processor uses, for run.json: the two resize differently,
+    so a run resumed where the other is the default must not mix them. Loads only the processor."""
+    from vcontrast.models.image_backend import check_image_backend, image_backend_of
+
+    if isinstance(model, tuple):
+        got = image_backend_of(model[1])
+        if image_backend is not None and got is not None and got != check_image_backend(image_backend):
+            raise ValueError(
+                f"`image_backend` (={image_backend!r}) differs from the given processor's ({got!r}); it applies to a "
+                "model the runner loads"
+            )
+        return got
+    from vcontrast.models.loading import check_model_source, load_processor
+    from vcontrast.toy.model import WEIGHTS_DIR
+
+    source = WEIGHTS_DIR if model is None else check_model_source(model)
+    return image_backend_of(load_processor(source, image_backend=image_backend))
 
 
 def _summary(run: dict, items: list[Item], predictions: dict[str, dict], metrics: dict) -> dict:
@@ -408,6 +431,7 @@ def evaluate(
     image_root: str | Path | None = None,
     overwrite: bool = False,
     rerank_prompt: str | None = None,
+    image_backend: str | None = None,
 ) -> dict:
     """Evaluate a model on a benchmark, writing predictions as it goes and resuming where an earlier run stopped.
 
@@ -441,6 +465,9 @@ def evaluate(
             and start over, instead of refusing when that run had other inputs.
         rerank_prompt (`str`, *optional*): refexp only: the prompt an expression is scored as the answer to (default
             CRG's "Describe the image."), for a built-in method given by name (set it on a `Method` object instead).
+        image_backend (`str`, *optional*): the image processor's backend for a model the runner loads, "pil" or
+            "torchvision" (`load_model`); defaults to transformers' choice (torchvision where installed). The
+            backend used is recorded in `run.json`: the two resize differently, so a run never resumes on the other.
 
     Returns:
         `dict`: the content of `metrics.json`: `benchmark`, `split`, `model`, `method`, `config`, `n_items`,
@@ -471,8 +498,9 @@ def evaluate(
         config = method_config(method, alpha, proposer, proposer_model, max_new_tokens, rerank_prompt)
         name, model_id = method, model_identity(model)
     elif isinstance(method, Method):
-        if rerank_prompt is not None:
-            raise ValueError("`rerank_prompt` is for a method given by name; set it on the Method object instead")
+        if rerank_prompt is not None or image_backend is not None:
+            given = "rerank_prompt" if rerank_prompt is not None else "image_backend"
+            raise ValueError(f"`{given}` is for a method given by name; set it on the Method object instead")
         config, name = dict(method.config), method.name
         model_id = model_identity(model) if model is not None else None
     else:
@@ -496,7 +524,9 @@ def evaluate(
         "options": {k: str(v) for k, v in options.items() if v is not None},
         "files": _data_files(read_paths, Path(data_dir)),
     }
+    backend = _image_backend(model, image_backend) if isinstance(method, str) else None
     run = {"benchmark": spec.name, "split": split, "data": data, "model": model_id, "method": name, "config": config}
+    run["image_backend"] = backend
 
     procs = _Processes()
     out_dir = Path(out_dir)
@@ -526,7 +556,7 @@ def evaluate(
 
     if todo:
         runner = _build_method(
-            method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device, rerank_prompt
+            method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device, rerank_prompt, image_backend
         )
         bar = tqdm(
             total=n_shard,

@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
 
 from vcontrast.models import get_adapter, supported_model_types
+from vcontrast.models.image_backend import check_image_backend, image_backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def load_model(
     *,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
+    image_backend: str | None = None,
 ):
     """`(model, processor)` from `path` with `AutoModelForImageTextToText` / `AutoProcessor`, in eval mode.
 
@@ -42,12 +45,16 @@ def load_model(
         dtype (`torch.dtype | str | None`, *optional*): e.g. `torch.bfloat16` or `"bfloat16"`; None (or `"auto"`)
             keeps the checkpoint's dtype. Applies to the toy model too.
         device (`str | torch.device | None`, *optional*): where to put the model; None leaves it on the CPU.
+        image_backend (`str | None`, *optional*): the image processor's backend, "pil" or "torchvision"; None takes
+            transformers' choice (torchvision where it is installed). The two resize differently, so pin one to
+            compare numbers across machines (`vcontrast.models.image_backend`).
 
     Raises:
         ValueError: before any weights load, if the device does not exist on this machine, the folder does not
             exist (a path-like name is never sent to the hub), its config.json is missing or broken, its family is
-            not supported, a weights file is truncated or the processor files are missing; or if a hub name cannot
-            be reached.
+            not supported, a weights file is truncated, the processor files are missing or the image backend is
+            unknown, not installed or not one the checkpoint's image processor has; or if a hub name cannot be
+            reached.
 
     Examples:
 
@@ -55,28 +62,55 @@ def load_model(
     >>> model, processor = load_model("checkpoints/llava-1.5-7b-hf", dtype="bfloat16", device="cuda")
     ```
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     device = check_device(device)
     torch_dtype = _torch_dtype(dtype) if dtype is not None and dtype != "auto" else None
     if path is None:
         from vcontrast.toy import load
 
-        model, processor = load(device=device) if device is not None else load()
+        model, processor = load(device=device, image_backend=image_backend)
         return (model.to(torch_dtype) if torch_dtype is not None else model), processor
     source = check_model_source(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    processor = load_processor(source, image_backend=image_backend)  # the cheap half first: fails fast
     try:
-        processor = AutoProcessor.from_pretrained(source)  # the cheap half first: it fails fast on a wrong folder
         with quiet_progress(Path(source).is_dir() and _weights_bytes(Path(source)) < QUIET_LOAD_BYTES):
             model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except OSError as error:  # transformers' "not a valid model identifier", a missing file on the hub
-        raise ValueError(f"cannot load model {str(path)!r}: {' '.join(str(error).split())[:300]}") from error
+        raise ValueError(f"cannot load model {str(path)!r}: {_one_line(error)}") from error
     get_adapter(model)  # hub models: their config was not read before
     if device is not None:
         model = model.to(device)
     logger.info("loaded %s (%s) from %s", type(model).__name__, model.config.model_type, path)
     return model.eval(), processor
+
+
+def load_processor(path: str | Path, *, image_backend: str | None = None, **kwargs: Any):
+    """`AutoProcessor.from_pretrained(path)` with the image backend `image_backend` ("pil", "torchvision" or None:
+    transformers' choice); `kwargs` go to `from_pretrained`.
+
+    Raises:
+        ValueError: if the processor cannot be loaded, or the backend is unknown, not installed, or not one the
+            image processor has (transformers would fall back to the other one with a warning).
+    """
+    from transformers import AutoProcessor
+
+    backend = check_image_backend(image_backend)
+    try:
+        processor = AutoProcessor.from_pretrained(path, **({"backend": backend} if backend else {}), **kwargs)
+    except OSError as error:
+        raise ValueError(f"cannot load the processor of {str(path)!r}: {_one_line(error)}") from error
+    got = image_backend_of(processor)
+    if backend is not None and got is not None and got != backend:
+        name = type(processor.image_processor).__name__
+        raise ValueError(f"{path}: the image processor has no {backend!r} backend (transformers gave {name}, {got!r})")
+    return processor
+
+
+def _one_line(error: Exception) -> str:
+    # transformers' loading errors span lines; the first 300 characters on one line name the problem
+    return " ".join(str(error).split())[:300]
 
 
 @dataclass

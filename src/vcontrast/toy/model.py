@@ -141,13 +141,15 @@ def build_model(processor, **config_kwargs):
     return model
 
 
-def load(path: str | Path | None = None, *, device: str | None = None):
+def load(path: str | Path | None = None, *, device: str | None = None, image_backend: str | None = None):
     """Load the toy VLM and its processor through `from_pretrained`, offline.
 
     Args:
         path (`str | Path`, *optional*): a folder written by `save_pretrained` (a training run's output); defaults to
             the weights shipped inside the package (`WEIGHTS_DIR`).
         device (`str`, *optional*): where to put the model (e.g. "cuda"); defaults to CPU.
+        image_backend (`str`, *optional*): the image processor's backend, "pil" or "torchvision" (`load_processor`);
+            defaults to transformers' choice.
 
     Returns:
         `tuple[LlavaForConditionalGeneration, LlavaProcessor]`: the model in eval mode, and its processor.
@@ -162,18 +164,18 @@ def load(path: str | Path | None = None, *, device: str | None = None):
     'red'
     ```
     """
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     missing = [f for f in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / f).is_file()]
     if missing:
         hint = " Train one with `vcontrast toy train`." if path is None else ""
         raise FileNotFoundError(f"no toy model in {folder} (missing {', '.join(missing)}).{hint}")
-    from vcontrast.models.loading import quiet_progress
+    from vcontrast.models.loading import load_processor, quiet_progress
 
     with quiet_progress():  # a "Loading weights" bar for a 1 MB model is noise
         model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    processor = load_processor(folder, image_backend=image_backend, local_files_only=True)
     warn_unknown_words(processor.tokenizer)
     if device is not None:
         model = model.to(device)

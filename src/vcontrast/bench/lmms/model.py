@@ -11,6 +11,8 @@ model_args (`--model_args key=value,...`):
 - `proposer_model`: local checkpoint of the proposer.
 - `noise_step` (500): diffusion step of the `noise` contrast.
 - `max_new_tokens` (32): generation length when the task sets none.
+- `image_backend`: the image processor's backend, `pil` or `torchvision` (default: transformers' choice,
+  torchvision where installed); they resize differently (`load_model`).
 
 lmms-eval's `--batch_size N` batches `generate_until` requests (N at a time); loglikelihood requests run one by one.
 
@@ -79,6 +81,7 @@ class VContrastCRG(lmms):
         proposer_model: str | None = None,
         noise_step: int = 500,
         max_new_tokens: int = 32,
+        image_backend: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -86,7 +89,7 @@ class VContrastCRG(lmms):
         if unknown:
             raise ValueError(
                 f"vcontrast_crg: unknown model_args {unknown}; known: pretrained, alpha, contrast, proposer, "
-                "proposer_model, noise_step, max_new_tokens"
+                "proposer_model, noise_step, max_new_tokens, image_backend"
             )
         if contrast not in CONTRASTS:
             raise ValueError(f"vcontrast_crg: `contrast` (={contrast!r}) must be one of {', '.join(CONTRASTS)}")
@@ -94,7 +97,7 @@ class VContrastCRG(lmms):
 
         self.batch_size_per_gpu = max(1, int(kwargs.get("batch_size") or 1))
         pretrained = None if pretrained in (None, "", "toy") else str(pretrained)
-        model, processor = load_model(pretrained)
+        model, processor = load_model(pretrained, image_backend=image_backend or None)
         if isinstance(proposer, str) and proposer.lower() == "none":
             proposer = None
         self.contrast = contrast
