@@ -38,11 +38,7 @@ def bomb_file(tmp_path_factory):
 @pytest.fixture
 def model_folder(tmp_path):
     """A complete save_pretrained folder of the tiny LLaVA (model and processor)."""
-    model, processor = tm.build("llava")
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return tm.save_checkpoint(tmp_path / "model")
 
 
 @pytest.fixture
@@ -103,6 +99,25 @@ def test_cuda_device_on_cpu_build(capsys, image_file, no_loading):
 
 def test_unknown_device(capsys, image_file, no_loading):
     assert_user_error(invoke(capsys, ask(image_file, "--device", "banana")), "'banana'", "'cpu'")
+
+
+def test_image_backend(capsys, image_file, no_loading, monkeypatch):
+    assert_user_error(invoke(capsys, ask(image_file, "--image-backend", "fast")), "'fast'", "'pil', 'torchvision'")
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_torchvision_available", lambda: False)
+    assert_user_error(invoke(capsys, ask(image_file, "--image-backend", "torchvision")), "needs torchvision")
+    asked = []
+
+    def spy(*args, **kwargs):  # the checked backend reaches load_model (a tiny LLaVA stands in for the toy model)
+        asked.append(kwargs["image_backend"])
+        return tm.build("llava")
+
+    monkeypatch.setattr(loading, "load_model", spy)
+    for command in (["score", image_file, "q ?", "a red cup"], ["rerank", image_file, "a red cup"]):
+        code, _, err = invoke(capsys, [*command, "--box", "2,2,12,10", "--image-backend", "pil"])
+        assert code == 0, err
+    assert asked == ["pil", "pil"]
 
 
 def test_decompression_bomb_image(capsys, bomb_file, no_loading):
@@ -200,13 +215,13 @@ def test_complete_model_folder_loads(model_folder):
 def test_over_long_question_names_the_limit(capsys, image_file, monkeypatch):
     built = tm.build("llava")
     limit = built[0].config.text_config.max_position_embeddings
-    monkeypatch.setattr(crg_cli, "load_model", lambda model=None, device=None: built)
+    monkeypatch.setattr(crg_cli, "load_model", lambda model=None, device=None, image_backend=None: built)
     question = " ".join(["red"] * (limit + 10))
     assert_user_error(invoke(capsys, ["ask", image_file, question, "--box", "2,2,12,10"]), f"limit of {limit}")
 
 
 def test_unexpected_errors_show_the_traceback_and_say_bug(capsys, image_file, monkeypatch):
-    def broken(model=None, device=None):
+    def broken(model=None, device=None, image_backend=None):
         _a, _b = [1]  # an implicit ValueError: a bug, not a user error
 
     monkeypatch.setattr(crg_cli, "load_model", broken)

@@ -12,7 +12,7 @@ from vcontrast.crg import cli
 
 @pytest.fixture
 def app(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model", lambda model=None, device=None: tm.build("llava"))
+    monkeypatch.setattr(cli, "load_model", lambda model=None, device=None, image_backend=None: tm.build("llava"))
 
     def invoke(args):
         code = run(args)

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from vcontrast.crg.cli import ImageBackendOption
+
 
 def eval_command(
     benchmark: Annotated[
@@ -66,13 +68,7 @@ def eval_command(
             "'Describe the image.'), e.g. 'name one object in the image .' for the toy model."
         ),
     ] = None,
-    image_backend: Annotated[
-        str | None,
-        typer.Option(
-            help="Image processor backend: 'pil' or 'torchvision'; default: transformers' choice (torchvision where "
-            "installed). They resize differently: pin one to compare numbers across machines."
-        ),
-    ] = None,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Evaluate a model on a benchmark from local files, with or without CRG; prints a metrics table.
 

@@ -24,6 +24,13 @@ BoxOption = Annotated[
 ]
 AlphaOption = Annotated[float, typer.Option(help="Guidance strength alpha (0 turns CRG off).")]
 DeviceOption = Annotated[str | None, typer.Option(help="Where to run the model, e.g. 'cuda'; default: CPU.")]
+ImageBackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Image processor backend: 'pil' or 'torchvision'; default: transformers' choice (torchvision where "
+        "installed). They resize differently: pin one to compare numbers across machines."
+    ),
+]
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -38,16 +45,26 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
-def load_model(model: str | None = None, device: str | None = None) -> tuple[Any, Any]:
+def load_model(
+    model: str | None = None, device: str | None = None, image_backend: str | None = None
+) -> tuple[Any, Any]:
     """`(model, processor)`: the shipped toy VLM for `None`, else `from_pretrained(model)`."""
     from vcontrast.models.loading import load_model as load
 
-    return load(model, device=device)
+    return load(model, device=device, image_backend=image_backend)
 
 
-def _inputs(image: Path, texts: list[str] | None, alpha: float, device: str | None, model: str | None):
+def _inputs(
+    image: Path,
+    texts: list[str] | None,
+    alpha: float,
+    device: str | None,
+    model: str | None,
+    image_backend: str | None,
+):
     # Everything the user gave, checked before the model loads: (picture, pixel boxes).
     from vcontrast.crg.guidance import check_alpha
+    from vcontrast.models.image_backend import check_image_backend
     from vcontrast.models.loading import check_device, check_model_source
     from vcontrast.regions import open_image, parse_boxes
 
@@ -58,6 +75,7 @@ def _inputs(image: Path, texts: list[str] | None, alpha: float, device: str | No
             f"--alpha {alpha:g} has to be a finite number >= 0 (0 turns CRG off; the paper uses 1)"
         ) from error
     check_device(device)
+    check_image_backend(image_backend)
     if model is not None:
         check_model_source(model)
     picture = open_image(image)
@@ -77,6 +95,7 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 32,
     save: Annotated[Path | None, typer.Option(help="Write a side-by-side picture (PNG) here.")] = None,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Answer QUESTION about IMAGE with and without CRG, blacking out the --box regions in the contrast image."""
     from vcontrast.atomic import IMAGE_SUFFIXES, check_output_file, save_image
@@ -86,8 +105,8 @@ def ask(
         raise ValueError(f"--max-new-tokens {max_new_tokens} has to be at least 1")
     if save is not None:
         check_output_file(save, "--save", IMAGE_SUFFIXES)
-    picture, boxes = _inputs(image, box, alpha, device, model)
-    vlm, processor = load_model(model, device)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    vlm, processor = load_model(model, device, image_backend)
     crg = CRG(vlm, processor, alpha=alpha)
     plain_crg = CRG(vlm, processor, alpha=0.0)
     guided = crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
@@ -114,14 +133,15 @@ def score(
     reduce: Annotated[str, typer.Option(help="'sum' or 'mean' over each candidate's tokens.")] = "sum",
     normalize: Annotated[bool, typer.Option(help="Renormalise the guided distribution.")] = True,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Score CANDIDATES as answers to PROMPT about IMAGE: CRG-guided and plain log-likelihoods, best first."""
     from vcontrast.crg import CRG
 
     if reduce not in ("sum", "mean"):
         raise ValueError(f"--reduce {reduce!r} has to be 'sum' or 'mean'")
-    picture, boxes = _inputs(image, box, alpha, device, model)
-    vlm, processor = load_model(model, device)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    vlm, processor = load_model(model, device, image_backend)
     guided = CRG(vlm, processor, alpha=alpha).score(picture, prompt, candidates, boxes, reduce, normalize)
     plain = CRG(vlm, processor, alpha=0.0).score(picture, prompt, candidates, boxes, reduce, normalize)
     order = sorted(range(len(candidates)), key=lambda i: -guided[i])
@@ -139,12 +159,13 @@ def rerank(
     alpha: AlphaOption = 1.0,
     model: ModelOption = None,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Pick the --box proposal that TEXT refers to: each proposal is blacked out alone and scored with CRG."""
     from vcontrast.crg import CRG
 
-    picture, boxes = _inputs(image, box, alpha, device, model)
-    vlm, processor = load_model(model, device)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    vlm, processor = load_model(model, device, image_backend)
     best, scores = CRG(vlm, processor, alpha=alpha).rerank(picture, text, boxes, prompt=prompt)
     for i, (proposal, value) in enumerate(zip(boxes, scores, strict=True)):
         mark = "  <- best" if i == best else ""

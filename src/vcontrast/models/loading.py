@@ -69,7 +69,8 @@ def load_model(
     if path is None:
         from vcontrast.toy import load
 
-        model, processor = load(device=device, image_backend=image_backend)
+        given = {k: v for k, v in (("device", device), ("image_backend", image_backend)) if v is not None}
+        model, processor = load(**given)
         return (model.to(torch_dtype) if torch_dtype is not None else model), processor
     source = check_model_source(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
