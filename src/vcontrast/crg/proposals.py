@@ -504,10 +504,15 @@ class DetectorProposer:
     # ---- OWLv2 / OWL-ViT -----------------------------------------------------------------------------------------
 
     def _owl(self, image: Image.Image, phrases: list[str]) -> list[tuple[list[float], float, str]]:
+        from vcontrast.models.image_backend import image_backend_of
+
         width, height = image.size
         image_kwargs: dict[str, Any] = {}
         image_processor = self.processor.image_processor
-        if self.model.config.model_type == "owlv2" and image_processor.do_resize:
+        # OWLv2's PIL image processor resizes with scipy; its torchvision one does not need it (and fails on
+        # do_resize=False), so only the PIL one gets the workaround.
+        pil = image_backend_of(image_processor) != "torchvision"
+        if self.model.config.model_type == "owlv2" and image_processor.do_resize and pil:
             from transformers.utils import is_scipy_available
 
             if not is_scipy_available():
