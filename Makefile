@@ -10,7 +10,7 @@ OLDEST := requirements/oldest.txt
 PYTEST := -m pytest -q -p no:cacheprovider
 REPORT_VERSIONS := pip list 2>/dev/null | grep -iE '^(torch|transformers|tokenizers|accelerate|trl|peft|huggingface.hub) '
 
-.PHONY: install test test-all test-gpu test-latest test-oldest lint lock demo clean test-lmms
+.PHONY: install test test-all test-gpu test-latest test-oldest test-torchvision lint lock demo clean test-lmms
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,20 @@ test-oldest:
 	.venv-oldest/bin/$(REPORT_VERSIONS)
 	.venv-oldest/bin/python $(PYTEST)
 
+# The suite where torchvision is installed, as on a typical GPU image: transformers then loads the torchvision image
+# processors, which resize differently from the PIL ones (`vcontrast.models.image_backend`). No CPU build of
+# torchvision exists here, so this takes torch 2.14.1 + torchvision 0.29.1, CUDA builds that run on the CPU (about
+# 5.5 GB), and the lock's versions of everything else.
+TORCHVISION := torch==2.14.1 torchvision==0.29.1
+test-torchvision:
+	rm -rf .venv-torchvision && $(PY) -m venv .venv-torchvision
+	.venv-torchvision/bin/pip install --quiet $(TORCHVISION)
+	grep -v '^torch==' $(LOCK) > .venv-torchvision/constraints.txt
+	.venv-torchvision/bin/pip install --quiet -c .venv-torchvision/constraints.txt -e ".[dev]"
+	.venv-torchvision/bin/$(REPORT_VERSIONS)
+	.venv-torchvision/bin/pip list 2>/dev/null | grep -i '^torchvision '
+	.venv-torchvision/bin/python $(PYTEST)
+
 # Regenerate the lock: a fresh venv with the newest releases pyproject admits (torch CPU), frozen.
 lock:
 	rm -rf .venv-lock && $(PY) -m venv .venv-lock
@@ -68,7 +82,7 @@ demo: $(STAMP)
 	$(BIN)/vcontrast demo --out out
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock out .pytest_cache $(LMMS_DIR)
+	rm -rf $(VENV) .venv-latest .venv-oldest .venv-torchvision .venv-lock out .pytest_cache $(LMMS_DIR)
 
 # --- lmms-eval integration (tests/bench/test_lmms.py) ----------------------------------------------------------
 # lmms-eval 0.7.3 requires torch 2.14 + CUDA wheels, wandb, openai, opencv, yt-dlp, ...: it is installed --no-deps
