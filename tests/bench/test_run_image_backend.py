@@ -39,6 +39,20 @@ def test_run_json_records_the_backend_and_a_rerun_on_the_other_is_refused(tmp_pa
         evaluate("toy", data, model=folder, out_dir=tmp_path / "ckpt-run", **COMMON)
 
 
+def test_a_run_json_from_before_the_field_resumes_with_a_warning(tmp_path, caplog):
+    data, out = toy_items(tmp_path / "data"), tmp_path / "out"
+    evaluate("toy", data, model=tm.build("llava"), out_dir=out, limit=1, **COMMON)
+    record = run_record(out)
+    del record["image_backend"]  # as vcontrast wrote it before recording the backend
+    (out / RUN_FILE).write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="vcontrast.bench.runner"):
+        summary = evaluate("toy", data, model=tm.build("llava"), out_dir=out, limit=2, **COMMON)
+    assert summary["n_items"] == 2  # the first item resumed, the second computed
+    assert "written before vcontrast recorded image_backend; resuming it as a run with image_backend='pil'" in (
+        caplog.text
+    )
+
+
 def test_image_backend_arguments_are_checked(tmp_path, monkeypatch):
     data = toy_items(tmp_path / "data")
     model, processor = tm.build("llava")
