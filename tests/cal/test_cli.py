@@ -73,6 +73,11 @@ def test_precompute_resumes_to_the_uninterrupted_result(data, model_dir):
         torch.testing.assert_close(resumed[sid]["delta"], stored["delta"], atol=1e-5, rtol=0)
         torch.testing.assert_close(resumed[sid]["weights"], stored["weights"], atol=1e-5, rtol=0)
     assert torch.equal(expected["d"]["delta"], torch.zeros_like(expected["d"]["delta"]))  # text only: no gain
+    # the provenance names the image backend of the collator's processor; a pinned one is the one recorded
+    assert json.loads(full.read_text().splitlines()[0])["vcontrast_cal"]["image_backend"] in ("pil", "torchvision")
+    pinned = data.with_name("pil.cal.jsonl")
+    run("cal", "precompute", data, "--model", model_dir, "--out", pinned, "--image-backend", "pil", "--limit", "1")
+    assert json.loads(pinned.read_text().splitlines()[0])["vcontrast_cal"]["image_backend"] == "pil"
 
 
 def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
@@ -99,6 +104,7 @@ def test_audit_resumes_and_sorts_most_suspicious_first(data, model_dir):
         (("--contrast", "fog:3"), "fog"),
         (("--limit", "0"), "(=0)"),
         (("--window", "2"), "`window` (=2)"),
+        (("--image-backend", "opencv"), "image backend 'opencv' is not one of 'pil', 'torchvision'"),
     ],
 )
 def test_precompute_bad_input(data, model_dir, args, message):

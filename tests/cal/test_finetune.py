@@ -82,10 +82,22 @@ def test_train_with_precomputed_weights(tmp_path, data, model_dir):
         (("--beta", "0.5"), "`beta` (=0.5)"),
         (("--max-length", "70"), "no assistant token left within `max_length` (=70)"),  # every label cut off
         (("--cal-weights", "nope.jsonl"), "no precomputed CAL weights at nope.jsonl"),
+        (("--image-backend", "opencv"), "image backend 'opencv' is not one of 'pil', 'torchvision'"),
     ],
 )
 def test_train_bad_input(tmp_path, data, model_dir, extra, message):
     assert message in run(*train_args(data, model_dir, tmp_path / "run", "--max-steps", "1", *extra), code=2).output
+
+
+def test_image_backend_is_for_a_model_finetune_loads(tmp_path, data, model_dir):
+    from transformers import TrainingArguments
+
+    from vcontrast.cal.finetune import finetune
+
+    model, processor = load_model(model_dir, image_backend="pil")
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="`image_backend` applies to a model `finetune` loads"):
+        finetune(data, args, model=model, processor=processor, image_backend="pil")
 
 
 def test_train_missing_image(tmp_path, data, model_dir):

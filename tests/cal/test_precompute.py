@@ -19,6 +19,7 @@ from vcontrast.cal import (
     summarize_audit,
     token_report,
 )
+from vcontrast.cal import precompute as precompute_module
 from vcontrast.cal.precompute import provenance
 
 
@@ -179,8 +180,8 @@ def test_provenance_records_model_contrast_params_and_tokenizer(tmp_path):
         show_progress=False,
     )
     meta = _header(path)
-    assert meta == provenance(model, CALConfig(beta=3.0), proc.tokenizer)
-    assert {"model_config", "model_weights", "tokenizer"} <= set(meta)
+    assert meta == provenance(model, CALConfig(beta=3.0), proc.tokenizer, processor=proc)
+    assert {"model_config", "model_weights", "tokenizer"} <= set(meta) and meta["image_backend"] == "pil"
     assert (meta["contrast"], meta["alpha"], meta["beta"], meta["window"]) == ("none", 1.0, 3.0, 3)
     # The fingerprints see a changed weight, config or vocabulary.
     other = copy.deepcopy(model)
@@ -226,6 +227,31 @@ def test_resume_with_another_run_is_refused_naming_what_differs(tmp_path, change
         )
     assert str(path) in str(error.value)
     assert path.read_text() == before  # nothing appended
+
+
+@pytest.mark.parametrize("run", ["precompute", "audit"])
+def test_resume_on_the_other_image_backend_is_refused_and_older_files_resume(tmp_path, monkeypatch, caplog, run):
+    model, proc = tm.build("llava")
+    fn = precompute_weights if run == "precompute" else audit
+    path = tmp_path / "w.jsonl"
+    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    # the same data on a machine where transformers loads the torchvision image processor: refused, file untouched
+    with monkeypatch.context() as patch:
+        patch.setattr(precompute_module, "image_backend_of", lambda processor: "torchvision")
+        with pytest.raises(ValueError, match="another image_backend .*file 'pil' != 'torchvision'"):
+            fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    assert path.read_text().splitlines() == lines
+    # a file written before the backend was recorded resumes, saying what it takes it for
+    del header["vcontrast_cal"]["image_backend"]
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with caplog.at_level("WARNING", logger="vcontrast.cal.precompute"):
+        fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    assert "written before vcontrast recorded image_backend; taking it as computed with image_backend='pil'" in (
+        caplog.text
+    )
+    assert len(path.read_text().splitlines()) == 1 + 4
 
 
 def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_path):

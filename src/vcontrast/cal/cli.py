@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from vcontrast.crg.cli import ImageBackendOption
+
 cal_app = typer.Typer(
     help="CAL (Contrastive ALignment): token weights from the image's logit gain: precompute, show, audit.",
     no_args_is_help=True,
@@ -71,14 +73,16 @@ def _config(alpha: float, beta: float, window: int, contrast: str, normalize: st
         return CALConfig(alpha=alpha, beta=beta, window=window, contrast=contrast, normalize=normalize)
 
 
-def _load(model: str | None, device: str | None = None):
+def _load(model: str | None, device: str | None = None, image_backend: str | None = None):
     from vcontrast.models.loading import load_model
 
     with _usage_errors():
-        return load_model(model, device=device)
+        return load_model(model, device=device, image_backend=image_backend)
 
 
-def _prepare(data: Path, out: Path | None, suffix: str, config, model, device, image_folder, limit, max_length):
+def _prepare(
+    data: Path, out: Path | None, suffix: str, config, model, device, image_backend, image_folder, limit, max_length
+):
     # The shared set-up of `precompute` and `audit`: (examples, their total before --limit, output path, model,
     # processor, collator).
     from vcontrast.cal.data import ConversationCollator, read_conversations
@@ -88,7 +92,7 @@ def _prepare(data: Path, out: Path | None, suffix: str, config, model, device, i
     with _usage_errors():
         examples = read_conversations(data, image_folder)
     out = out if out is not None else data.with_name(f"{data.stem}{suffix}")
-    vlm, processor = _load(model, device)
+    vlm, processor = _load(model, device, image_backend)
     with _usage_errors():
         collate = ConversationCollator(
             processor, contrast=config.contrast if config.uses_pixels else None, max_length=max_length
@@ -118,6 +122,7 @@ def precompute(
     image_folder: ImageFolderOption = None,
     max_length: MaxLengthOption = None,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Store CAL's per-token logit gains and weights beside DATA, computed once with a frozen reference model.
@@ -130,7 +135,7 @@ def precompute(
 
     config = _config(alpha, beta, window, contrast)
     examples, total, out, vlm, _, collate = _prepare(
-        data, out, ".cal.jsonl", config, model, device, image_folder, limit, max_length
+        data, out, ".cal.jsonl", config, model, device, image_backend, image_folder, limit, max_length
     )
     with _usage_errors():
         path = precompute_weights(vlm, examples, collate, out, config, batch_size=batch_size, show_progress=progress)
@@ -178,6 +183,7 @@ def show(
         bool | None, typer.Option(help="Colour the tokens (ANSI); default: when printing to a terminal.")
     ] = None,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Print each token of TEXT with its logit gain from IMAGE and its CAL weight; save PNG/HTML heatmaps.
 
@@ -197,7 +203,7 @@ def show(
             check_output_file(html, "--html", (".html", ".htm"), create_folder=True)
         picture = open_image(image)
     config = _config(alpha, beta, window, contrast)
-    vlm, processor = _load(model, device)
+    vlm, processor = _load(model, device, image_backend)
     with _usage_errors():
         report = token_report(vlm, processor, picture, text, prompt=prompt, config=config)
     color = sys.stdout.isatty() if color is None else color
@@ -229,6 +235,7 @@ def audit(
     image_folder: ImageFolderOption = None,
     max_length: MaxLengthOption = None,
     device: DeviceOption = None,
+    image_backend: ImageBackendOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Score how much the image supports each sample of DATA, most suspicious samples first.
@@ -243,7 +250,7 @@ def audit(
 
     config = _config(1.0, 5.0, 3, contrast)
     examples, total, out, vlm, processor, collate = _prepare(
-        data, out, ".audit.jsonl", config, model, device, image_folder, limit, max_length
+        data, out, ".audit.jsonl", config, model, device, image_backend, image_folder, limit, max_length
     )
     with _usage_errors():
         records = run_audit(
@@ -323,6 +330,7 @@ def train(
         Path | None, typer.Option(help="An eval set in the format of --data, evaluated every --eval-steps.")
     ] = None,
     eval_steps: Annotated[int, typer.Option(help="Evaluate on --eval-data every this many steps.")] = 500,
+    image_backend: ImageBackendOption = None,
 ) -> None:
     """Fine-tune a VLM on LLaVA-style conversations (image path + human/gpt turns) with CAL or plain MLE.
 
@@ -376,6 +384,7 @@ def train(
             lora_r=lora_r,
             lora_targets=tuple(lora_targets.split(",")),
             eval_data=eval_data,
+            image_backend=image_backend,
         )
     print(f"trained {result.global_step} steps ({method}), final training loss {result.training_loss:.4f}")
     print(f"model written to {output_dir} (use --model {output_dir})")

@@ -52,6 +52,7 @@ def finetune(
     lora_r: int = 0,
     lora_targets: Sequence[str] = LORA_TARGETS,
     eval_data: str | Path | Sequence[dict] | None = None,
+    image_backend: str | None = None,
 ) -> TrainOutput:
     """Fine-tune a supported VLM on conversation data with CAL or MLE; save the result with `save_pretrained`.
 
@@ -85,6 +86,8 @@ def finetune(
         lora_targets (`Sequence[str]`, *optional*): layer names LoRA adapts (default: every decoder projection).
         eval_data (`str`, `Path` or `Sequence[dict]`, *optional*): an eval set, evaluated every `args.eval_steps`
             when `args.eval_strategy` is `"steps"` (CAL loss for `"cal"`, cross-entropy for `"mle"`).
+        image_backend (`str`, *optional*): the image processor's backend, "pil" or "torchvision", for a model
+            `finetune` loads ([`vcontrast.models.load_model`]); defaults to transformers' choice.
 
     Returns:
         `TrainOutput`: transformers' `(global_step, training_loss, metrics)`. `args.output_dir` holds the final model,
@@ -134,8 +137,10 @@ def finetune(
     if isinstance(model, nn.Module):
         if processor is None:
             raise ValueError("`processor` is required when `model` is a model object")
+        if image_backend is not None:
+            raise ValueError("`image_backend` applies to a model `finetune` loads; pass the processor wanted instead")
     else:
-        model, processor = load_model(model)
+        model, processor = load_model(model, image_backend=image_backend)
     parts = apply_stage(model, stage, tower_lr_ratio)
     logger.info("stage %s: trainable parameters per part %s", stage, parts)
     optimizer = stage_optimizer(model, args.learning_rate, tower_lr_ratio or 0.0, args.weight_decay)

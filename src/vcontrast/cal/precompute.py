@@ -36,6 +36,7 @@ from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
 from vcontrast.models import get_adapter
 from vcontrast.models.identity import digest, model_fingerprint
+from vcontrast.models.image_backend import image_backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
 
 
 def provenance(
-    model: nn.Module | None = None, config: CALConfig | None = None, tokenizer: Any = None
+    model: nn.Module | None = None, config: CALConfig | None = None, tokenizer: Any = None, processor: Any = None
 ) -> dict[str, Any]:
     """What produced a file of precomputed gains: the fields [`precompute_weights`] records and checks.
 
@@ -70,6 +71,8 @@ def provenance(
             values).
         config (`CALConfig`, *optional*): `contrast`, `alpha`, `beta`, `window`.
         tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): `tokenizer` (hash of its vocabulary).
+        processor (`ProcessorMixin`, *optional*): `image_backend`, "pil" or "torchvision" (they resize differently,
+            so the gains differ: `vcontrast.models.image_backend`), if it has an image processor.
 
     Returns:
         `dict`: only the fields whose source was given.
@@ -88,7 +91,15 @@ def provenance(
         out.update(_config_dict(config))
     if tokenizer is not None:
         out["tokenizer"] = _tokenizer_fingerprint(tokenizer)
+    backend = image_backend_of(processor) if processor is not None else None
+    if backend is not None:
+        out["image_backend"] = backend
     return out
+
+
+# Provenance fields that earlier versions of vcontrast did not write: a file without them still resumes (a warning
+# says what it is taken to have used).
+_RECORDED_SINCE = ("image_backend",)
 
 
 def _check_provenance(path: Path, stored: dict | None, expected: dict, action: str) -> None:
@@ -98,10 +109,16 @@ def _check_provenance(path: Path, stored: dict | None, expected: dict, action: s
             f"{path} has no provenance record (written by an older vcontrast, or not by vcontrast): cannot check that "
             f"it matches before {action}; delete it, or write to another path"
         )
+    older = {key: expected[key] for key in _RECORDED_SINCE if key in expected and key not in stored}
+    if older:
+        logger.warning(
+            "%s was written before vcontrast recorded %s; taking it as computed with %s",
+            path, ", ".join(older), ", ".join(f"{k}={v!r}" for k, v in older.items()),
+        )  # fmt: skip
     differ = [
         f"{key}: file {stored.get(key)!r} != {value!r}"
         for key, value in expected.items()
-        if value is not None and stored.get(key) != value
+        if value is not None and key not in older and stored.get(key) != value
     ]
     if differ:
         names = {"model_config": "model config", "model_weights": "model weights", "model_class": "model class"}
@@ -118,6 +135,15 @@ def _tokenizer_of(collate_fn: Any) -> Any:
         value = getattr(collate_fn, name, None)
         if value is not None:
             return value
+    return None
+
+
+def _processor_of(tokenizer: Any, collate_fn: Any) -> Any:
+    # The processor whose image processor makes the pixels: the `tokenizer` argument when it is a processor, else
+    # the collator's `processor`; None if neither has an image processor.
+    for candidate in (tokenizer, getattr(collate_fn, "processor", None)):
+        if candidate is not None and image_backend_of(candidate) is not None:
+            return candidate
     return None
 
 
@@ -281,7 +307,12 @@ def precompute_weights(
             )
         return out
 
-    meta = provenance(model, config, tokenizer if tokenizer is not None else _tokenizer_of(collate_fn))
+    meta = provenance(
+        model,
+        config,
+        tokenizer if tokenizer is not None else _tokenizer_of(collate_fn),
+        processor=_processor_of(tokenizer, collate_fn),
+    )
     stored = _run(
         model,
         dataset,
@@ -539,7 +570,7 @@ def audit(
             )
         return out
 
-    meta = provenance(model, config, tokenizer)
+    meta = provenance(model, config, tokenizer, processor=_processor_of(tokenizer, collate_fn))
     stored = _run(
         model,
         dataset,
