@@ -33,6 +33,8 @@ def test_run_json_records_the_backend_and_a_rerun_on_the_other_is_refused(tmp_pa
     assert run_record(tmp_path / "ckpt-run")["image_backend"] == default
     evaluate("toy", data, model=tm.build("llava"), out_dir=tmp_path / "pair-run", limit=1, **COMMON)
     assert run_record(tmp_path / "pair-run")["image_backend"] == "pil"
+    evaluate("toy", data, model=None, out_dir=tmp_path / "toy-run", limit=1, **COMMON)  # the shipped toy model
+    assert run_record(tmp_path / "toy-run")["image_backend"] == "pil"  # its training backend, wherever it runs
     # the same folder on a machine where the other backend is the default: refused before the model loads
     monkeypatch.setattr(vcontrast.models.image_backend, "image_backend_of", lambda processor: other)
     with pytest.raises(ValueError, match=f'image_backend: was "{default}", now "{other}"'):

@@ -42,6 +42,11 @@ def test_load_model_with_the_pil_backend(tmp_path):
         load_model(folder, image_backend="fast")
 
 
+def test_the_toy_model_loads_the_backend_it_was_trained_with():
+    _, processor = load_model()
+    assert image_backend_of(processor) == "pil"  # also where torchvision is installed
+
+
 @pytest.mark.skipif(HAS_TORCHVISION, reason="needs a machine without torchvision")
 def test_a_backend_the_processor_falls_back_from_is_refused(monkeypatch, tmp_path):
     # With the installed check passed, transformers gives the PIL class for "torchvision": caught, not used.
@@ -55,6 +60,7 @@ def test_both_backends_where_torchvision_is_installed(tmp_path):
     folder = tm.save_checkpoint(tmp_path)
     assert image_backend_of(load_processor(folder)) == "torchvision"  # transformers' default
     assert image_backend_of(load_processor(folder, image_backend="torchvision")) == "torchvision"
+    assert image_backend_of(load_model(image_backend="torchvision")[1]) == "torchvision"  # the toy model, on request
     _, processor = load_model(folder, image_backend="pil")
     _, in_memory = tm.build("llava")
     for seed in (0, 1):

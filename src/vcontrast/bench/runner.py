@@ -393,10 +393,11 @@ def _image_backend(model: Any, image_backend: str | None) -> str | None:
             )
         return got
     from vcontrast.models.loading import check_model_source, load_processor
-    from vcontrast.toy.model import WEIGHTS_DIR
+    from vcontrast.toy.model import IMAGE_BACKEND, WEIGHTS_DIR
 
-    source = WEIGHTS_DIR if model is None else check_model_source(model)
-    return image_backend_of(load_processor(source, image_backend=image_backend))
+    if model is None:  # the toy model: `vcontrast.toy.load`'s default backend
+        return image_backend_of(load_processor(WEIGHTS_DIR, image_backend=image_backend or IMAGE_BACKEND))
+    return image_backend_of(load_processor(check_model_source(model), image_backend=image_backend))
 
 
 def _summary(run: dict, items: list[Item], predictions: dict[str, dict], metrics: dict) -> dict:

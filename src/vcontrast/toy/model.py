@@ -19,6 +19,10 @@ from vcontrast.toy.tokenizer import BOS, EOS, IMAGE, IMAGE_SIZE, PAD, PATCH_SIZE
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+# The image backend toy models are trained with (`tokenizer.build_image_processor`: `CLIPImageProcessorPil`), so
+# the one `load` gives by default, also where transformers would take torchvision: the torchvision processor's pixels
+# differ by up to one grey level on toy images, and the published numbers would not reproduce.
+IMAGE_BACKEND = "pil"
 
 
 def toy_config(
@@ -149,7 +153,7 @@ def load(path: str | Path | None = None, *, device: str | None = None, image_bac
             the weights shipped inside the package (`WEIGHTS_DIR`).
         device (`str`, *optional*): where to put the model (e.g. "cuda"); defaults to CPU.
         image_backend (`str`, *optional*): the image processor's backend, "pil" or "torchvision" (`load_processor`);
-            defaults to transformers' choice.
+            defaults to `IMAGE_BACKEND` ("pil"), the one toy models are trained with.
 
     Returns:
         `tuple[LlavaForConditionalGeneration, LlavaProcessor]`: the model in eval mode, and its processor.
@@ -175,7 +179,7 @@ def load(path: str | Path | None = None, *, device: str | None = None, image_bac
 
     with quiet_progress():  # a "Loading weights" bar for a 1 MB model is noise
         model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
-    processor = load_processor(folder, image_backend=image_backend, local_files_only=True)
+    processor = load_processor(folder, image_backend=image_backend or IMAGE_BACKEND, local_files_only=True)
     warn_unknown_words(processor.tokenizer)
     if device is not None:
         model = model.to(device)
