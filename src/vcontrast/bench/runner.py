@@ -71,9 +71,6 @@ __all__ = [
 ]
 
 RUN_FILE = "run.json"
-# Fields of run.json that earlier versions of vcontrast did not write: a run.json without them still resumes (a
-# warning says what the resumed run is taken to have used).
-_RECORDED_SINCE = ("image_backend",)
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 _PART_GLOB = "predictions.part*.jsonl"
@@ -288,13 +285,9 @@ def _check_run(out_dir: Path, run: dict) -> bool:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); rerun with --overwrite to start over") from e
-    older = {key: run[key] for key in _RECORDED_SINCE if key not in previous and key in run}
-    if older:
-        logger.warning(
-            "%s was written before vcontrast recorded %s; resuming it as a run with %s",
-            path, ", ".join(older), ", ".join(f"{k}={v!r}" for k, v in older.items()),
-        )  # fmt: skip
-        previous = {**previous, **older}
+    from vcontrast.models.image_backend import backfill_image_backend  # lazily: vcontrast.models imports torch
+
+    previous = backfill_image_backend(previous, run, path, "resuming it as a run with")
     diffs = _differences(previous, run)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")

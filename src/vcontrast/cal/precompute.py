@@ -36,7 +36,7 @@ from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
 from vcontrast.models import get_adapter
 from vcontrast.models.identity import digest, model_fingerprint
-from vcontrast.models.image_backend import image_backend_of
+from vcontrast.models.image_backend import backfill_image_backend, image_backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ def provenance(
     return out
 
 
-# Provenance fields that earlier versions of vcontrast did not write: a file without them still resumes (a warning
-# says what it is taken to have used).
-_RECORDED_SINCE = ("image_backend",)
-
-
 def _check_provenance(path: Path, stored: dict | None, expected: dict, action: str) -> None:
     # Raise naming each field that differs; fields the caller did not give are not checked.
     if stored is None:
@@ -109,16 +104,11 @@ def _check_provenance(path: Path, stored: dict | None, expected: dict, action: s
             f"{path} has no provenance record (written by an older vcontrast, or not by vcontrast): cannot check that "
             f"it matches before {action}; delete it, or write to another path"
         )
-    older = {key: expected[key] for key in _RECORDED_SINCE if key in expected and key not in stored}
-    if older:
-        logger.warning(
-            "%s was written before vcontrast recorded %s; taking it as computed with %s",
-            path, ", ".join(older), ", ".join(f"{k}={v!r}" for k, v in older.items()),
-        )  # fmt: skip
+    stored = backfill_image_backend(stored, expected, path, "taking it as computed with")
     differ = [
         f"{key}: file {stored.get(key)!r} != {value!r}"
         for key, value in expected.items()
-        if value is not None and key not in older and stored.get(key) != value
+        if value is not None and stored.get(key) != value
     ]
     if differ:
         names = {"model_config": "model config", "model_weights": "model weights", "model_class": "model class"}

@@ -10,9 +10,14 @@ one, and the eval runner records the backend it ran with, so that a resumed run 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_BACKENDS", "check_image_backend", "image_backend_of"]
+__all__ = ["IMAGE_BACKENDS", "backfill_image_backend", "check_image_backend", "image_backend_of"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_BACKENDS = ("pil", "torchvision")
 # The base classes transformers' image processors derive from, per backend.
@@ -59,3 +64,19 @@ def image_backend_of(processor: Any) -> str | None:
         if cls.__name__ in _BACKEND_CLASSES:
             return _BACKEND_CLASSES[cls.__name__]
     return None
+
+
+def backfill_image_backend(record: Mapping, current: Mapping, path: Path, taken_as: str) -> dict:
+    """`record` (a run.json or a provenance record read from `path`) with `current`'s "image_backend" filled in when
+    it was written before vcontrast recorded the field, so that it still resumes; a warning says so, `taken_as` (e.g.
+    "resuming it as a run with") naming what the record is taken for."""
+    if "image_backend" in record or "image_backend" not in current:
+        return dict(record)
+    backend = current["image_backend"]
+    logger.warning(
+        "%s was written before vcontrast recorded image_backend; %s image_backend=%r",
+        path,
+        taken_as,
+        backend,
+    )
+    return {**record, "image_backend": backend}
