@@ -288,7 +288,9 @@ def training_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-POLL_SECONDS = 30.0  # how often a worker with nothing left to take checks the runs other workers hold
+# How often a worker with nothing left to take checks the runs other workers hold: a few file reads, so often enough
+# that a worker is not left idle for long (the tiny budget's tier 1 on two workers took 47 s at 30 s, 17 s at 2 s).
+POLL_SECONDS = 2.0
 
 
 def _complete(run: Run, folder: Path) -> bool:
