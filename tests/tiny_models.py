@@ -818,8 +818,8 @@ def build(family: str, seed: int = 0, tokenizer: str | None = None):
 
 def save_checkpoint(path, family: str = "llava") -> Path:
     """The cached tiny `family` model and its processor, saved to `path` (a checkpoint folder for `load_model`). A copy
-    of the model is saved: `save_pretrained` fills in the sub-configs' `dtype`, which would change the cached model's
-    fingerprint for the tests that follow."""
+    of the model is saved: `save_pretrained` fills in the config's `architectures` and `dtype`, and the cached model
+    must stay as built for the tests that follow."""
     model, processor = build(family)
     copy.deepcopy(model).save_pretrained(path)
     processor.save_pretrained(path)

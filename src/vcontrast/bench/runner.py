@@ -276,8 +276,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_run(out_dir: Path, run: dict) -> bool:
-    """True if `run.json` is missing (a new run); raises if it describes a different run, naming what differs."""
+def _check_run(out_dir: Path, run: dict, model: Any = None) -> bool:
+    """True if `run.json` is missing (a new run); raises if it describes a different run, naming what differs.
+    `model` is what `evaluate` was given: a loaded pair's model config hash as an older vcontrast wrote it counts."""
     path = out_dir / RUN_FILE
     if not path.is_file():
         return True
@@ -285,9 +286,12 @@ def _check_run(out_dir: Path, run: dict) -> bool:
         previous = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); rerun with --overwrite to start over") from e
-    from vcontrast.models.image_backend import backfill_image_backend  # lazily: vcontrast.models imports torch
+    from vcontrast.models.identity import backfill_model_config  # lazily: vcontrast.models imports torch
+    from vcontrast.models.image_backend import backfill_image_backend
 
     previous = backfill_image_backend(previous, run, path, "resuming it as a run with")
+    if isinstance(model, tuple) and isinstance(previous.get("model"), dict):
+        previous["model"] = backfill_model_config(previous["model"], model[0], path, "resuming it with")
     diffs = _differences(previous, run)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -543,7 +547,7 @@ def evaluate(
             _clear_run(out_dir)
         procs.barrier()
     # Every process checks run.json and reads what is done before any process writes (same error on every rank).
-    new_run = _check_run(out_dir, run)
+    new_run = _check_run(out_dir, run, model)
     done = set(_known_predictions(out_dir)) & set(counts)
     procs.barrier()
     if procs.is_main and new_run:

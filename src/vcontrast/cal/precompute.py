@@ -35,7 +35,7 @@ from vcontrast.atomic import atomic_path, no_debris, write_text
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import WEIGHTS_KEY, cal_deltas, cal_label_mask, token_weights
 from vcontrast.models import get_adapter
-from vcontrast.models.identity import digest, model_fingerprint
+from vcontrast.models.identity import backfill_model_config, digest, model_fingerprint
 from vcontrast.models.image_backend import backfill_image_backend, image_backend_of
 
 logger = logging.getLogger(__name__)
@@ -97,14 +97,18 @@ def provenance(
     return out
 
 
-def _check_provenance(path: Path, stored: dict | None, expected: dict, action: str) -> None:
-    # Raise naming each field that differs; fields the caller did not give are not checked.
+def _check_provenance(
+    path: Path, stored: dict | None, expected: dict, action: str, model: nn.Module | None = None
+) -> None:
+    # Raise naming each field that differs; fields the caller did not give are not checked. `model` is the one
+    # `expected` was computed from, to recognise its config hash as an older vcontrast wrote it.
     if stored is None:
         raise ValueError(
             f"{path} has no provenance record (written by an older vcontrast, or not by vcontrast): cannot check that "
             f"it matches before {action}; delete it, or write to another path"
         )
     stored = backfill_image_backend(stored, expected, path, "taking it as computed with")
+    stored = backfill_model_config(stored, model, path, "taking it as computed with")
     differ = [
         f"{key}: file {stored.get(key)!r} != {value!r}"
         for key, value in expected.items()
@@ -211,7 +215,7 @@ def _append_records(
 ) -> list[dict]:
     stored_meta, kept = _read_jsonl(path)
     if path.exists() and (kept or stored_meta is not None):
-        _check_provenance(path, stored_meta, meta, "resume (append to) it")
+        _check_provenance(path, stored_meta, meta, "resume (append to) it", model)
     done = {record["id"] for record in kept}
     # (Re)written with the provenance first and without a truncated tail, so that appends start on a clean line.
     _write_jsonl(path, meta, kept)
@@ -377,14 +381,14 @@ def load_weights(
         with safe_open(str(path), framework="pt") as f:
             meta = (f.metadata() or {}).get(META_KEY)
         if expected:
-            _check_provenance(path, None if meta is None else json.loads(meta), expected, "load it")
+            _check_provenance(path, None if meta is None else json.loads(meta), expected, "load it", model)
         for key, value in load_file(str(path)).items():
             sid, _, field = key.rpartition("/")
             out.setdefault(sid, {})[field] = value
         return out
     meta, records = _read_jsonl(path)
     if expected:
-        _check_provenance(path, meta, expected, "load it")
+        _check_provenance(path, meta, expected, "load it", model)
     for r in records:
         out[r["id"]] = {
             "tokens": torch.tensor(r["tokens"], dtype=torch.long),
