@@ -430,3 +430,66 @@ def test_owlv2_without_scipy_warns_once(owlv2, monkeypatch, caplog):
     # the PIL image processor needs scipy (vcontrast resizes instead, and says so); the torchvision one does not
     expected = 1 if image_backend_of(owlv2.processor) == "pil" else 0
     assert sum("scipy is not installed" in r.getMessage() for r in caplog.records) == expected
+
+
+# ---- image backend --------------------------------------------------------------------------------------------------
+
+
+def test_detectors_load_the_image_backend_asked_for(grounding_dino_dir, owlv2_dir):
+    from tests.models.test_image_backend import HAS_TORCHVISION
+    from vcontrast.crg.proposals import GroundingDinoProposer
+
+    for proposer in (
+        DetectorProposer.from_pretrained(owlv2_dir, image_backend="pil"),
+        GroundingDinoProposer(grounding_dino_dir, image_backend="pil"),
+        get_proposer("owlv2", model=owlv2_dir, image_backend="pil"),
+    ):
+        assert image_backend_of(proposer.processor) == "pil"
+    with pytest.raises(ValueError, match="image backend 'opencv' is not one of"):
+        DetectorProposer.from_pretrained(owlv2_dir, image_backend="opencv")
+    if HAS_TORCHVISION:
+        assert image_backend_of(get_proposer("owlv2", model=owlv2_dir, image_backend="torchvision").processor) == (
+            "torchvision"
+        )
+    else:
+        with pytest.raises(ValueError, match="torchvision"):
+            get_proposer("grounding-dino", model=grounding_dino_dir, image_backend="torchvision")
+
+
+def test_an_eval_method_loads_its_detector_with_the_vlms_image_backend(owlv2_dir, registry, tmp_path, monkeypatch):
+    # The runner records and pins the VLM's image backend; a built-in detector the method loads follows it, so that
+    # a run's proposals do not change backend with the machine either. A registered proposer gets no such argument.
+    from tests import tiny_models as tm
+    from vcontrast.bench.methods import get_method
+
+    model, processor = tm.build("llava")
+    given = []
+
+    def recording(factory):
+        def build(**kwargs):
+            given.append(kwargs)
+            return factory(**kwargs)
+
+        return build
+
+    registry["owlv2"] = recording(proposals.load_owlv2)
+    monkeypatch.setitem(proposals.DEFAULT_CHECKPOINTS, "owlv2", str(owlv2_dir))  # offline: no hub download
+    registry["exact-test"] = recording(lambda **kwargs: lambda image, phrases: [])
+    method = get_method("crg", model, processor, proposer="owlv2", proposer_model=str(owlv2_dir))
+    method.propose(_image(), ["cup"])
+    assert given[-1]["image_backend"] == image_backend_of(processor) == "pil"
+    assert image_backend_of(method._built_proposer.processor) == "pil"
+    get_method("crg", model, processor, proposer="exact-test").propose(_image(), ["cup"])
+    assert "image_backend" not in given[-1]
+    from vcontrast.crg import CRG  # the same rule for CRG given a proposer by name
+
+    CRG(model, processor, proposer="owlv2")._get_proposer()
+    assert given[-1] == {"image_backend": "pil"}
+    # an unreadable checkpoint still says how to go on; a wrong backend is not taken for one
+    missing = get_method("crg", model, processor, proposer="owlv2", proposer_model=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="cannot load the region proposer .*--proposer none"):
+        missing.propose(_image(), ["cup"])
+    registry["owlv2"] = lambda **kwargs: proposals.load_owlv2(**{**kwargs, "image_backend": "opencv"})
+    with pytest.raises(ValueError, match="image backend 'opencv'") as error:
+        get_method("crg", model, processor, proposer="owlv2", proposer_model=str(owlv2_dir)).propose(_image(), ["c"])
+    assert "cannot load the region proposer" not in str(error.value)

@@ -295,7 +295,7 @@ class ModelMethod:
         detector proposer (what CRG blacks out), or every box it finds with `every_box=True` (refexp proposals)."""
         if self.proposer is None or not phrases:
             return []
-        from vcontrast.crg.proposals import PROPOSERS, get_proposer, propose_regions
+        from vcontrast.crg.proposals import PROPOSERS, get_proposer_for, propose_regions
 
         if self._built_proposer is None:
             if self.proposer in _SELF_REGISTERING and self.proposer not in PROPOSERS:
@@ -305,8 +305,11 @@ class ModelMethod:
             if device is not None and getattr(device, "type", "cpu") != "cpu":
                 kwargs["device"] = device
             try:
-                self._built_proposer = get_proposer(self.proposer, **kwargs)
-            except OSError as e:
+                self._built_proposer = get_proposer_for(self.proposer, self.processor, **kwargs)
+            except (OSError, ValueError) as e:
+                if not isinstance(e, OSError) and not isinstance(e.__cause__, OSError):
+                    raise  # a bad option or image backend: its own message says what to change
+                # a checkpoint that cannot be read (`load_processor` reports it as a ValueError from the OSError)
                 raise ValueError(
                     f"cannot load the region proposer `proposer` (={self.proposer!r}, model={self.proposer_model!r}): "
                     f"{e}. Pass a local checkpoint (proposer_model / --proposer-model) or proposer=None "

@@ -203,11 +203,11 @@ class CRG:
         return out
 
     def _get_proposer(self) -> Any:
-        # A named proposer loads its detector once per CRG, on first use.
+        # A named proposer loads its detector once per CRG, on first use (a built-in one with the VLM's image backend).
         if self._built_proposer is None:
-            from vcontrast.crg.proposals import get_proposer
+            from vcontrast.crg.proposals import get_proposer_for
 
-            self._built_proposer = get_proposer(self.proposer)
+            self._built_proposer = get_proposer_for(self.proposer, self.processor)
         return self._built_proposer
 
     def contrast_images(

@@ -58,6 +58,7 @@ __all__ = [
     "RegionProposer",
     "box_iou",
     "get_proposer",
+    "get_proposer_for",
     "load_grounding_dino",
     "load_owlv2",
     "nms",
@@ -179,6 +180,17 @@ def get_proposer(name: str, **kwargs: Any) -> RegionProposer:
         factory = getattr(importlib.import_module(module_name), attr)
         PROPOSERS[name] = factory
     return factory(**kwargs)
+
+
+def get_proposer_for(name: str, processor: Any, **kwargs: Any) -> RegionProposer:
+    """`get_proposer(name, **kwargs)` for a VLM whose processor is `processor`: a built-in detector (a key of
+    `DEFAULT_CHECKPOINTS`) loads its image processor with the VLM's image backend, so that a run pinned to one backend
+    (`--image-backend`) gets its proposals with it too; registered proposers get `kwargs` alone."""
+    if name in DEFAULT_CHECKPOINTS and "image_backend" not in kwargs:
+        from vcontrast.models.image_backend import image_backend_of
+
+        kwargs["image_backend"] = image_backend_of(processor)
+    return get_proposer(name, **kwargs)
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -350,6 +362,7 @@ class DetectorProposer:
         nms_iou: float | None = 0.5,
         nms_across_phrases: bool = True,
         device: str | torch.device | None = None,
+        image_backend: str | None = None,
         **model_kwargs: Any,
     ) -> DetectorProposer:
         """
@@ -363,13 +376,16 @@ class DetectorProposer:
                 As in `DetectorProposer`.
             device (`str` or `torch.device`, *optional*):
                 Where to put the model; `None` leaves it on the CPU.
+            image_backend (`str`, *optional*):
+                The image processor's backend, `"pil"` or `"torchvision"` (they resize differently; `None`:
+                transformers' choice, torchvision where it is installed). The eval runner passes the VLM's.
             **model_kwargs:
                 Passed to the model's `from_pretrained` (`dtype`, `revision`, `local_files_only`, ...).
 
         Returns:
             `DetectorProposer`: the proposer.
         """
-        model, processor = _load_detector(pretrained_model_name_or_path, device, model_kwargs)
+        model, processor = _load_detector(pretrained_model_name_or_path, device, model_kwargs, image_backend)
         return cls(
             model,
             processor,
@@ -589,13 +605,16 @@ def _owlv2_pad_and_resize(image: Image.Image, size: Any) -> Image.Image:
     return square.resize((size["width"], size["height"]), Image.BILINEAR)
 
 
-def _load_detector(path: str | os.PathLike[str], device: Any, model_kwargs: dict) -> tuple[Any, Any]:
-    # A zero-shot detector and its processor, from a local directory or a hub name.
-    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+def _load_detector(
+    path: str | os.PathLike[str], device: Any, model_kwargs: dict, image_backend: str | None = None
+) -> tuple[Any, Any]:
+    # A zero-shot detector and its processor (with the image backend asked for), from a local directory or a hub name.
+    from transformers import AutoModelForZeroShotObjectDetection
 
-    processor = AutoProcessor.from_pretrained(
-        path, **{k: v for k, v in model_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
-    )
+    from vcontrast.models.loading import load_processor
+
+    hub_kwargs = {k: v for k, v in model_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
+    processor = load_processor(path, image_backend=image_backend, **hub_kwargs)
     model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **model_kwargs)
     if device is not None:
         model = model.to(device)
@@ -616,10 +635,11 @@ class _NamedDetectorProposer(DetectorProposer):
         nms_iou: float | None = 0.5,
         nms_across_phrases: bool = True,
         device: str | torch.device | None = None,
+        image_backend: str | None = None,
         **model_kwargs: Any,
     ) -> None:
         self.checkpoint = str(model or DEFAULT_CHECKPOINTS[self.name])
-        detector, processor = _load_detector(self.checkpoint, device, model_kwargs)
+        detector, processor = _load_detector(self.checkpoint, device, model_kwargs, image_backend)
         family = _FAMILIES.get(getattr(detector.config, "model_type", None))
         if family != self.family_name:
             raise ValueError(
@@ -643,7 +663,7 @@ class GroundingDinoProposer(_NamedDetectorProposer):
         top_k (`int`, *optional*, defaults to 1):
             Boxes kept per phrase. One per phrase suits CRG's union contrast (blacking out every detection above the
             threshold would hide much more than the things the prompt names); `None` keeps all (re-ranking).
-        nms_iou, nms_across_phrases, device, **model_kwargs:
+        nms_iou, nms_across_phrases, device, image_backend, **model_kwargs:
             As in `DetectorProposer.from_pretrained`.
 
     Examples:
@@ -669,7 +689,7 @@ class Owlv2Proposer(_NamedDetectorProposer):
             Box threshold in `[0, 1]`; defaults to 0.1.
         top_k (`int`, *optional*, defaults to 1):
             Boxes kept per phrase; `None` keeps all.
-        text_threshold, nms_iou, nms_across_phrases, device, **model_kwargs:
+        text_threshold, nms_iou, nms_across_phrases, device, image_backend, **model_kwargs:
             As in `GroundingDinoProposer` (`text_threshold` is not used by OWL models).
 
     Examples:
@@ -693,7 +713,7 @@ def load_grounding_dino(model: str | os.PathLike[str] | None = None, **kwargs: A
             (`IDEA-Research/grounding-dino-tiny`).
         **kwargs:
             Passed to `GroundingDinoProposer` (`threshold` 0.35, `text_threshold` 0.25, `top_k` 1, `nms_iou`,
-            `device`, ...).
+            `device`, `image_backend`, ...).
 
     Returns:
         `DetectorProposer`: the proposer.
@@ -710,7 +730,7 @@ def load_owlv2(model: str | os.PathLike[str] | None = None, **kwargs: Any) -> De
             Local directory or hub name; defaults to `DEFAULT_CHECKPOINTS["owlv2"]`
             (`google/owlv2-base-patch16-ensemble`).
         **kwargs:
-            Passed to `Owlv2Proposer` (`threshold` 0.1, `top_k` 1, `nms_iou`, `device`, ...).
+            Passed to `Owlv2Proposer` (`threshold` 0.1, `top_k` 1, `nms_iou`, `device`, `image_backend`, ...).
 
     Returns:
         `DetectorProposer`: the proposer.
