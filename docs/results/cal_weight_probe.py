@@ -48,14 +48,14 @@ def probe(model_dir: Path, examples: list[dict], batch_size: int = 32) -> dict:
     }
 
 
-def loss_check(aligned: Path, beta: float = 1.01) -> dict:
-    """MLE and CAL (1, `beta`) on the same batch of 32 image examples of pool (0, 0): losses and gradient distance."""
+def loss_check(aligned: Path, examples: list[dict], beta: float = 1.01) -> dict:
+    """MLE and CAL (1, `beta`) on one batch of `examples` at the model `aligned`: losses and gradient distance."""
     from vcontrast.cal import cal_loss
     from vcontrast.toy.train import mle_loss
 
     model, processor = load(aligned)
     model.train()
-    batch = collate(processor, [ex for ex in clean_pool(1600, 0, 0) if ex.get("image") is not None][:32])
+    batch = collate(processor, examples)
     results = []
     config = CALConfig(alpha=1.0, beta=beta, window=3)
     for loss_fn in (lambda: mle_loss(model, batch), lambda: cal_loss(model, batch, config).loss):
@@ -63,7 +63,7 @@ def loss_check(aligned: Path, beta: float = 1.01) -> dict:
         loss = loss_fn()
         loss.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results.append((float(loss), grad.clone()))
+        results.append((float(loss.detach()), grad.clone()))
     (mle, g_mle), (cal, g_cal) = results
     return {"mle_loss": mle, "cal_loss": cal, "grad_rel_diff": float((g_mle - g_cal).norm() / g_mle.norm())}
 
@@ -78,7 +78,8 @@ def main() -> None:
     torch.manual_seed(0)
     if args.loss_check:
         start = json.loads((args.folder / "runs/aligned/a0-f0/clean/mle/run.json").read_text())["init"]
-        print(json.dumps(loss_check(Path(start))))
+        examples = [ex for ex in clean_pool(args.pool_size, 0, 0) if ex.get("image") is not None][:32]
+        print(json.dumps(loss_check(Path(start), examples)))
         return
     for a, f in PAIRS:
         runs = args.folder / "runs" / "aligned" / f"a{a}-f{f}" / "clean"
