@@ -58,6 +58,8 @@ def test_apply_gives_rgb_of_same_size_and_keeps_input(condition):
     assert result.mode == "RGB" and result.size == image.size
     assert image.tobytes() == before
     assert isinstance(condition, VisualCondition) and not condition.drops_image
+    # `is_random`: whether the key changes the image (what ContrastCollator needs a stable key for).
+    assert condition.is_random == (condition.apply(image, key=4).tobytes() != result.tobytes())
 
 
 def test_no_image():

@@ -81,6 +81,11 @@ class VisualCondition(ABC):
         """`bool`: whether this condition removes the image tokens altogether (only [`NoImage`])."""
         return False
 
+    @property
+    def is_random(self) -> bool:
+        """`bool`: whether `apply` draws from a generator seeded with its `key` ([`PatchMask`], [`DiffusionNoise`])."""
+        return False
+
     @abstractmethod
     def apply(self, image: Image.Image, key: int = 0) -> Image.Image:
         """
@@ -266,6 +271,10 @@ class PatchMask(VisualCondition):
         row_of_y = (np.arange(height) * rows) // height  # (H,)
         return chosen[row_of_y[:, None] * columns + column_of_x[None, :]]  # (H, W)
 
+    @property
+    def is_random(self) -> bool:
+        return True
+
     def apply(self, image: Image.Image, key: int = 0) -> Image.Image:
         return _paint(image, self.mask(image.size, key), self.fill)
 
@@ -360,6 +369,10 @@ class DiffusionNoise(VisualCondition):
         if self.seed != 0:
             parts.append(f"seed={self.seed}")
         return ",".join(parts)
+
+    @property
+    def is_random(self) -> bool:
+        return True
 
     def apply(self, image: Image.Image, key: int = 0) -> Image.Image:
         x0 = np.asarray(to_rgb(image), dtype=np.float32) / 127.5 - 1  # (H, W, 3) in [-1, 1]

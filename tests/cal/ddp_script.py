@@ -1,7 +1,8 @@
 """One CAL training step on 2 CPU processes under `accelerate launch` (DDP over gloo), run by `test_ddp.py`.
 
-Each rank trains on 2 of the 4 rows and writes its log history and a parameter checksum to `OUT/rank{i}.json`;
-rank 0 also saves the parameters, which the test compares with one single-process step on all 4 rows.
+Each rank trains on 2 of the 4 rows, evaluates on 3 rows, and writes its log history, its eval metrics and a
+parameter checksum to `OUT/rank{i}.json`; rank 0 also saves the parameters, which the test compares with one
+single-process step on all 4 rows.
 """
 
 import json
@@ -57,6 +58,11 @@ def train(out: str, batch_size: int) -> tuple[torch.nn.Module, CALTrainer]:
     return model, trainer
 
 
+def evaluate(trainer: CALTrainer) -> dict:
+    # 3 rows on 2 ranks: accelerate pads the last batch with a duplicate row, which the cal/* metrics must not count.
+    return trainer.evaluate(eval_dataset=rows()[:3])
+
+
 def main(out: str) -> None:
     model, trainer = train(out, batch_size=2)
     rank = trainer.args.process_index
@@ -66,6 +72,7 @@ def main(out: str) -> None:
         "world_size": trainer.args.world_size,
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
         "log_history": trainer.state.log_history,
+        "eval": evaluate(trainer),
         "checksum": [float(flat.sum()), float(flat.abs().sum())],
     }
     with open(f"{out}/rank{rank}.json", "w") as f:

@@ -47,3 +47,10 @@ def test_two_process_ddp_step_matches_a_single_big_batch(tmp_path):
         torch.testing.assert_close(param.detach(), ddp_params[name], atol=1e-5, rtol=1e-4, msg=name)
     single_loss = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert single_loss[0] == pytest.approx(loss[0][0], rel=1e-5)
+
+    # Evaluation over both ranks reports the cal/* metrics of the 3 rows, not of accelerate's padded 4.
+    from tests.cal.ddp_script import evaluate
+
+    single_eval = evaluate(trainer)
+    for key in ("eval_cal/mean_weight", "eval_cal/mean_delta", "eval_cal/frac_negative_delta"):
+        assert ranks[0]["eval"][key] == ranks[1]["eval"][key] == pytest.approx(single_eval[key], rel=1e-4), key

@@ -207,6 +207,20 @@ def test_stages_set_what_trains_on_every_family():
         apply_stage(model, "pt", tower_lr_ratio=0.5)
 
 
+def test_connector_parameters_outside_the_projector_module_train_with_it():
+    # Qwen3-VL's deepstack mergers and LLaVA-NeXT's image_newline connect tower and LM: PT trains them.
+    from tests import tiny_models as tm
+    from vcontrast.cal.stages import apply_stage, model_part
+
+    for family, marker in (("qwen3_vl", "deepstack_merger_list"), ("llava_next", "image_newline")):
+        model = copy.deepcopy(tm.build(family)[0])
+        names = [name for name, _ in model.named_parameters() if marker in name]
+        assert names and {model_part(name) for name in names} == {"projector"}
+        apply_stage(model, "pt")
+        trained = {name for name, param in model.named_parameters() if param.requires_grad}
+        assert set(names) <= trained
+
+
 def test_records_with_several_images_collate_and_train(tmp_path, model_dir):
     from vcontrast.cal import ConversationCollator, cal_loss, read_conversations
 

@@ -386,6 +386,28 @@ def test_contrast_collator_adds_contrast_pixels():
         ContrastCollator(RowCollator(proc), NoImage())
 
 
+def test_contrast_collator_refuses_a_running_count_in_dataloader_workers():
+    # Each worker would count its images from 0 and repeat the others' random masks: a stable key is required there.
+    from torch.utils.data import DataLoader
+
+    from tests.cal.utils import RowCollator, sft_rows
+    from vcontrast.conditions import GaussianBlur
+
+    _, proc = tm.build("llava")
+    rows = [{**row, "index": i} for i, row in enumerate(sft_rows(proc, 2))]
+
+    def first_batch(condition, **kwargs):
+        collator = ContrastCollator(RowCollator(proc), condition, image_keys=("image",), **kwargs)
+        return next(iter(DataLoader(rows, batch_size=2, num_workers=1, collate_fn=collator)))
+
+    with pytest.raises(ValueError, match="DataLoader worker without `key_field`"):
+        first_batch(PatchMask(0.5, grid=(4, 4)))
+    keyed = first_batch(PatchMask(0.5, grid=(4, 4)), key_field="index")
+    in_process = ContrastCollator(RowCollator(proc), PatchMask(0.5, grid=(4, 4)), ("image",), key_field="index")(rows)
+    assert torch.equal(keyed["contrast_pixel_values"], in_process["contrast_pixel_values"])
+    assert "contrast_pixel_values" in first_batch(GaussianBlur(1.0))  # deterministic: no key needed
+
+
 def test_pixel_condition_without_contrast_pixels_raises():
     model, _, batch = cal_batch("llava")
     with pytest.raises(ValueError, match="needs `contrast_pixel_values`"):
@@ -402,6 +424,24 @@ def test_all_labels_ignored_raises():
         cal_loss(model, batch)
     with pytest.raises(ValueError, match="no label token to weight"):
         cal_weights(model, batch)
+
+
+def test_a_row_without_label_tokens_raises_and_names_it():
+    # One row with nothing to train on (an answer cut off by max_length) is an error, not a silent no-op.
+    model, _, batch = cal_batch("llava")
+    assert batch["labels"].shape[0] >= 2
+    batch["labels"][1] = -100
+    for normalize in ("batch", "sample"):
+        with pytest.raises(ValueError, match=r"row\(s\) \[1\] have no label token.*every label of row\(s\) \[1\]"):
+            cal_loss(model, batch, CALConfig(normalize=normalize))
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] have no label token"):
+        cal_weights(model, batch)
+    # Labels only on the image tokens: not -100, yet nothing to weight.
+    model, _, batch = cal_batch("llava")
+    image = batch["input_ids"][1] == model.config.image_token_id
+    batch["labels"][1] = torch.where(image, batch["input_ids"][1], torch.full_like(batch["labels"][1], -100))
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] have no label token to weight: a label must sit"):
+        cal_loss(model, batch)
 
 
 def test_label_ids_outside_the_vocabulary_raise():

@@ -21,6 +21,8 @@ from vcontrast.cal import (
 )
 from vcontrast.cal import precompute as precompute_module
 from vcontrast.cal.precompute import provenance
+from vcontrast.cal.show import _prefix
+from vcontrast.candidates import candidate_tokens
 
 
 def rows(n=5):
@@ -155,6 +157,11 @@ def test_token_report_and_renderings(family):
     model, proc = tm.build(family)
     report = token_report(model, proc, tm.image(0), "a red cup is left of the plate", prompt="describe the picture .")
     assert [t.text.strip() for t in report] == ["a", "red", "cup", "is", "left", "of", "the", "plate"]
+    # The scored tokens are the model's own answer tokens after the prompt (the candidate rule): a space-prefixed
+    # `a` after LLaVA's `ASSISTANT:`, the bare `a` after Qwen's `assistant\n`.
+    prefix = _prefix(proc, "describe the picture .")
+    (expected,) = candidate_tokens(proc, prefix, ["a red cup is left of the plate"])
+    assert tuple(t.token_id for t in report) == expected.ids
     assert all(1.0 <= t.weight <= 5.0 for t in report)
     assert any(t.delta != 0 for t in report)
     tokens, weights = [t.text.strip() for t in report], [t.weight for t in report]

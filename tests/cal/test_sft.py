@@ -83,3 +83,35 @@ def test_cal_sft_trainer_labels_completions_only_and_trains(tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert len(logs) == 2 and all("cal/mean_weight" in log for log in logs)
+
+
+def test_a_streaming_dataset_gets_the_completion_only_collator_too():
+    # The collator is chosen from the first row; a streaming dataset has no `[0]`, so its first row is peeked at.
+    from vcontrast.cal.data import ConversationCollator
+    from vcontrast.cal.sft import _completion_only_collator
+
+    proc = tm.build("llava")[1]
+    args = trl.SFTConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False)
+    streaming = datasets.Dataset.from_list(rows(2)).to_iterable_dataset()
+    chosen = _completion_only_collator({"train_dataset": streaming, "args": args, "processing_class": proc})
+    assert isinstance(chosen, ConversationCollator)
+    assert len(list(streaming)) == 2  # peeking consumed nothing
+    # A one-shot iterator is not peeked at (training would miss its first row): TRL's default then applies.
+    one_shot = iter(rows(2))
+    assert _completion_only_collator({"train_dataset": one_shot, "args": args, "processing_class": proc}) is None
+    assert len(list(one_shot)) == 2
+
+
+def test_refuses_trl_loss_types_it_would_ignore(tmp_path):
+    from vcontrast.cal import CALSFTTrainer
+
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), max_length=None, report_to="none", use_cpu=True, bf16=False, loss_type="dft"
+    )
+    with pytest.raises(ValueError, match="loss_type='dft'"):
+        CALSFTTrainer(
+            model=train_copy("llava"),
+            args=args,
+            train_dataset=datasets.Dataset.from_list(rows()),
+            processing_class=tm.build("llava")[1],
+        )

@@ -150,6 +150,23 @@ def test_rejects_a_bad_config(tmp_path):
         CALTrainer(model=train_copy("llava"), args=args(tmp_path), cal_config={"alpha": 1.0})
 
 
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"args": {"label_smoothing_factor": 0.1}}, "label_smoothing_factor"),
+        ({"compute_loss_func": lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum()}, "compute_loss"),
+    ],
+)
+def test_refuses_a_loss_option_it_would_ignore(tmp_path, option, match):
+    # CAL's compute_loss replaces the Trainer's: label smoothing or a custom loss function would be silently dropped.
+    with pytest.raises(ValueError, match=match):
+        CALTrainer(
+            model=train_copy("llava"),
+            args=args(tmp_path, **option.get("args", {})),
+            compute_loss_func=option.get("compute_loss_func"),
+        )
+
+
 def test_peft_lora_trains_and_lora_dropout_is_off_in_the_contrast_pass(tmp_path):
     peft = pytest.importorskip("peft")
     model = train_copy("llava")

@@ -276,6 +276,16 @@ def _check_batch(adapter: ModelAdapter, inputs: dict) -> tuple[torch.Tensor, tor
             "the batch has no label token to weight: every label is -100, or sits on padding, the first position or "
             "an image token (check the collator's labels)"
         )
+    empty = (~mask.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        # A row without a label token would train on nothing, silently (e.g. an answer cut off by `max_length`).
+        ignored = [row for row in empty if bool((labels[row] == IGNORE_INDEX).all())]
+        raise ValueError(
+            f"batch row(s) {empty} have no label token to weight"
+            + (f" (every label of row(s) {ignored} is -100: an answer truncated by `max_length`?)" if ignored else "")
+            + ": a label must sit on a real text token predicted from a text token (not on padding, the first "
+            "position, an image token or right after one); check the collator's labels and `max_length`"
+        )
     return labels, mask
 
 
@@ -617,7 +627,8 @@ class ContrastCollator:
         condition (`VisualCondition`): the image-space contrast condition.
         image_keys (`tuple[str, ...]`, *optional*, defaults to `("images", "image")`): example fields holding images.
         key_field (`str`, *optional*): example field with a stable integer id (e.g. the dataset index) used as the
-            random condition's key; by default a running count of the images seen.
+            random condition's key; by default a running count of the images seen, which restarts on resume and is
+            refused in DataLoader worker processes (each worker would count from 0 and repeat the others' masks).
 
     Examples:
 
@@ -653,6 +664,12 @@ class ContrastCollator:
         return self.condition.apply(value, next(self._counter) if key is None else key)
 
     def __call__(self, examples: list[dict]) -> dict:
+        if self.key_field is None and self.condition.is_random and torch.utils.data.get_worker_info() is not None:
+            raise ValueError(
+                f"ContrastCollator with the random condition {self.condition.name!r} runs in a DataLoader worker "
+                "without `key_field`: every worker would count its images from 0 and draw the same masks; pass "
+                "`key_field` (an example field with a stable integer id) or use `dataloader_num_workers=0`"
+            )
         contrast_examples = []
         for example in examples:
             key = None if self.key_field is None else int(example[self.key_field])

@@ -14,9 +14,16 @@ __all__ = ["CALSFTTrainer"]
 def _first_row(dataset: Any) -> dict | None:
     if dataset is None or isinstance(dataset, dict):  # several eval sets: their rows are not looked at here
         return None
-    try:
-        row = dataset[0]
-    except (IndexError, KeyError, TypeError):
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        try:
+            row = dataset[0]
+        except (IndexError, KeyError, TypeError):
+            return None
+    elif hasattr(dataset, "__iter__") and iter(dataset) is not dataset:
+        # A streaming dataset (`datasets.IterableDataset`, a torch `IterableDataset`): peek at its first row. A
+        # one-shot iterator is not peeked at, since training would then miss that row.
+        row = next(iter(dataset), None)
+    else:
         return None
     return row if isinstance(row, dict) else None
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from vcontrast.cal.config import CALConfig
 from vcontrast.cal.loss import cal_deltas, token_weights
+from vcontrast.candidates import candidate_separator, shared_prefix_length
 from vcontrast.viz import _FONT, _canvas, _text_size, _weight_colour, _wrap_tokens
 
 __all__ = ["TokenWeight", "delta_colour", "report_heatmap", "report_heatmap_html", "token_report", "weight_colour"]
@@ -50,12 +51,14 @@ def token_report(
     prompt: str = "",
     config: CALConfig | None = None,
     *,
-    separator: str = " ",
+    separator: str | None = None,
 ) -> list[TokenWeight]:
     """The logit gain and CAL weight of every token of `text`, as the answer to `prompt` about `image`.
 
     The sample is the processor's chat prefix (user turn: image + prompt; generation prompt) followed by
-    `separator + text`; the tokens after the prefix are the labels. Both passes run in eval mode without gradient.
+    `separator + text`; the labels are the tokens the model itself would produce for `text` after the prefix (the
+    candidate-token rule of [`vcontrast.candidates`]: joint tokenisation, the tail after the shared prefix). Both
+    passes run in eval mode without gradient.
 
     Args:
         model (`PreTrainedModel`): a supported VLM.
@@ -65,7 +68,8 @@ def token_report(
         prompt (`str`, *optional*, defaults to `""`): the user's question.
         config (`CALConfig`, *optional*): alpha, beta, window and the contrast condition (image-space conditions are
             not supported here; use `NoImage()` or `"attention_mask"`).
-        separator (`str`, *optional*, defaults to `" "`): text between the prefix and `text`.
+        separator (`str`, *optional*): text between the prefix and `text`; by default the candidate rule's (one
+            space after `ASSISTANT:`, none after Qwen's `assistant\\n` or a special token).
 
     Returns:
         `list[TokenWeight]`: one entry per label token, in order.
@@ -81,16 +85,21 @@ def token_report(
     if config.uses_pixels:
         raise ValueError(f"token_report supports NoImage and 'attention_mask' contrasts, not {config.contrast!r}")
     prefix = _prefix(processor, prompt)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if separator is None:
+        specials = [token for token in getattr(tokenizer, "all_special_tokens", []) if token]
+        separator = candidate_separator(prefix, text, specials)
     device = next(model.parameters()).device
-    n_prefix = processor(images=[image], text=[prefix], return_tensors="pt")["input_ids"].shape[1]
+    prefix_ids = processor(images=[image], text=[prefix], return_tensors="pt")["input_ids"][0].tolist()
     batch = dict(processor(images=[image], text=[prefix + separator + text], return_tensors="pt"))
+    # A token merging the prefix's end with the text's start is the text's (as in ConversationCollator).
+    n_prefix = shared_prefix_length(prefix_ids, batch["input_ids"][0].tolist())
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     labels = torch.full_like(batch["input_ids"], -100)
     labels[:, n_prefix:] = batch["input_ids"][:, n_prefix:]
     batch["labels"] = labels.masked_fill(batch["attention_mask"] == 0, -100)
     delta, mask = cal_deltas(model, batch, config)
     weights = token_weights(delta, mask, config.alpha, config.beta, config.window)
-    tokenizer = getattr(processor, "tokenizer", processor)
     out = []
     for p in mask[0].nonzero().squeeze(-1).tolist():
         token_id = int(batch["input_ids"][0, p])

@@ -11,7 +11,8 @@ either (its Table 3: most of the gain comes from instruction tuning):
 - `"all"`: every parameter at the same learning rate.
 
 The parts are found by parameter name (`vision_tower`, `visual`, `vision_model`; `multi_modal_projector`,
-`connector`, Qwen2-VL's `visual.merger`), which covers every family vcontrast supports.
+`connector`, Qwen2-VL's `visual.merger`, Qwen3-VL's `visual.deepstack_merger_list`, LLaVA-NeXT's `image_newline`),
+which covers every family vcontrast supports.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ __all__ = ["LORA_TARGETS", "STAGES", "apply_stage", "lora_config", "model_part",
 STAGES = ("pt", "it", "all")
 # LLaVA's LoRA recipe: every linear layer of the language model's decoder.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_PROJECTOR = ("multi_modal_projector", "connector", "merger")
+# Qwen3-VL's `deepstack_merger_list` projects intermediate tower features into early LM layers; LLaVA-NeXT's and
+# OneVision's `image_newline` is a learned embedding the connector inserts after each row of image features.
+_PROJECTOR = ("multi_modal_projector", "connector", "merger", "deepstack_merger_list", "image_newline")
 _TOWER = ("vision_tower", "visual", "vision_model")
 
 

@@ -86,6 +86,28 @@ class _Step:
             self.sums[key] = self.sums[key] + value if key in self.sums else value
 
 
+def _refuse_other_losses(trainer: Any) -> None:
+    # CAL's `compute_loss` replaces the Trainer's: a loss option set alongside would be silently ignored, so refuse it.
+    name = type(trainer).__name__
+    smoothing = getattr(trainer.args, "label_smoothing_factor", 0.0)
+    if smoothing:
+        raise ValueError(
+            f"{name} trains with CAL's weighted token loss, which has no label smoothing; "
+            f"`label_smoothing_factor` (={smoothing}) would be ignored: set it to 0"
+        )
+    loss_type = getattr(trainer.args, "loss_type", "nll")
+    if loss_type != "nll":
+        raise ValueError(
+            f"{name} trains with CAL's weighted token loss; TRL's `loss_type={loss_type!r}` would be ignored: "
+            "use loss_type='nll'"
+        )
+    if getattr(trainer, "compute_loss_func", None) is not None:
+        raise ValueError(
+            f"{name} trains with CAL's weighted token loss; the `compute_loss_func` passed would be ignored "
+            "(subclass the trainer and call vcontrast.cal.cal_loss to change the loss)"
+        )
+
+
 class CALTrainerMixin:
     """Adds CAL's loss to a `transformers.Trainer` subclass (see [`CALTrainer`]); mix it in before the Trainer."""
 
@@ -97,6 +119,7 @@ class CALTrainerMixin:
             raise ValueError(f"`cal_config` (={cal_config!r}) has to be a vcontrast.cal.CALConfig")
         self.cal_config = CALConfig() if cal_config is None else cal_config
         super().__init__(*args, **kwargs)
+        _refuse_other_losses(self)
         if self.args.n_gpu > 1:
             raise ValueError(
                 f"{type(self).__name__} does not support `nn.DataParallel` (n_gpu={self.args.n_gpu}); launch with "
@@ -152,9 +175,8 @@ class CALTrainerMixin:
             out = cal_loss(model, inputs, self.cal_config)
             loss = out.loss
             if not model.training:
-                sums = self._sums(out).to(loss.device)
-                sums = self.accelerator.gather_for_metrics(sums[None]).sum(0)
-                self._record("eval", sums)
+                rows = self.accelerator.gather_for_metrics(self._row_sums(out).to(loss.device))
+                self._record("eval", rows.sum(0))
         else:
             out = cal_loss(model, inputs, self.cal_config, num_items=step.num_items)
             # DDP averages gradients over processes; the loss is already normalised over all of them.
@@ -163,22 +185,29 @@ class CALTrainerMixin:
         return (loss, gatherable_outputs(out.model_outputs)) if return_outputs else loss
 
     def _sums(self, out: CALOutput) -> torch.Tensor:
-        # One float64 vector per batch, summed over micro-batches and processes: [sum w, sum w*CE, tokens, sum delta,
-        # negative deltas, deltas <= alpha (weight at the lower clamp), deltas >= beta (upper clamp), histogram bins].
+        # One float64 vector per batch, summed over micro-batches and processes (see `_row_sums`).
+        return self._row_sums(out).sum(0)
+
+    def _row_sums(self, out: CALOutput) -> torch.Tensor:
+        # (B, K) float64, one row per sample: [sum w, sum w*CE, tokens, sum delta, negative deltas, deltas <= alpha
+        # (weight at the lower clamp), deltas >= beta (upper clamp), histogram bins]. Per sample, so that evaluation
+        # can gather them across processes without the samples accelerate duplicates to even out the last batch.
         mask = out.mask
-        weights = [out.weights.sum(), (out.weights * out.token_loss.detach()).sum(), mask.sum()]
+        weights = out.weights * mask
+        columns = [weights.sum(-1), (weights * out.token_loss.detach()).sum(-1), mask.sum(-1)]
+        n_gains = 4 + len(DELTA_BINS) + 1
         if out.delta is None:
             # Precomputed weights: no gain was measured. NaN (not 0) survives the sums, so no delta metric is logged.
-            gains = torch.full((4 + len(DELTA_BINS) + 1,), math.nan, dtype=torch.float64, device=out.weights.device)
+            gains = torch.full((mask.shape[0], n_gains), math.nan, dtype=torch.float64, device=mask.device)
         else:
-            delta = out.delta[mask].double()
-            config = self.cal_config
+            delta, config = out.delta.double(), self.cal_config
             edges = torch.tensor(DELTA_BINS, dtype=torch.float64, device=delta.device)
             bins = torch.bucketize(delta, edges, right=True)  # bin i: [edge i-1, edge i)
-            histogram = torch.bincount(bins, minlength=len(DELTA_BINS) + 1).double()
-            bounds = [(delta <= config.alpha).sum(), (delta >= config.beta).sum()]
-            gains = torch.cat([torch.stack([delta.sum(), (delta < 0).sum(), *bounds]).double(), histogram])
-        return torch.cat([torch.stack(weights).double(), gains])
+            histogram = (torch.nn.functional.one_hot(bins, len(DELTA_BINS) + 1) * mask[..., None]).sum(1)
+            counts = [((delta < 0) & mask).sum(-1), ((delta <= config.alpha) & mask).sum(-1)]
+            counts.append(((delta >= config.beta) & mask).sum(-1))
+            gains = torch.cat([torch.stack([(delta * mask).sum(-1), *counts], -1).double(), histogram.double()], -1)
+        return torch.cat([torch.stack(columns, -1).double(), gains], -1)
 
     def _record(self, mode: str, sums: torch.Tensor) -> None:
         weight_sum, _, tokens, delta_sum, negative, at_alpha, at_beta = sums[:7].tolist()
