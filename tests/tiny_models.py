@@ -589,11 +589,13 @@ def _pixtral_processor_class():
     return PixtralProcessor
 
 
+_MISTRAL3_SPECIALS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
+
+
 def _mistral3(kind):
     # Mistral 3 (Mistral-Small-3.1 / Ministral 3 layout): Pixtral tower at variable resolution (the 24x20 test image:
     # 3 rows of merged patches), an `[IMG_BREAK]` after each row and `[IMG_END]` after the last, Mistral LM.
-    specials = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
-    tok = _tokenizer(specials, kind)
+    tok = _tokenizer(_MISTRAL3_SPECIALS, kind)
     ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 8, "width": 8})
     proc = _pixtral_processor_class()(
         image_processor=ip, tokenizer=tok, patch_size=4, spatial_merge_size=2, chat_template=MISTRAL3_TEMPLATE
@@ -608,6 +610,28 @@ def _mistral3(kind):
         spatial_merge_size=2,
     )
     return tf.Mistral3ForConditionalGeneration(cfg), proc
+
+
+def _pixtral_llava(kind):
+    # Pixtral-12B's transformers layout (`mistral-community/pixtral-12b`): a `llava` model with a Pixtral tower (no
+    # patch merger: one `[IMG]` per 4-px patch, rows closed by `[IMG_BREAK]`/`[IMG_END]`), `image_sizes`, Mistral LM.
+    # Not in ALL_FAMILIES (its model type is LLaVA's): the tests of `LlavaAdapter`'s Pixtral case build it by name.
+    tok = _tokenizer(_MISTRAL3_SPECIALS, kind)
+    ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 4, "width": 4})
+    proc = _pixtral_processor_class()(
+        image_processor=ip, tokenizer=tok, patch_size=4, spatial_merge_size=1, chat_template=MISTRAL3_TEMPLATE
+    )
+    vision = tf.PixtralVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=4
+    )
+    cfg = tf.LlavaConfig(
+        vision_config=vision,
+        text_config=_text_config(tf.MistralConfig, len(tok), head_dim=8).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("[IMG]"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    return tf.LlavaForConditionalGeneration(cfg), proc
 
 
 def _idefics3_like(kind, processor_cls, image_processor_cls, config_cls, model_cls, **processor_kwargs):
@@ -773,6 +797,7 @@ _BUILDERS = {
     "gemma4": (_gemma4, "sentencepiece_no_prefix"),
     "internvl": (_internvl, "byte_bpe"),
     "mistral3": (_mistral3, "byte_bpe"),
+    "pixtral_llava": (_pixtral_llava, "byte_bpe"),  # not in ALL_FAMILIES (see `_pixtral_llava`)
 }
 
 

@@ -214,6 +214,7 @@ def gold_token_logits(
     check_labels(labels, inputs["input_ids"])
     adapter = get_adapter(model)
     kwargs, index = _forward_inputs(adapter, inputs, condition)
+    adapter.check_scored_labels(inputs, labels)
     target = shift_labels(labels)  # (B, T): target[b, p] is predicted at position p
     mask = target != IGNORE_INDEX
     b_idx, p_idx = mask.nonzero(as_tuple=True)

@@ -17,18 +17,26 @@ ANSWERS = ["a red cup", "blue"]
 
 
 def make_batch(family, prompts=PROMPTS, answers=ANSWERS, padding_side="right", seeds=(0, 1)):
-    """A padded batch (one image per sample) whose labels are the answer tokens (last n tokens of each row)."""
+    """A padded batch (one image per sample) whose labels are the answer tokens (last n tokens of each row).
+
+    PaliGemma's answers go in the processor's `suffix=`, as its training recipe has them: the answer tokens get
+    `token_type_ids` 1 (causal) and are followed by `<eos>`, which gets no label here; in the bidirectional prefix
+    each label's predicting position would see the label itself, which the adapter refuses."""
     model, proc = tm.build(family)
     proc.tokenizer.padding_side = padding_side
-    texts = [tm.chat(proc, p) + " " + a for p, a in zip(prompts, answers, strict=True)]
     images = get_adapter(model).batch_images([tm.image(s) for s in seeds])
-    batch = dict(proc(images=images, text=texts, return_tensors="pt", padding=True))
-    batch.pop("labels", None)  # PaliGemma's processor adds its own
+    if family == "paligemma":
+        texts = [tm.chat(proc, p) for p in prompts]
+        batch = dict(proc(images=images, text=texts, suffix=list(answers), return_tensors="pt", padding=True))
+    else:
+        texts = [tm.chat(proc, p) + " " + a for p, a in zip(prompts, answers, strict=True)]
+        batch = dict(proc(images=images, text=texts, return_tensors="pt", padding=True))
+    batch.pop("labels", None)  # PaliGemma's processor adds its own (with `<eos>`)
     labels = torch.full_like(batch["input_ids"], -100)
     for b, answer in enumerate(answers):
         n = len(proc.tokenizer(answer, add_special_tokens=False)["input_ids"])
         valid = batch["attention_mask"][b].nonzero().squeeze(1)
-        last = valid[-n:]
+        last = valid[-n - 1 : -1] if family == "paligemma" else valid[-n:]  # PaliGemma: before the `<eos>`
         labels[b, last] = batch["input_ids"][b, last]
     return model, proc, batch, labels
 

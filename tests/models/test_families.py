@@ -221,3 +221,75 @@ def test_generic_adapter_on_real_families_without_an_adapter(config_class, expec
     else:
         with pytest.raises(ValueError, match=f"is not supported: .*{expected}"):
             get_adapter(model)
+
+
+def _several_images_batch(family, counts, padding_side="right"):
+    """A batch whose row b holds `counts[b]` images (one chat turn with that many image items); labels: the answer."""
+    model, processor = tm.build(family)
+    processor.tokenizer.padding_side = padding_side
+    texts = []
+    for count, prompt in zip(counts, ["what is in the box ?", "which colour is the cup ?"], strict=True):
+        content = [{"type": "image"}] * count + [{"type": "text", "text": prompt}]
+        rendered = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        texts.append(rendered + " a red cup")
+    images = [[tm.image(10 * b + i) for i in range(count)] for b, count in enumerate(counts)]
+    batch = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    labels = torch.full_like(batch["input_ids"], -100)
+    n = len(processor.tokenizer(" a red cup", add_special_tokens=False)["input_ids"])
+    for b in range(len(counts)):
+        last = batch["attention_mask"][b].nonzero().squeeze(1)[-n:]
+        labels[b, last] = batch["input_ids"][b, last]
+    return model, batch, labels
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_llava_onevision_several_images_in_one_sample(padding_side):
+    """Two images in row 0, one in row 1: `batch_num_images` ([2, 1]) reaches the model, which takes the base view
+    of each image of a multi-image sample (before, it was left out and the forward crashed). The reference equals
+    the model's own forward and the no-image pass the attention-mask form."""
+    model, batch, labels = _several_images_batch("llava_onevision", (2, 1), padding_side)
+    assert batch["batch_num_images"].tolist() == [2, 1]
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    masked, _ = brute_force(model, batch, labels, mask_image=True)
+    torch.testing.assert_close(no_image.logits, masked, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(no_image.logits, logit, atol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_pixtral_in_the_llava_layout_keeps_image_sizes_and_drops_break_and_end_tokens(padding_side):
+    """Pixtral-12B's transformers layout: model type `llava` with a Pixtral tower. Images of different sizes need
+    `image_sizes` (before: left out, and the reference crashed), and `[IMG_BREAK]`/`[IMG_END]` belong to the image
+    block as in Mistral 3 (before: kept by the no-image pass)."""
+    model, processor = tm.build("pixtral_llava")
+    assert model.config.model_type == "llava"
+    processor.tokenizer.padding_side = padding_side
+    texts = [tm.chat(processor, p) + " a red cup" for p in ["what is in the box ?", "which colour is the cup ?"]]
+    images = [tm.image(0, size=(24, 20)), tm.image(1, size=(12, 24))]
+    batch = dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    assert "image_sizes" in batch
+    labels = torch.full_like(batch["input_ids"], -100)
+    for b in range(2):
+        last = batch["attention_mask"][b].nonzero().squeeze(1)[-3:]
+        labels[b, last] = batch["input_ids"][b, last]
+    tok = processor.tokenizer
+    ids = batch["input_ids"]
+    image = ids == tok.convert_tokens_to_ids("[IMG]")
+    markers = (ids == tok.convert_tokens_to_ids("[IMG_BREAK]")) | (ids == tok.convert_tokens_to_ids("[IMG_END]"))
+    assert markers.sum(-1).tolist() == [5, 6]  # one per row of patches: 20 / 4 and 24 / 4
+    assert torch.equal(get_adapter(model).image_token_mask(ids), image | markers)
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    masked, _ = brute_force(model, batch, labels, mask_image=True)
+    torch.testing.assert_close(no_image.logits, masked, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(no_image.logits, logit, atol=1e-4)
+
+
+def test_llava_with_a_clip_tower_keeps_only_image_tokens_in_its_image_block():
+    model, _, batch, _ = make_batch("llava")
+    ids = batch["input_ids"]
+    assert torch.equal(get_adapter(model).image_token_mask(ids), ids == model.config.image_token_id)

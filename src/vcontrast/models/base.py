@@ -12,6 +12,18 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+# Processor outputs that carry a video (Qwen2-VL family, LLaVA-OneVision, LLaVA-NeXT-Video, Gemma 4, ...). No
+# condition removes or masks a video, so a batch with one would be contrasted with the video in both passes or, where
+# only `pixel_keys` travel, in neither: `check_inputs` refuses it.
+VIDEO_KEYS = (
+    "pixel_values_videos",
+    "video_grid_thw",
+    "image_sizes_videos",
+    "second_per_grid_ts",
+    "video_position_ids",
+    "pixel_values_video",
+)
+
 
 class ModelAdapter:
     """Family-specific knowledge about a transformers VLM, keyed by `config.model_type`.
@@ -112,9 +124,14 @@ class ModelAdapter:
         return int(window)
 
     def check_inputs(self, inputs: dict) -> None:
-        """Raise if image tokens and pixel inputs disagree (tokens without pixels would crash deep in the model)."""
+        """Raise if image tokens and pixel inputs disagree (tokens without pixels would crash deep in the model), or if
+        the batch carries a video (a video input or video tokens), which vcontrast does not support.
+
+        Every path (gold-token scoring, CAL, CRG's decoding and scoring) checks its batches here.
+        """
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ValueError(f"inputs need `input_ids` and `attention_mask`; got keys {sorted(inputs)}")
+        self.check_no_video(inputs)
         has_tokens = bool(self.image_token_mask(inputs["input_ids"]).any())
         has_pixels = inputs.get(self.pixel_keys[0]) is not None
         if has_tokens and not has_pixels:
@@ -127,6 +144,41 @@ class ModelAdapter:
         from vcontrast.models.loading import check_text_length
 
         check_text_length(self.model, inputs["input_ids"], inputs["attention_mask"])
+
+    def check_scored_labels(self, inputs: dict, labels: torch.Tensor) -> None:
+        """Raise if a label cannot be scored causally in this batch: the position that predicts it would see it.
+
+        Every family's attention is causal over text, so nothing to check here; PaliGemma's prefix is not.
+        """
+
+    @property
+    def video_token_id(self) -> int | None:
+        """The config's video placeholder token id, or None if the family has none."""
+        for key in ("video_token_id", "video_token_index"):
+            token_id = getattr(self.config, key, None)
+            if token_id is not None:
+                return int(token_id)
+        return None
+
+    def check_no_video(self, inputs: dict) -> None:
+        """Raise a ValueError naming the video input if the batch carries a video: a video input (`VIDEO_KEYS`) or
+        video tokens (`config.video_token_id`) in `input_ids`.
+
+        Videos are not supported: no condition drops or masks them, so a video would take part in both passes (or,
+        where only the image inputs are passed on, in neither), and every delta would ignore it, silently.
+        """
+        for key in VIDEO_KEYS:
+            if inputs.get(key) is not None:
+                raise ValueError(
+                    f"the batch carries the video input `{key}`: videos are not supported by vcontrast (only "
+                    "images); process images only, without `videos=`"
+                )
+        token_id = self.video_token_id
+        if token_id is not None and bool((inputs["input_ids"] == token_id).any()):
+            raise ValueError(
+                f"the batch has video tokens (`video_token_id` {token_id}) in `input_ids`: videos are not supported "
+                "by vcontrast (only images); process images only, without `videos=`"
+            )
 
     def check_processor(self, processor) -> None:
         """Raise ValueError if `processor` was not made for this model: its image token or vocabulary differ.
