@@ -168,3 +168,6 @@ def test_collator_errors(tmp_path):
         ConversationCollator(proc)([{"id": "q", "image": None}])
     with pytest.raises(ValueError, match="no chat template"):
         ConversationCollator(types.SimpleNamespace(chat_template=None, tokenizer=proc.tokenizer))
+    # PaliGemma's answer has to be the processor's suffix (a chat-rendered one lands in its bidirectional prefix).
+    with pytest.raises(ValueError, match="does not support PaliGemma .*suffix="):
+        ConversationCollator(tm.build("paligemma")[1])

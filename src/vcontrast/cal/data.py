@@ -277,6 +277,14 @@ class ConversationCollator:
     ):
         from vcontrast.conditions import VisualCondition
 
+        if type(processor).__name__.startswith("PaliGemma"):
+            # Its answer has to be the processor's `suffix=` (causal, token type 1): in the bidirectional prefix,
+            # where a chat-rendered answer would land, the position predicting a label sees it.
+            raise ValueError(
+                f"ConversationCollator does not support PaliGemma ({type(processor).__name__}): its answer has to be "
+                "the processor's `suffix=`; build batches with processor(images=..., text=prompts, suffix=answers), "
+                "whose `labels` CAL takes as they are"
+            )
         if not getattr(processor, "chat_template", None):
             raise ValueError(f"the processor ({type(processor).__name__}) has no chat template")
         tokenizer = getattr(processor, "tokenizer", None)
