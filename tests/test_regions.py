@@ -319,3 +319,39 @@ def test_normalized_looking_boxes_warn_once(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "All boxes lie inside [0, 1] pixels; pass `normalized=True` if they are fractions of the size."
     ]
+
+
+def test_non_boolean_mask_regions_are_refused_with_a_hint():
+    """Only boolean arrays are mask regions: a 0/1 integer or float array is never read as a mask (a (K, 4) box
+    array of 0s and 1s would be ambiguous), and one of another shape than (K, 4) says how to make it a mask."""
+    from vcontrast.regions import region_masks, split_regions
+
+    image = Image.new("RGB", (6, 4), "white")
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1:3, 2:5] = True
+    for numeric in (mask.astype(np.uint8), mask.astype(np.float32), torch.from_numpy(mask.astype(np.uint8))):
+        for regions in (numeric, [numeric], [numeric, (0, 0, 2, 2)]):
+            with pytest.raises(ValueError, match=r"boolean \(H, W\).*astype\(bool\)"):
+                blackout(image, regions)
+        with pytest.raises(ValueError, match="boolean"):
+            split_regions(numeric[None])  # (1, H, W) numeric
+    painted = np.array(blackout(image, mask))
+    assert painted[2, 3].tolist() == [0, 0, 0] and painted[0, 0].tolist() == [255, 255, 255]
+    assert np.array_equal(np.array(blackout(image, torch.from_numpy(mask))), np.array(blackout(image, mask)))
+    # an (N, 4) array of 0s and 1s is boxes, even on an image whose (height, width) is (N, 4)
+    boxes = np.array([[0, 0, 1, 1], [1, 1, 2, 2]], dtype=np.uint8)
+    assert [m.sum() for m in region_masks((4, 2), boxes)] == [1, 1]
+    # blackout_mask takes one mask and nothing else, so 0/1 numbers are unambiguous there
+    assert np.array_equal(np.array(blackout_mask(image, mask.astype(np.uint8))), np.array(blackout(image, mask)))
+
+
+def test_pixel_box_check_for_normalised_looking_boxes():
+    from vcontrast.regions import _check_pixel_boxes
+
+    with pytest.raises(ValueError, match=r"inside \[0, 1\].*normalized=True"):
+        _check_pixel_boxes([(0.1, 0.2, 0.5, 0.5)], (8, 8))
+    with pytest.raises(ValueError, match="--normalized-boxes"):
+        _check_pixel_boxes([(0, 0, 1, 1), (0.5, 0, 1, 0.5)], (100, 80), option="--normalized-boxes")
+    _check_pixel_boxes([(0.1, 0.2, 0.5, 0.5)], (7, 8))  # a tiny image: a one-pixel box is plausible
+    _check_pixel_boxes([(0, 0, 1, 1), (0, 0, 2, 2)], (100, 80))  # one box beyond 1: pixels
+    _check_pixel_boxes([], (100, 80))

@@ -23,6 +23,24 @@ CACHE_ARG = "cache" if Version(transformers.__version__) >= _CACHE_RENAMED_IN el
 CACHE_NAMES = (CACHE_ARG, *(name for name in ("cache", "past_key_values") if name != CACHE_ARG))
 
 
+# `cache_implementation` values for which generate preallocates a static cache, whose attention mask and cache
+# positions a separately kept dynamic cache cannot follow (transformers' `ALL_STATIC_CACHE_IMPLEMENTATIONS`, spelled
+# out: it is not public). "hybrid" is left out: generate replaces it by a dynamic cache.
+STATIC_CACHE_IMPLEMENTATIONS = (
+    "static",
+    "offloaded_static",
+    "sliding_window",
+    "hybrid_chunked",
+    "offloaded_hybrid",
+    "offloaded_hybrid_chunked",
+)
+
+
+def is_static_cache(cache: Any) -> bool:
+    """Whether `cache` is a preallocated (static) cache, as `StaticCache` is; False for None and dynamic caches."""
+    return bool(getattr(cache, "is_compileable", False))
+
+
 def cache_kwargs(cache: Any) -> dict[str, Any]:
     """`{name: cache}` under the name the installed transformers wants in a forward call."""
     return {CACHE_ARG: cache}
@@ -73,30 +91,58 @@ def cache_nbytes(cache: Any) -> int:
     return total
 
 
-def run_logits_processor_first(model: Any, processor: Any) -> Callable[[], None]:
-    """Make `model.generate` run `processor` before every logits processor and warper it builds from its
-    generation config (repetition penalty, suppressed tokens, temperature, top-k, ...); returns the function that
-    undoes it.
+def run_logits_processor_first(
+    model: Any, processor: Any, on_generate: Callable[[Any, Any, bool], None] | None = None
+) -> Callable[[], None]:
+    """In every `model.generate` call whose `logits_processor` holds `processor`, run it before every logits
+    processor and warper `generate` builds from its generation config (repetition penalty, suppressed tokens,
+    temperature, top-k, ...); returns the function that undoes it.
 
     `generate` puts the processors a caller passes after those it builds itself (`_merge_criteria_processor_list`),
     so a guidance processor passed in the list would see scores that those already changed (a temperature, a
     penalty on the reference stream only). `generate` builds its list in `_get_logits_processor`; this wraps that
-    method on the model instance. The wrapper holds the processor weakly and passes through once it is gone.
+    method on the model instance, once per model however many processors are registered. A call whose list does
+    not hold `processor` gets its list unchanged; when it holds several registered processors, they go first in the
+    caller's order.
+
+    `on_generate(processor, generation_config, included)`, if given, is called at the start of every `generate`
+    call of the model (before its first forward), with whether `processor` takes part in it; it may raise to refuse
+    the call. The wrapper holds the processor weakly and passes it by once it is gone. The registry lives on the
+    wrapper function, not on the model, so that `copy.deepcopy(model)` copies nothing of it.
     """
-    original = model._get_logits_processor
-    target = weakref.ref(processor)
+    wrapper = vars(model).get("_get_logits_processor")
+    registry = getattr(wrapper, "_vcontrast_registry", None)
+    if registry is None:
+        registry = []
+        original = model._get_logits_processor
 
-    def first(*args: Any, **kwargs: Any) -> Any:
-        built = original(*args, **kwargs)
-        current = target()
-        if current is None:
-            return built
-        return type(built)([current, *(p for p in built if p is not current)])
+        def first(*args: Any, **kwargs: Any) -> Any:
+            built = original(*args, **kwargs)
+            config = kwargs["generation_config"] if "generation_config" in kwargs else (args[0] if args else None)
+            chosen = []
+            for target, callback in registry.copy():  # a finalizer may unregister one meanwhile
+                current = target()
+                if current is None:
+                    continue
+                included = any(p is current for p in built)
+                if callback is not None:
+                    callback(current, config, included)
+                if included:
+                    chosen.append(current)
+            if not chosen:
+                return built
+            head = [p for p in built if any(p is c for c in chosen)]
+            return type(built)([*head, *(p for p in built if not any(p is c for c in chosen))])
 
-    model._get_logits_processor = first
+        first._vcontrast_registry = registry
+        model._get_logits_processor = first
+        wrapper = first
+    entry = (weakref.ref(processor), on_generate)
+    registry.append(entry)
 
     def restore() -> None:
-        if vars(model).get("_get_logits_processor") is first:
+        registry[:] = [e for e in registry if e is not entry]  # by identity, not by the weakrefs' referents
+        if not registry and vars(model).get("_get_logits_processor") is wrapper:
             del model._get_logits_processor
 
     return restore

@@ -10,10 +10,12 @@ Box convention: `(x0, y0, x1, y1)` in pixels (ints or floats), x to the right an
 `ceil(x1)`, `ceil(y1)`), so a float box covers every pixel it touches. With `normalized=True`, coordinates are
 fractions of the width and height in `[0, 1]`.
 
-Regions: a region is a box, or a mask of the image's size: a boolean (or 0/1) array or tensor of shape
-`(height, width)`, or a PIL mask image (mode `"1"`, or mode `"L"` with only the values 0 and 255, as segmentation
-models save them). `blackout` and `blackout_each` take boxes, masks or a mix of both and paint masks exactly, pixel
-for pixel ([`region_masks`]).
+Regions: a region is a box, or a mask of the image's size: a boolean array or tensor of shape `(height, width)`
+(dtype `bool`: an integer or float array is read as boxes, so that a `(K, 4)` array of 0s and 1s can never be taken
+for a mask; convert a 0/1 mask with `mask.astype(bool)`), or a PIL mask image (mode `"1"`, or mode `"L"` with only
+the values 0 and 255, as segmentation models save them). `blackout_mask`, which takes one mask and nothing else,
+also accepts 0/1 numbers. `blackout` and `blackout_each` take boxes, masks or a mix of both and paint masks exactly,
+pixel for pixel ([`region_masks`]).
 
 This module needs only numpy and PIL (no torch), though it accepts torch tensors as boxes and masks.
 """
@@ -154,6 +156,11 @@ def _check_box(box: Any) -> Box:
         values = np.asarray(box, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"box {_box_repr(box)} has to be 4 numbers (x0, y0, x1, y1)") from None
+    if values.ndim >= 2:  # a numeric array in a list of regions: a mask that is not boolean
+        raise ValueError(
+            f"a region of shape {values.shape} is neither a box (4 numbers) nor a mask: a mask region has to be a "
+            "boolean (H, W) array or tensor; convert a 0/1 mask with `mask.astype(bool)` (numpy) or `mask.bool()`"
+        )
     if values.shape != (4,):
         raise ValueError(f"box {_box_repr(box)} has to be 4 numbers (x0, y0, x1, y1), got shape {values.shape}")
     if not np.isfinite(values).all():
@@ -172,9 +179,14 @@ def _split_boxes(boxes: Any) -> list[Any]:
     if isinstance(boxes, np.ndarray):
         if boxes.ndim == 1:
             return [boxes]
-        if boxes.ndim == 2:
+        if boxes.ndim == 2 and boxes.shape[1] == 4:
             return list(boxes)
-        raise ValueError(f"`boxes` has to be one box or a sequence of boxes, got an array of shape {boxes.shape}")
+        # Never read as masks: a (K, 4) array of 0s and 1s would be ambiguous, so only boolean arrays are masks.
+        raise ValueError(
+            f"an array of shape {boxes.shape} and dtype {boxes.dtype} is neither one box (4,) nor boxes (K, 4); a "
+            "mask region has to be a boolean (H, W) array or tensor, or (K, H, W) for several: convert a 0/1 mask "
+            "with `mask.astype(bool)` (numpy) or `mask.bool()` (torch)"
+        )
     if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence):
         # ValueError like every other malformed box, so callers catch one exception type for bad regions.
         raise ValueError(f"`boxes` (={boxes!r}) has to be one box (x0, y0, x1, y1) or a sequence of boxes")  # noqa: TRY004
@@ -256,6 +268,28 @@ def parse_boxes(boxes: Any, size: tuple[int, int], normalized: bool = False) -> 
     return clipped
 
 
+# Boxes inside [0, 1] on an image at least this many pixels a side are taken for normalised coordinates (see below).
+_NORMALIZED_GUESS_MIN_SIDE = 8
+
+
+def _check_pixel_boxes(boxes: Any, size: tuple[int, int], option: str = "`normalized=True`") -> None:
+    # For callers whose boxes are pixels unless told otherwise (CRG): every box inside [0, 1] on an image of 8 pixels
+    # or more a side would black out at most the corner pixel; such boxes are normalised coordinates given as pixels,
+    # a mistake that otherwise passes silently. (`parse_boxes` cannot refuse them: (0, 0, 1, 1) is a valid pixel box.)
+    items = _split_boxes(boxes)
+    width, height = _check_size(size)
+    if not items or min(width, height) < _NORMALIZED_GUESS_MIN_SIDE:
+        return
+    values = np.array([_check_box(box) for box in items], dtype=np.float64)  # (K, 4)
+    if np.all((values >= 0) & (values <= 1)):
+        shown = ", ".join(_box_repr(box) for box in items[:3]) + (", ..." if len(items) > 3 else "")
+        raise ValueError(
+            f"every box ({shown}) lies inside [0, 1] on an image of size {(width, height)}, but boxes are read as "
+            f"pixels: pass {option} if they are fractions of the width and height, or give pixel boxes (a one-pixel "
+            "region is better given as a mask)"
+        )
+
+
 @functools.cache
 def _warn_normalized_once() -> None:
     # Once per process: an eval loop over thousands of items would repeat it for each.
@@ -308,7 +342,8 @@ def _check_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
 
 
 def _is_mask(region: Any) -> bool:
-    # A mask is a PIL image or a 2-D boolean array (a numeric 2-D array is a list of boxes).
+    # A mask is a PIL image or a 2-D boolean array. A numeric 2-D array is a list of boxes, never a mask, even when
+    # it holds only 0s and 1s: a (K, 4) box array of 0s and 1s would otherwise be ambiguous.
     if isinstance(region, Image.Image):
         return True
     value = _to_numpy(region)

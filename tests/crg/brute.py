@@ -1,7 +1,8 @@
 """Brute-force CRG references: both full forwards (no cache) at every step, full-vocabulary log-softmax.
 
 Written independently of `vcontrast.crg`: the guided formula is spelled out here, sequences are re-run from scratch,
-and beam search is a plain top-k over (beam, token) by summed scores.
+and beam search is a plain top-k over (beam, token) by summed per-step log-probabilities of the guided distribution,
+`log_softmax(g_t)` (what CRG decoding returns at every step, DESIGN.md: beam search maximises `CRG.score`'s default).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def full_logits(model, inputs: dict, ids: torch.Tensor) -> torch.Tensor:
 
 
 def guided(ref_logits: torch.Tensor, con_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The unnormalised guided scores g = (1 + alpha) lp_ref - alpha lp_con."""
     return (1 + alpha) * torch.log_softmax(ref_logits, -1) - alpha * torch.log_softmax(con_logits, -1)
+
+
+def guided_logprobs(ref_logits: torch.Tensor, con_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The guided distribution's log-probabilities, log_softmax(g): what CRG decoding returns at each step."""
+    return torch.log_softmax(guided(ref_logits, con_logits, alpha), -1)
 
 
 def greedy(model, reference: dict, contrast: dict, alpha: float, max_new_tokens: int, eos: int, pad: int, banned=()):
@@ -60,18 +67,22 @@ def greedy(model, reference: dict, contrast: dict, alpha: float, max_new_tokens:
 
 
 def beam_search(model, reference: dict, contrast: dict, alpha: float, num_beams: int, steps: int, banned):
-    """CRG beam search by brute force, with tokens `banned` (EOS, image placeholders) suppressed the way
-    `suppress_tokens` does it after the guidance (the CRG processor runs first in generate's list): the guided
-    scores of those tokens become -inf. Without EOS every beam runs `steps` tokens and the best summed score wins.
-    Returns the best sequence per prompt row."""
-    best = []
+    """CRG beam search by brute force: both full forwards re-run for every beam at every step, the guided
+    distribution's log-probabilities `log_softmax(g_t)` summed over steps, with tokens `banned` (EOS, image
+    placeholders) suppressed the way `suppress_tokens` does it after the guidance (the CRG processor runs first in
+    generate's list): their log-probabilities become -inf, and nothing is renormalised after that. Without EOS every
+    beam runs `steps` tokens and the best summed score wins.
+
+    Returns `(sequences, scores)`: the best sequence per prompt row (R, T + steps) and its summed log-probability
+    (R,), which generate reports as `sequences_scores` times `steps ** -length_penalty`."""
+    best, best_scores = [], []
     for row in range(reference["input_ids"].shape[0]):
         ref, con = dict(_row(reference, row)), dict(_row(contrast, row))
         beams = [(0.0, ref["input_ids"][0])]
         for _ in range(steps):
             candidates = []
             for score, seq in beams:
-                step = guided(
+                step = guided_logprobs(
                     full_logits(model, ref, seq[None])[0, -1], full_logits(model, con, seq[None])[0, -1], alpha
                 )
                 step[list(banned)] = -torch.inf
@@ -82,7 +93,8 @@ def beam_search(model, reference: dict, contrast: dict, alpha: float, num_beams:
             candidates.sort(key=lambda c: -c[0])
             beams = candidates[:num_beams]
         best.append(beams[0][1])
-    return torch.stack(best)
+        best_scores.append(beams[0][0])
+    return torch.stack(best), torch.tensor(best_scores)
 
 
 def _row(inputs: dict, row: int):

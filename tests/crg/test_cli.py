@@ -76,3 +76,24 @@ def test_parse_box_and_default_model(monkeypatch):
     monkeypatch.setattr(vcontrast.toy, "load", lambda **kwargs: ("toy", kwargs), raising=False)
     assert cli.load_model(None) == ("toy", {})
     assert cli.load_model(None, device="cpu")[1]["device"].type == "cpu"
+
+
+def test_normalized_boxes_option(app, image_file):
+    """Boxes in [0, 1] need --normalized-boxes (without it they are refused before the model loads); with it they
+    give the same scores as the same boxes in pixels (the 24 x 20 image: 0.25 * 24 = 6, 0.5 * 20 = 10)."""
+    args = ["score", str(image_file), "what is in the box ?", "a red cup", "blue"]
+    result = app([*args, "--box", "0.25,0,0.5,0.5"])
+    assert result.exit_code == 2 and "--normalized-boxes" in result.output, result.output
+    normalized = app([*args, "--box", "0.25,0,0.5,0.5", "--normalized-boxes"])
+    pixels = app([*args, "--box", "6,0,12,10"])
+    assert normalized.exit_code == 0 and normalized.output == pixels.output, normalized.output
+    result = app(["rerank", str(image_file), "a red cup", "--box", "0,0,0.5,0.5", "--box", "0.5,0.5,1,1"])
+    assert result.exit_code == 2, result.output
+    result = app(
+        ["rerank", str(image_file), "a red cup", "--box", "0,0,0.5,0.5", "--box", "0.5,0.5,1,1", "--normalized-boxes"]
+    )
+    assert result.exit_code == 0 and result.output.count("<- best") == 1, result.output
+    result = app(
+        ["ask", str(image_file), "what ?", "--box", "0,0,0.5,0.5", "--normalized-boxes", "--max-new-tokens", "2"]
+    )
+    assert result.exit_code == 0 and "with CRG" in result.output, result.output

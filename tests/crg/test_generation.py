@@ -83,7 +83,7 @@ def test_beam_search_matches_brute_force(family, monkeypatch):
     eos, pad = special_tokens(model, processor)
     steps, beams = 3, 3
     banned = [eos, image_token(model)]
-    expected = brute.beam_search(model, reference, contrast, 1.0, beams, steps, banned)
+    expected, expected_scores = brute.beam_search(model, reference, contrast, 1.0, beams, steps, banned)
     out = processor_generate(
         model,
         reference,
@@ -93,8 +93,14 @@ def test_beam_search_matches_brute_force(family, monkeypatch):
         do_sample=False,
         suppress_tokens=banned,
         pad_token_id=pad,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
-    assert torch.equal(out, expected)
+    assert torch.equal(out.sequences, expected)
+    # generate sums the processor's per-step scores and divides by length ** length_penalty (1.0 by default): with
+    # the guided distribution's log-probs, that is the summed guided log-likelihood per token, at most 0
+    torch.testing.assert_close(out.sequences_scores, expected_scores / steps, atol=1e-4, rtol=1e-4)
+    assert bool((out.sequences_scores <= 0).all())
     assert any(moved)
 
 
@@ -133,7 +139,7 @@ def test_contrast_stream_sees_the_masked_image_and_depends_on_regions(family, mo
     assert not torch.equal(contrast["pixel_values"], reference["pixel_values"])
 
     ids = reference["input_ids"]
-    expected = brute.guided(
+    expected = brute.guided_logprobs(
         brute.full_logits(model, reference, ids)[:, -1], brute.full_logits(model, contrast, ids)[:, -1], 1.0
     )
     torch.testing.assert_close(out.scores[0], expected, atol=1e-4, rtol=1e-4)
@@ -219,13 +225,14 @@ def test_processor_input_errors():
 
 
 def test_generate_processors_act_on_guided_scores_on_every_path():
-    """Repetition penalty and temperature see the guided scores, in the processor path as in the batched one."""
+    """Repetition penalty and temperature see the guided distribution's log-probs, in the processor path as in the
+    batched one."""
     from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
 
     model, processor, reference, contrast = prepared("llava", 1)
     _, pad = special_tokens(model, processor)
     ids = reference["input_ids"]
-    guided = brute.guided(
+    guided = brute.guided_logprobs(
         brute.full_logits(model, reference, ids)[:, -1], brute.full_logits(model, contrast, ids)[:, -1], 1.0
     )
     expected = TemperatureLogitsWarper(0.7)(ids, RepetitionPenaltyLogitsProcessor(1.5)(ids, guided.clone()))
@@ -261,3 +268,96 @@ def test_plausibility_cutoff_is_off_at_alpha_zero_on_every_path():
     scores = crg.score(image, prompt, ["a red cup", "blue"], REGIONS[0])
     assert all(math.isfinite(s) for s in scores)  # beta = 1 would leave only the argmax token if it applied
     assert scores == pytest.approx(plain_crg.score(image, prompt, ["a red cup", "blue"], REGIONS[0]), abs=1e-5)
+
+
+def test_live_processor_leaves_generate_calls_without_it_alone():
+    """A processor that is alive (not closed) changes nothing in a generate call that does not pass it: neither the
+    processor list nor the tokens, and its hook records none of that call's forwards."""
+    model, processor, reference, contrast = prepared("llava", 1)
+    _, pad = special_tokens(model, processor)
+    kwargs = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": pad}
+    scored = {"output_scores": True, "return_dict_in_generate": True}
+    before = model.generate(**reference, **kwargs, **scored)
+    crg = CRGLogitsProcessor(model, contrast)
+    guided = model.generate(**reference, logits_processor=LogitsProcessorList([crg]), **kwargs)
+    assert not torch.equal(guided, before.sequences)  # the processor does change this generation
+    after = model.generate(**reference, **kwargs, **scored)
+    assert torch.equal(after.sequences, before.sequences)
+    for step_after, step_before in zip(after.scores, before.scores, strict=True):
+        torch.testing.assert_close(step_after, step_before, rtol=0, atol=0)
+    assert crg._captured is None and crg._cache is None  # nothing recorded or kept from the plain call
+    crg.close()
+
+
+def test_two_live_processors_each_give_their_own_brute_force_result():
+    model, processor, reference, contrast = prepared("llava", 2)
+    _, _, _, other = prepared("llava", 2, regions=OTHER_REGIONS)
+    eos, pad = special_tokens(model, processor)
+    banned = [image_token(model)]
+    kwargs = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": pad, "suppress_tokens": banned}
+    first, second = CRGLogitsProcessor(model, contrast), CRGLogitsProcessor(model, other)  # both alive throughout
+    for crg, inputs in ((first, contrast), (second, other), (first, contrast)):
+        out = model.generate(**reference, logits_processor=LogitsProcessorList([crg]), **kwargs)
+        assert torch.equal(out, brute.greedy(model, reference, inputs, 1.0, NEW_TOKENS, eos, pad, banned))
+    assert not torch.equal(
+        brute.greedy(model, reference, contrast, 1.0, NEW_TOKENS, eos, pad, banned),
+        brute.greedy(model, reference, other, 1.0, NEW_TOKENS, eos, pad, banned),
+    )  # the two regions do lead to different tokens, so a mix-up would show
+    first.close()
+    second.close()
+    assert "_get_logits_processor" not in vars(model)
+
+
+def test_beam_search_maximises_the_renormalised_guided_score():
+    """The processor returns log_softmax(g_t): beam search's summed score (no length penalty) is `CRG.score`'s
+    default score of the generated tokens, never above 0, and each step's scores are log-probabilities."""
+    from vcontrast.crg.decode import stack_streams
+    from vcontrast.crg.scoring import ScoreJob, score_jobs
+
+    model, processor, reference, contrast = prepared("llava", 1)
+    eos, pad = special_tokens(model, processor)
+    steps = 4
+    kwargs = {"max_new_tokens": steps, "do_sample": False, "pad_token_id": pad, "suppress_tokens": [eos]}
+    kwargs |= {"output_scores": True, "return_dict_in_generate": True}
+    out = processor_generate(model, reference, contrast, num_beams=3, length_penalty=0.0, **kwargs)
+    prompt_length = reference["input_ids"].shape[1]
+    tokens = tuple(out.sequences[0, prompt_length:].tolist())
+    [score] = score_jobs(model, stack_streams(reference, contrast), [ScoreJob(0, (1,), tokens)], 1.0)
+    torch.testing.assert_close(out.sequences_scores[0], score.sum(), atol=1e-4, rtol=1e-4)
+    assert float(out.sequences_scores[0]) <= 0
+    greedy = {key: value for key, value in kwargs.items() if key != "suppress_tokens"}  # which removes some mass
+    for step in processor_generate(model, reference, contrast, **greedy).scores:  # log-probs at every step
+        torch.testing.assert_close(torch.logsumexp(step, -1), torch.zeros(1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("option", "kwargs"),
+    [
+        ("cache_implementation", {"cache_implementation": "static"}),
+        ("cache_implementation", {"cache_implementation": "static", "num_beams": 2}),
+        ("prefill_chunk_size", {"prefill_chunk_size": 8}),
+        ("prefill_chunk_size", {"prefill_chunk_size": 8, "num_beams": 2}),
+    ],
+)
+def test_static_cache_and_chunked_prefill_are_refused(option, kwargs):
+    model, processor, reference, contrast = prepared("llava", 1)
+    crg = CRG(model, processor)
+    for implementation in ("auto", "processor"):
+        with pytest.raises(ValueError, match=option):
+            crg.generate(tm.image(0), PROMPTS[0], REGIONS[0], implementation=implementation, **kwargs)
+    with pytest.raises(ValueError, match=option):
+        processor_generate(model, reference, contrast, max_new_tokens=2, **kwargs)
+    # plain generate (no processor passed) is not affected by a live processor's refusal
+    with CRGLogitsProcessor(model, contrast):
+        model.generate(**reference, max_new_tokens=2, pad_token_id=processor.tokenizer.pad_token_id, **kwargs)
+
+
+def test_static_cache_passed_in_is_refused():
+    from transformers import StaticCache
+
+    from vcontrast._compat import cache_kwargs
+
+    model, _, reference, contrast = prepared("llava", 1)
+    cache = StaticCache(config=model.config.get_text_config(), max_cache_len=reference["input_ids"].shape[1] + 4)
+    with pytest.raises(ValueError, match="static cache"):
+        processor_generate(model, reference, contrast, max_new_tokens=2, **cache_kwargs(cache))

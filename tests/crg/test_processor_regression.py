@@ -127,11 +127,12 @@ def test_guided_scores_equal_brute_force_at_alpha(family, alpha):
     for step, (scores, other) in enumerate(zip(out.scores[:steps], two_stream.scores[:steps], strict=True)):
         ids = out.sequences[:, : prompt_length + step]
         ref, con = brute.full_logits(model, reference, ids)[:, -1], brute.full_logits(model, contrast, ids)[:, -1]
-        expected = brute.guided(ref, con, alpha)
+        # the guided distribution's log-probs, log_softmax(g), on both paths
+        expected = brute.guided_logprobs(ref, con, alpha)
         torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(other, expected, atol=1e-4, rtol=1e-4)
         # and alpha matters: the alpha-1 formula is measurably different here
-        assert (brute.guided(ref, con, 1.0) - expected).abs().max() > 0.1
+        assert (brute.guided_logprobs(ref, con, 1.0) - expected).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -342,3 +342,50 @@ def test_mask_regions_and_given_contrast_image():
         crg.score(image, PROMPT, CANDIDATES, contrast_image=Image.new("RGB", (8, 8)))
     with pytest.raises(ValueError, match="expected"):
         crg.score(image, PROMPT, CANDIDATES, regions=[np.ones((4, 4), dtype=bool)])
+
+
+@pytest.mark.parametrize("condition", ["GaussianBlur", "NoImage"])
+def test_rerank_refuses_a_contrast_condition(condition):
+    """Re-ranking blacks out each proposal alone; a `contrast=` condition would give one score for all proposals."""
+    from vcontrast import conditions
+
+    model, processor = tm.build("llava")
+    contrast = conditions.GaussianBlur(3.0) if condition == "GaussianBlur" else conditions.NoImage()
+    crg = CRG(model, processor, contrast=contrast)
+    proposals = [(2, 2, 12, 10), (14, 4, 24, 16), (0, 10, 8, 20)]
+    with pytest.raises(ValueError, match=f"`contrast`.*{condition}.*without `contrast=`"):
+        crg.rerank(tm.image(0), "a red cup", proposals, prompt=PROMPT)
+    with pytest.raises(ValueError, match="without `contrast=`"):
+        crg.rerank_batch([tm.image(0)], ["a red cup"], [proposals], prompt=PROMPT)
+
+
+def test_normalized_boxes():
+    """`normalized=True` reads boxes as fractions of the size (as `Blackout` does); without it, boxes that all lie
+    inside [0, 1] on an image of 8 pixels or more a side are refused instead of blacking out one pixel."""
+    import numpy as np
+
+    model, processor = tm.build("llava")
+    image = tm.image(0, size=(40, 30))
+    fractions, pixels = [(0.1, 0.2, 0.6, 0.5), (0.5, 0.5, 1.0, 1.0)], [(4, 6, 24, 15), (20, 15, 40, 30)]
+    normalized, plain = CRG(model, processor, normalized=True), CRG(model, processor)
+    assert normalized.regions_for(image, PROMPT, fractions) == pixels
+    assert normalized.score(image, PROMPT, CANDIDATES, fractions) == pytest.approx(
+        plain.score(image, PROMPT, CANDIDATES, pixels), abs=1e-5
+    )
+    assert normalized.rerank(image, "a red cup", fractions, prompt=PROMPT)[1] == pytest.approx(
+        plain.rerank(image, "a red cup", pixels, prompt=PROMPT)[1], abs=1e-5
+    )
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[1:3, 1:3] = True  # masks stay in pixels
+    found = normalized.regions_for(image, "", [mask, fractions[0]])
+    assert found[0].sum() == 4 and found[1] == pixels[0]
+    for boxes in (fractions, [(0, 0, 1, 1)], [fractions[0], mask]):
+        with pytest.raises(ValueError, match=r"inside \[0, 1\].*normalized=True"):
+            plain.score(image, PROMPT, CANDIDATES, boxes)
+    with pytest.raises(ValueError, match="normalized=True"):
+        plain.rerank(image, "a red cup", fractions, prompt=PROMPT)
+    with pytest.raises(ValueError, match="normalized=True"):
+        plain.generate(image, PROMPT, fractions, max_new_tokens=1)
+    assert plain.regions_for(image, PROMPT, [(0, 0, 1, 1), (3, 3, 5, 5)]) == [(0, 0, 1, 1), (3, 3, 5, 5)]
+    with pytest.raises(ValueError, match="normalized"):
+        CRG(model, processor, normalized="yes")

@@ -20,7 +20,16 @@ ModelOption = Annotated[
 ]
 BoxOption = Annotated[
     list[str] | None,
-    typer.Option("--box", help="A region x0,y0,x1,y1 in pixels (repeat for several regions)."),
+    typer.Option(
+        "--box", help="A region x0,y0,x1,y1 in pixels, or fractions with --normalized-boxes (repeat for several)."
+    ),
+]
+NormalizedOption = Annotated[
+    bool,
+    typer.Option(
+        "--normalized-boxes",
+        help="Read --box coordinates as fractions of the image's width and height in [0, 1] instead of pixels.",
+    ),
 ]
 AlphaOption = Annotated[float, typer.Option(help="Guidance strength alpha (0 turns CRG off).")]
 DeviceOption = Annotated[str | None, typer.Option(help="Where to run the model, e.g. 'cuda'; default: CPU.")]
@@ -41,7 +50,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise ValueError(f"--box {text!r} has to be four numbers x0,y0,x1,y1 (pixels), such as --box 10,20,60,80")
+        raise ValueError(f"--box {text!r} has to be four numbers x0,y0,x1,y1, such as --box 10,20,60,80")
     return values
 
 
@@ -61,12 +70,13 @@ def _inputs(
     device: str | None,
     model: str | None,
     image_backend: str | None,
+    normalized: bool = False,
 ):
-    # Everything the user gave, checked before the model loads: (picture, pixel boxes).
+    # Everything the user gave, checked before the model loads: (picture, boxes as given).
     from vcontrast.crg.guidance import check_alpha
     from vcontrast.models.image_backend import check_image_backend
     from vcontrast.models.loading import check_device, check_model_source
-    from vcontrast.regions import open_image, parse_boxes
+    from vcontrast.regions import _check_pixel_boxes, open_image, parse_boxes
 
     try:
         check_alpha(alpha)
@@ -82,7 +92,10 @@ def _inputs(
     boxes = [parse_box(text) for text in texts or []]
     if not boxes:
         raise ValueError("no --box given: pass at least one region x0,y0,x1,y1 (pixels) for CRG to black out")
-    parse_boxes(boxes, picture.size)  # malformed or outside the image: say so now, not after loading
+    # malformed, outside the image, or fractions read as pixels: say so now, not after loading
+    parse_boxes(boxes, picture.size, normalized=normalized)
+    if not normalized:
+        _check_pixel_boxes(boxes, picture.size, option="--normalized-boxes")
     return picture, boxes
 
 
@@ -96,6 +109,7 @@ def ask(
     save: Annotated[Path | None, typer.Option(help="Write a side-by-side picture (PNG) here.")] = None,
     device: DeviceOption = None,
     image_backend: ImageBackendOption = None,
+    normalized_boxes: NormalizedOption = False,
 ) -> None:
     """Answer QUESTION about IMAGE with and without CRG, blacking out the --box regions in the contrast image."""
     from vcontrast.atomic import IMAGE_SUFFIXES, check_output_file, save_image
@@ -105,10 +119,10 @@ def ask(
         raise ValueError(f"--max-new-tokens {max_new_tokens} has to be at least 1")
     if save is not None:
         check_output_file(save, "--save", IMAGE_SUFFIXES)
-    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend, normalized_boxes)
     vlm, processor = load_model(model, device, image_backend)
-    crg = CRG(vlm, processor, alpha=alpha)
-    plain_crg = CRG(vlm, processor, alpha=0.0)
+    crg = CRG(vlm, processor, alpha=alpha, normalized=normalized_boxes)
+    plain_crg = CRG(vlm, processor, alpha=0.0, normalized=normalized_boxes)
     guided = crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
     plain = plain_crg.generate(picture, question, boxes, max_new_tokens=max_new_tokens)
     print(f"without CRG: {plain}")
@@ -134,16 +148,21 @@ def score(
     normalize: Annotated[bool, typer.Option(help="Renormalise the guided distribution.")] = True,
     device: DeviceOption = None,
     image_backend: ImageBackendOption = None,
+    normalized_boxes: NormalizedOption = False,
 ) -> None:
     """Score CANDIDATES as answers to PROMPT about IMAGE: CRG-guided and plain log-likelihoods, best first."""
     from vcontrast.crg import CRG
 
     if reduce not in ("sum", "mean"):
         raise ValueError(f"--reduce {reduce!r} has to be 'sum' or 'mean'")
-    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend, normalized_boxes)
     vlm, processor = load_model(model, device, image_backend)
-    guided = CRG(vlm, processor, alpha=alpha).score(picture, prompt, candidates, boxes, reduce, normalize)
-    plain = CRG(vlm, processor, alpha=0.0).score(picture, prompt, candidates, boxes, reduce, normalize)
+    guided = CRG(vlm, processor, alpha=alpha, normalized=normalized_boxes).score(
+        picture, prompt, candidates, boxes, reduce, normalize
+    )
+    plain = CRG(vlm, processor, alpha=0.0, normalized=normalized_boxes).score(
+        picture, prompt, candidates, boxes, reduce, normalize
+    )
     order = sorted(range(len(candidates)), key=lambda i: -guided[i])
     width = max(len(c) for c in candidates)
     print(f"{'candidate':{width}s}  {'CRG':>10s}  {'plain':>10s}")
@@ -154,19 +173,24 @@ def score(
 def rerank(
     image: Annotated[Path, typer.Argument(help="The image file.")],
     text: Annotated[str, typer.Argument(help="The referring expression or phrase.")],
-    box: Annotated[list[str], typer.Option("--box", help="A proposal x0,y0,x1,y1 in pixels (repeat).")],
+    box: Annotated[
+        list[str],
+        typer.Option("--box", help="A proposal x0,y0,x1,y1 in pixels (fractions with --normalized-boxes); repeat."),
+    ],
     prompt: Annotated[str, typer.Option(help="The prompt TEXT is scored as an answer to.")] = "Describe the image.",
     alpha: AlphaOption = 1.0,
     model: ModelOption = None,
     device: DeviceOption = None,
     image_backend: ImageBackendOption = None,
+    normalized_boxes: NormalizedOption = False,
 ) -> None:
     """Pick the --box proposal that TEXT refers to: each proposal is blacked out alone and scored with CRG."""
     from vcontrast.crg import CRG
 
-    picture, boxes = _inputs(image, box, alpha, device, model, image_backend)
+    picture, boxes = _inputs(image, box, alpha, device, model, image_backend, normalized_boxes)
     vlm, processor = load_model(model, device, image_backend)
-    best, scores = CRG(vlm, processor, alpha=alpha).rerank(picture, text, boxes, prompt=prompt)
+    crg = CRG(vlm, processor, alpha=alpha, normalized=normalized_boxes)
+    best, scores = crg.rerank(picture, text, boxes, prompt=prompt)
     for i, (proposal, value) in enumerate(zip(boxes, scores, strict=True)):
         mark = "  <- best" if i == best else ""
         print(f"{i}: {','.join(f'{v:g}' for v in proposal)}  {value:10.4f}{mark}")

@@ -17,12 +17,13 @@ from transformers import LogitsProcessorList
 from vcontrast.candidates import CandidateTokens, candidate_tokens, shared_suffix_length
 from vcontrast.crg.decode import stack_streams, two_stream_generate
 from vcontrast.crg.guidance import check_alpha, check_beta
-from vcontrast.crg.processor import CRGLogitsProcessor
+from vcontrast.crg.processor import CRGLogitsProcessor, check_generation_config
 from vcontrast.crg.scoring import ScoreJob, check_chunk_bytes, score_jobs
 from vcontrast.models import get_adapter
 from vcontrast.models.loading import check_text_length
 from vcontrast.regions import (
     _check_fill,
+    _check_pixel_boxes,
     _is_mask,
     blackout,
     blackout_all,
@@ -106,6 +107,11 @@ class CRG:
             Memory budget of candidate scoring: the most bytes the per-candidate copies of the prompt's KV cache may
             take at once (`vcontrast.crg.scoring`); `None` (default) allows four times the prompts' own cache, so
             scoring needs about five times that whatever the number of candidates.
+        normalized (`bool`, *optional*, defaults to `False`):
+            Whether the boxes passed to this CRG's methods are fractions of the image's width and height in `[0, 1]`
+            instead of pixels (as `vcontrast.regions.parse_boxes` takes them; masks are always in pixels). With
+            `False`, boxes that all lie inside `[0, 1]` on an image of 8 pixels or more a side raise `ValueError`:
+            they would black out at most one pixel, and are almost surely normalised coordinates.
 
     Examples:
 
@@ -133,6 +139,7 @@ class CRG:
         overlay_width: int = 2,
         contrast: Any = None,
         chunk_bytes: int | None = None,
+        normalized: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"`mode` (={mode!r}) has to be one of {MODES}")
@@ -157,6 +164,9 @@ class CRG:
             raise ValueError(f"`overlay_width` (={overlay_width!r}) has to be a positive integer")
         self.overlay_width = overlay_width
         self.contrast = _check_condition(contrast)
+        if not isinstance(normalized, bool):
+            raise ValueError(f"`normalized` (={normalized!r}) has to be True or False")  # noqa: TRY004
+        self.normalized = normalized
 
     # ------------------------------------------------------------------ inputs
 
@@ -173,13 +183,15 @@ class CRG:
         """The regions of `image` to black out: `regions` checked against the image (boxes clipped to it, as pixel
         tuples; masks as `(H, W)` bool arrays), or the proposer's boxes for `prompt` when `regions` is empty.
 
-        Regions may be boxes `(x0, y0, x1, y1)` in pixels, boolean masks `(H, W)` or mode-`"L"` mask images, alone or
-        mixed (see `vcontrast.regions.split_regions`).
+        Regions may be boxes `(x0, y0, x1, y1)` (in pixels, or fractions of the size with `normalized=True`),
+        boolean masks `(H, W)` or mode-`"L"` mask images, alone or mixed (see `vcontrast.regions.split_regions`).
 
         Raises:
-            `ValueError`: a box is malformed or lies entirely outside the image, a mask has the wrong size or is
-            empty, or there are no regions (and no proposer found any), except in `"whole"` mode, which needs none.
+            `ValueError`: a box is malformed or lies entirely outside the image, every box lies inside `[0, 1]` on an
+            image of 8 pixels or more a side while `normalized` is False, a mask has the wrong size or is empty, or
+            there are no regions (and no proposer found any), except in `"whole"` mode, which needs none.
         """
+        normalized = self.normalized
         if _is_empty(regions):
             if self.mode == "whole":
                 return []
@@ -194,12 +206,15 @@ class CRG:
             if not proposals:
                 raise ValueError(f"no regions given and the proposer found none for prompt {prompt!r}")
             regions = [proposal.box for proposal in proposals]
+            normalized = False  # a detector's boxes are in pixels
+        elif not normalized:
+            _check_pixel_boxes([region for region in split_regions(regions) if not _is_mask(region)], image.size)
         out = []
         for region in split_regions(regions):
             if _is_mask(region):
                 out += region_masks(image.size, [region])
             else:
-                out.append(tuple(parse_boxes([region], image.size)[0].tolist()))
+                out.append(tuple(parse_boxes([region], image.size, normalized=normalized)[0].tolist()))
         return out
 
     def _get_proposer(self) -> Any:
@@ -333,7 +348,8 @@ class CRG:
         **generate_kwargs,
     ) -> str:
         """Answer `prompt` about `image` with CRG decoding (greedy by default; sampling and beam search through the
-        usual `generate` arguments).
+        usual `generate` arguments). Every path decodes from the guided distribution's log-probabilities
+        `log_softmax(g_t)`, so beam search ranks beams by the sum `score` computes by default.
 
         Args:
             image (`PIL.Image.Image`): the image.
@@ -351,7 +367,8 @@ class CRG:
 
         Raises:
             `ValueError`: for decoding modes CRG does not support (assisted generation, contrastive search, DoLa,
-            group or constrained beam search, `use_cache=False`), or the `"each"` mode.
+            group or constrained beam search, `use_cache=False`), a static cache (`cache_implementation="static"`)
+            or chunked prefill (`prefill_chunk_size`), or the `"each"` mode.
         """
         return self.generate_batch(
             [image], [prompt], [regions], implementation=implementation, contrast_images=[contrast_image],
@@ -433,6 +450,9 @@ class CRG:
         config = copy.deepcopy(generate_kwargs.get("generation_config") or self.adapter.model.generation_config)
         options = {key: value for key, value in generate_kwargs.items() if hasattr(config, key)}
         config.update(**options)
+        # Both implementations keep the contrast stream's cache themselves, as a dynamic cache prefilled at once: a
+        # static cache would crash the processor path and be ignored by the batched one (see `CRGLogitsProcessor`).
+        check_generation_config(config)
         if config.use_cache is False:
             raise ValueError("CRG generation needs `use_cache=True` (got use_cache=False)")
         if getattr(config, "guidance_scale", None) not in (None, 1, 1.0):
@@ -615,6 +635,10 @@ class CRG:
         Returns:
             `tuple[int, list[float]]`: the best proposal's index and every proposal's score.
 
+        Raises:
+            `ValueError`: this CRG was built with `contrast=` (its contrast image would not depend on the proposals;
+            re-ranking needs a CRG without it), or a proposal is malformed.
+
         Examples:
 
         ```python
@@ -637,6 +661,12 @@ class CRG:
         Returns:
             `list[tuple[int, list[float]]]`: per example, the best proposal's index and every proposal's score.
         """
+        if self.contrast is not None:
+            raise ValueError(
+                f"re-ranking blacks out each proposal alone, but this CRG makes its contrast image with `contrast` "
+                f"(={self.contrast!r}), which does not depend on the proposals: build a CRG without `contrast=` for "
+                "re-ranking"
+            )
         if reduce not in ("sum", "mean"):
             raise ValueError(f"`reduce` (={reduce!r}) has to be 'sum' or 'mean'")
         images, texts, proposals = list(images), list(texts), list(proposals)

@@ -76,7 +76,8 @@ def two_stream_generate(
 
     Returns:
         What `generate` returns: the sequences (B * num_return_sequences, T + new), prompt included, or a
-        `GenerateDecoderOnlyOutput` with `sequences` (and `scores`, the processed guided scores, when asked).
+        `GenerateDecoderOnlyOutput` with `sequences` (and `scores`, when asked: the guided distribution's
+        log-probabilities `log_softmax(g)` after generate's processors and warpers).
 
     Examples:
 
@@ -158,7 +159,9 @@ def _decode(
     keep_scores = generation_config.return_dict_in_generate and generation_config.output_scores
     all_scores = () if keep_scores else None
     while True:
-        guided = guided_logprobs(logits[:rows], logits[rows:], alpha, plausibility_beta).to(input_ids.device)
+        # The guided distribution's log-probs, as CRGLogitsProcessor returns them (same tokens as the raw g).
+        guided = guided_logprobs(logits[:rows], logits[rows:], alpha, plausibility_beta, normalize=True)
+        guided = guided.to(input_ids.device)
         scores = logits_processor(input_ids, guided)
         if keep_scores:
             all_scores += (scores,)

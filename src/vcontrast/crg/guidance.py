@@ -39,11 +39,15 @@ def guided_logprobs(
     contrast: torch.Tensor,
     alpha: float = 1.0,
     plausibility_beta: float | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """CRG's guided scores `(1 + alpha) * lp_ref - alpha * lp_con` from two sets of logits (or log-probs).
+    """CRG's guided scores `g = (1 + alpha) * lp_ref - alpha * lp_con` from two sets of logits (or log-probs), or
+    with `normalize=True` the guided distribution's log-probabilities `log_softmax(g)`.
 
     Both inputs go through `log_softmax` (idempotent on log-probs), so raw logits and log-probs give the same result.
-    The output is not renormalised: `log_softmax` of it is the guided distribution that scoring uses.
+    `g` itself is not normalised (its exponentials do not sum to 1); `log_softmax(g)` differs from it by one constant
+    per position, so both give the same argmax and the same sampling distribution. Decoding uses `log_softmax(g)`
+    (so that beam search sums log-probabilities, as `CRG.score` does by default); scoring offers both.
 
     Args:
         reference (`torch.Tensor`): (..., V) logits given the image.
@@ -52,6 +56,7 @@ def guided_logprobs(
         alpha (`float`, *optional*, defaults to 1.0): guidance strength, >= 0.
         plausibility_beta (`float`, *optional*): VCD's cutoff in (0, 1]; `None` (default) keeps every token. Not
             applied at `alpha=0`.
+        normalize (`bool`, *optional*, defaults to `False`): return `log_softmax(g)` instead of `g`.
 
     Returns:
         `torch.Tensor`: (..., V) float32, a new tensor; `-inf` for tokens removed by the cutoff.
@@ -66,7 +71,7 @@ def guided_logprobs(
     """
     lp_ref = torch.log_softmax(reference.float(), dim=-1)
     if alpha == 0:  # guidance off: the plain model, on every path (no contrast, no cutoff; see the doc)
-        return lp_ref
+        return lp_ref  # already normalised
     lp_con = torch.log_softmax(contrast.float(), dim=-1)
     if lp_con.dim() == lp_ref.dim() + 1:
         lp_con = lp_con.mean(-2)
@@ -75,5 +80,5 @@ def guided_logprobs(
     guided = (1 + alpha) * lp_ref - alpha * lp_con
     if plausibility_beta is not None:
         cutoff = math.log(plausibility_beta) + lp_ref.max(dim=-1, keepdim=True).values
-        guided = guided.masked_fill(lp_ref < cutoff, -math.inf)
-    return guided
+        guided = guided.masked_fill(lp_ref < cutoff, -math.inf)  # the argmax of lp_ref always stays finite
+    return torch.log_softmax(guided, dim=-1) if normalize else guided

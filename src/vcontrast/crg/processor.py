@@ -10,12 +10,21 @@ both streams have the same token layout, so they share them.
 
 Beam search reorders `generate`'s cache between steps; the processor finds the same reordering by matching each new
 sequence's prefix against the sequences of the previous step, and reorders its own cache likewise.
+
+The processor returns the guided distribution's log-probabilities, `log_softmax(g)`, so that beam search sums the
+same per-token scores as `CRG.score`'s default (renormalised) score; greedy decoding and sampling are unchanged by
+the per-step shift.
+
+The hook records only the forwards of `generate` calls that the processor takes part in: the processor learns at the
+start of each `generate` call of its model whether it is in that call's list (`run_logits_processor_first`), and
+every contrast forward of any CRG processor is skipped.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
 from typing import Any
 
@@ -25,9 +34,11 @@ from typing_extensions import Self
 
 from vcontrast._compat import (
     CACHE_NAMES,
+    STATIC_CACHE_IMPLEMENTATIONS,
     cache_from_kwargs,
     cache_from_output,
     cache_kwargs,
+    is_static_cache,
     run_logits_processor_first,
 )
 from vcontrast.crg.guidance import check_alpha, check_beta, guided_logprobs
@@ -40,10 +51,38 @@ logger = logging.getLogger(__name__)
 _REFERENCE_ONLY = (*CACHE_NAMES, "mm_encoder_outputs")
 
 
+class _ContrastForwards(threading.local):
+    # How many contrast forwards (of any CRGLogitsProcessor) are running in this thread: the hooks of every processor
+    # skip them, so that two processors in one generate call never record each other's contrast stream.
+    depth = 0
+
+
+_CONTRAST = _ContrastForwards()
+
+
+def check_generation_config(config: Any) -> None:
+    """Raise ValueError naming the option if `config` (a `GenerationConfig`) asks for something CRG generation cannot
+    follow: a static (preallocated) cache or chunked prefill. The contrast stream keeps its own dynamic cache and
+    prefills the whole prompt at once, in `CRGLogitsProcessor` and in the batched decoder alike."""
+    implementation = getattr(config, "cache_implementation", None)
+    if implementation in STATIC_CACHE_IMPLEMENTATIONS:
+        raise ValueError(
+            f"`cache_implementation` (={implementation!r}) is not supported by CRG generation: the contrast stream "
+            "keeps its own dynamic cache; leave `cache_implementation` unset or use 'dynamic'"
+        )
+    chunk = getattr(config, "prefill_chunk_size", None)
+    if chunk is not None:
+        raise ValueError(
+            f"`prefill_chunk_size` (={chunk!r}) is not supported by CRG generation: the contrast stream prefills the "
+            "whole prompt at once; leave it unset"
+        )
+
+
 def _capture(ref: weakref.ref, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
     # The hook holds the processor weakly, so that dropping the processor removes the hook (see `weakref.finalize`).
+    # It records only forwards of generate calls the processor takes part in, and never a contrast forward.
     processor = ref()
-    if processor is None or processor._in_contrast:
+    if processor is None or not processor._active or _CONTRAST.depth:
         return
     cache = cache_from_kwargs(kwargs)
     prefill = cache is None or cache.get_seq_length() == 0
@@ -90,15 +129,22 @@ class CRGLogitsProcessor(LogitsProcessor):
     r"""
     Contrastive Region Guidance (arXiv 2403.02325) as a logits processor: it runs the contrast stream (the same
     prompt with the key regions of the image blacked out) next to `generate`'s reference stream, with its own KV
-    cache, and returns `(1 + alpha) * log_softmax(reference) - alpha * log_softmax(contrast)`.
+    cache, and returns the guided distribution's log-probabilities `log_softmax(g)`, with
+    `g = (1 + alpha) * log_softmax(reference) - alpha * log_softmax(contrast)`. Renormalising changes no greedy or
+    sampled token (it shifts each step's scores by a constant); it makes beam search sum true log-probabilities, the
+    same per-token scores as `CRG.score`'s default, so `sequences_scores` stay <= 0 and length penalty and early
+    stopping compare like with like.
 
-    It runs before every processor and warper `generate` builds from its generation config (repetition penalty,
-    suppressed tokens, temperature, top-k, ...), so that those act on the guided scores, as in CRG's batched decoder
-    (`generate` would otherwise put a processor passed in `logits_processor` after its own ones); while the
-    processor is alive, it takes that place in every `generate` call of its model.
+    In every `generate` call whose `logits_processor` holds it, it runs before every processor and warper `generate`
+    builds from its generation config (repetition penalty, suppressed tokens, temperature, top-k, ...), so that those
+    act on the guided scores, as in CRG's batched decoder (`generate` would otherwise put a processor passed in
+    `logits_processor` after its own ones). `generate` calls that do not pass it are left alone, even while it is
+    alive: their list is unchanged and its hook ignores their forwards.
 
     It works with greedy decoding, sampling and beam search (its cache follows the beams), for padded batches
-    (left padding, as `generate` wants). Build it, pass it to `generate` of the same model, and let it go (or use it
+    (left padding, as `generate` wants), with `generate`'s default dynamic cache: a static cache
+    (`cache_implementation="static"`, or a `StaticCache` passed in) and chunked prefill (`prefill_chunk_size`) raise
+    `ValueError`. Build it, pass it to `generate` of the same model, and let it go (or use it
     as a context manager): the forward hook it puts on the model is removed when the processor is closed or garbage
     collected. One processor serves any number of `generate` calls with the same contrast inputs.
 
@@ -144,19 +190,29 @@ class CRGLogitsProcessor(LogitsProcessor):
             )
         self.contrast_inputs = inputs
         self._in_contrast = False
+        self._active = False  # whether the current generate call of the model passed this processor
         self._captured: tuple[dict, bool, bool] | None = None
         self._cache = None
         self._previous: torch.Tensor | None = None
         self._group_size = 1
         hook = functools.partial(_capture, weakref.ref(self))
         self._handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
-        restore = run_logits_processor_first(self.model, self)
+        restore = run_logits_processor_first(self.model, self, CRGLogitsProcessor._on_generate)
         self._finalizer = weakref.finalize(self, _release, self._handle, restore)
 
     def close(self) -> None:
         """Remove the forward hook from the model and free the contrast cache (idempotent)."""
         self._finalizer()
+        self._active = False
         self._cache = self._previous = self._captured = None
+
+    def _on_generate(self, generation_config: Any, included: bool) -> None:
+        # Called when a generate call of the model builds its processor list, before its first forward: a fresh
+        # start for this processor if the call passed it, else nothing to record until a call does.
+        self._cache = self._previous = self._captured = None
+        self._active = included and self._finalizer.alive
+        if self._active and self.alpha != 0:
+            check_generation_config(generation_config)
 
     def __enter__(self) -> Self:
         return self
@@ -175,6 +231,11 @@ class CRGLogitsProcessor(LogitsProcessor):
                 "CRGLogitsProcessor saw no forward of its model: pass it to `generate` of the model it was built with"
             )
         kwargs, prefill, positional = captured
+        if prefill and is_static_cache(cache_from_kwargs(kwargs)):
+            raise ValueError(
+                "CRGLogitsProcessor does not support a static cache (`cache_implementation='static'` or a "
+                "`StaticCache` passed to generate): its contrast stream keeps a dynamic cache"
+            )
         if positional:
             raise ValueError(
                 "CRGLogitsProcessor needs the forward's inputs as keyword arguments, as `generate` passes"
@@ -183,14 +244,16 @@ class CRGLogitsProcessor(LogitsProcessor):
             raise ValueError("CRG generation needs `use_cache=True`: the contrast stream keeps its own KV cache")
         contrast = self._prefill(kwargs, input_ids) if prefill else self._step(kwargs, input_ids)
         self._previous = input_ids
-        return guided_logprobs(scores, contrast.to(scores.device), self.alpha, self.plausibility_beta)
+        return guided_logprobs(scores, contrast.to(scores.device), self.alpha, self.plausibility_beta, normalize=True)
 
     def _forward(self, kwargs: dict) -> Any:
         self._in_contrast = True
+        _CONTRAST.depth += 1
         try:
             with torch.no_grad():
                 return self.model(**kwargs)
         finally:
+            _CONTRAST.depth -= 1
             self._in_contrast = False
 
     def _prefill(self, kwargs: dict, input_ids: torch.Tensor) -> torch.Tensor:

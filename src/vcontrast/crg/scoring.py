@@ -152,9 +152,7 @@ def _job_scores(
         lp_ref = torch.log_softmax(logits[0], dim=-1)
         lp_con = torch.log_softmax(contrast, dim=-1).mean(-2)
         return (lp_ref - lp_con).gather(-1, target).squeeze(-1)
-    guided = guided_logprobs(logits[0], contrast, alpha, plausibility_beta)  # (n, V)
-    if score == "normalized":
-        guided = torch.log_softmax(guided, dim=-1)
+    guided = guided_logprobs(logits[0], contrast, alpha, plausibility_beta, normalize=score == "normalized")  # (n, V)
     return guided.gather(-1, target).squeeze(-1)
 
 
