@@ -54,6 +54,9 @@ def test_score_and_rerank(app, image_file):
     result = app(["rerank", str(image_file), "a red cup", "--box", "2,2,12,10", "--box", "14,4,24,16"])
     assert result.exit_code == 0, result.output
     assert result.output.count("<- best") == 1
+    # Re-ranking's log-ratio has no alpha: the option is not offered (it would change nothing).
+    result = app(["rerank", str(image_file), "a red cup", "--box", "2,2,12,10", "--alpha", "2"])
+    assert result.exit_code == 2 and "--alpha" in result.output
 
 
 def test_bad_input_is_a_usage_error(app, image_file, tmp_path):

@@ -66,7 +66,7 @@ def load_model(
 def _inputs(
     image: Path,
     texts: list[str] | None,
-    alpha: float,
+    alpha: float | None,
     device: str | None,
     model: str | None,
     image_backend: str | None,
@@ -79,7 +79,8 @@ def _inputs(
     from vcontrast.regions import _check_pixel_boxes, open_image, parse_boxes
 
     try:
-        check_alpha(alpha)
+        if alpha is not None:  # (re-ranking has none)
+            check_alpha(alpha)
     except ValueError as error:
         raise ValueError(
             f"--alpha {alpha:g} has to be a finite number >= 0 (0 turns CRG off; the paper uses 1)"
@@ -178,18 +179,19 @@ def rerank(
         typer.Option("--box", help="A proposal x0,y0,x1,y1 in pixels (fractions with --normalized-boxes); repeat."),
     ],
     prompt: Annotated[str, typer.Option(help="The prompt TEXT is scored as an answer to.")] = "Describe the image.",
-    alpha: AlphaOption = 1.0,
     model: ModelOption = None,
     device: DeviceOption = None,
     image_backend: ImageBackendOption = None,
     normalized_boxes: NormalizedOption = False,
 ) -> None:
-    """Pick the --box proposal that TEXT refers to: each proposal is blacked out alone and scored with CRG."""
+    """Pick the --box proposal that TEXT refers to: each proposal is blacked out alone, and its score is how much
+    that lowers TEXT's log-likelihood (CRG's re-ranking rule, sum of log p(token | image) - log p(token | image with
+    the proposal blacked out); it has no alpha)."""
     from vcontrast.crg import CRG
 
-    picture, boxes = _inputs(image, box, alpha, device, model, image_backend, normalized_boxes)
+    picture, boxes = _inputs(image, box, None, device, model, image_backend, normalized_boxes)
     vlm, processor = load_model(model, device, image_backend)
-    crg = CRG(vlm, processor, alpha=alpha, normalized=normalized_boxes)
+    crg = CRG(vlm, processor, normalized=normalized_boxes)
     best, scores = crg.rerank(picture, text, boxes, prompt=prompt)
     for i, (proposal, value) in enumerate(zip(boxes, scores, strict=True)):
         mark = "  <- best" if i == best else ""
