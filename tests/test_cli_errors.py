@@ -244,6 +244,72 @@ def test_is_user_error():
             assert is_user_error(caught) is expected, caught
 
 
+def test_eval_user_errors_go_to_stderr_and_bugs_keep_their_traceback(capsys, tmp_path, monkeypatch):
+    from vcontrast.bench import runner
+
+    nowhere = tmp_path / "nowhere"
+    code, out, err = invoke(capsys, ["eval", "--benchmark", "seetrue", "--data-dir", nowhere])
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [
+        f"error: seetrue: data folder {nowhere} does not exist.",
+        "  expected layout: docs/eval.md, 'The benchmarks'",
+    ]
+
+    def broken(*args, **kwargs):
+        _a, _b = [1]  # an implicit ValueError (like one raised inside torch): a bug, not "error: ..., exit 2"
+
+    monkeypatch.setattr(runner, "evaluate", broken)
+    code, out, err = invoke(capsys, ["eval", "--benchmark", "seetrue", "--data-dir", nowhere])
+    assert code == 1 and "Traceback" in err and "this is a bug in vcontrast" in err.splitlines()[-1]
+    from vcontrast.bench.cli import eval_command
+
+    with pytest.raises(ValueError, match="not enough values to unpack"):  # the command itself lets it through
+        eval_command(benchmark="seetrue", data_dir=nowhere)
+
+
+def test_eval_metrics_errors_go_to_stderr(capsys, tmp_path, monkeypatch):
+    from vcontrast.bench import runner
+
+    summary = {"benchmark": "toy", "method": "base", "n_items": 2, "predictions": "predictions.jsonl"}
+    results = [
+        {**summary, "metrics": {}, "metrics_error": "AUROC needs both classes"},
+        {**summary, "metrics": {"choice/accuracy": 1.0}, "metrics_error": "match/auroc is undefined: AUROC ..."},
+    ]
+    monkeypatch.setattr(runner, "evaluate", lambda *args, **kwargs: results.pop(0))
+    args = ["eval", "--benchmark", "toy", "--data-dir", tmp_path, "--out", tmp_path / "out"]
+    code, out, err = invoke(capsys, args)
+    assert code == 1 and "(none)" in out and "error:" not in out
+    assert err.strip() == "error: no metrics: AUROC needs both classes"
+    code, out, err = invoke(capsys, args)  # some metrics defined: they are the result, the others are noted
+    assert code == 0 and "choice/accuracy" in out and "undefined" not in out
+    assert err.strip() == "note: left out: match/auroc is undefined: AUROC ..."
+
+
+def test_lmms_eval_errors_go_to_stderr(capsys, monkeypatch):
+    from vcontrast.bench import lmms
+    from vcontrast.crg.guidance import check_alpha
+
+    monkeypatch.setattr(lmms, "run_lmms_eval", lambda args: check_alpha(-1))  # one of vcontrast's own checks
+    code, out, err = invoke(capsys, ["lmms-eval", "--model", "nope"])
+    assert code == 2 and out == "" and err.startswith("error: ") and "alpha" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(lmms, "run_lmms_eval", lambda args: int("x"))
+    code, out, err = invoke(capsys, ["lmms-eval", "--model", "nope"])
+    assert code == 1 and "Traceback" in err and "this is a bug in vcontrast" in err
+
+
+def test_cal_usage_errors_only_for_user_errors():
+    import typer
+
+    from vcontrast.cal.cli import _usage_errors
+    from vcontrast.crg.guidance import check_alpha
+
+    with pytest.raises(typer.BadParameter, match="alpha"), _usage_errors():
+        check_alpha(-1)
+    with pytest.raises(ValueError, match="invalid literal") as caught, _usage_errors():
+        int("x")  # a ValueError that is no check of vcontrast's: a bug, with its traceback
+    assert not isinstance(caught.value, typer.BadParameter)
+
+
 # The cases as command lines, for the scripted run. IMAGE, BOMB and FOLDER are filled in.
 SCRIPTED = [
     ask("IMAGE", "--alpha", "nan"),

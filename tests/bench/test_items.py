@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from PIL import Image
 
@@ -57,3 +59,27 @@ def test_read_csv_rows_counts_lines_as_the_file_does(tmp_path):
     assert [(n, r["a"]) for n, r in read_csv_rows(path, "demo", ("a",))] == [(2, "1"), (4, "3")]
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['c'\]"):
         list(read_csv_rows(path, "demo", ("a", "c")))
+
+
+def test_boxes_are_checked_with_the_library_rules(tmp_path):
+    # xyxy boxes given as COCO's xywh (x1 < x0) scored acc@0.5 0.0 silently
+    refexp = {"id": "r", "task": "refexp", "image": "x.png", "prompt": "the cup"}
+    with pytest.raises(
+        ValueError, match=r"Item 'r': `target` box \[20, 26, 15, 15\] is inverted.*COCO's \[x, y, w, h\]"
+    ):
+        Item(**refexp, target=[20, 26, 15, 15])
+    with pytest.raises(ValueError, match=r"Item 'r': `proposals\[1\]` box .* is inverted.*COCO's"):
+        Item(**refexp, proposals=[(0, 0, 4, 4), (10, 10, 5, 5)])
+    with pytest.raises(ValueError, match=r"Item 'r': `regions\[0\]` box \(2, 2, 2, 8\) has zero area"):
+        Item(**refexp, regions=[(2, 2, 2, 8)])
+    with pytest.raises(ValueError, match=r"`regions\[0\]` box \[1, 2, 3\] has to be 4 numbers"):
+        Item(**refexp, regions=[[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"`regions` \(=\(1, 2, 3, 4\)\) must be a list of"):
+        Item(**refexp, regions=(1, 2, 3, 4))
+    item = Item(**refexp, regions=[[1, 2, 3, 4]], proposals=[[0, 0, 4, 4]], target=[0, 0, 4, 4])
+    assert item.regions == [(1.0, 2.0, 3.0, 4.0)] and item.target == (0.0, 0.0, 4.0, 4.0)
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({**refexp, "target": [3, 3, 1, 1]}) + "\n")
+    with pytest.raises(ValueError, match=r"items.jsonl:1: Item 'r': `target` box .* is inverted"):
+        list(read_items(path))

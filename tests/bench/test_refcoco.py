@@ -207,3 +207,49 @@ def test_missing_and_bad(tmp_path, make_image):
         refcoco.load(tmp_path, dataset="refclef")
     with pytest.raises(ValueError, match="option.* proposals do not apply to this benchmark"):
         get_benchmark("seetrue").load(tmp_path, proposals="gt")
+
+
+def test_boxes_in_the_wrong_format_are_refused_at_load(tmp_path, make_image):
+    # xywh boxes in the xyxy layout scored acc@0.5 0.0 silently
+    make_image(tmp_path / "img" / "a.png", size=(64, 48))
+    row = {"image": "img/a.png", "expression": "the cup", "target": [20, 26, 15, 15], "proposals": [[20, 26, 35, 41]]}
+    (tmp_path / "val.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"refcoco: .*val.jsonl, line 1: `target` box \[20, 26, 15, 15\] is inverted.*COCO's \[x, y, w, h\]\?",
+    ):
+        refcoco.load(tmp_path)
+    row = {**row, "target": [20, 26, 35, 41], "proposals": [[20, 26, 35, 41], [5, 5, 5, 9]]}
+    (tmp_path / "val.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: `proposals\[1\]` box \[5, 5, 5, 9\] has zero area"):
+        refcoco.load(tmp_path)
+
+    refer = tmp_path / "refer"
+    bad = {**INSTANCES, "annotations": [{**INSTANCES["annotations"][0], "bbox": [0, 0, -10, 20]}]}
+    write_refer(refer, make_image, instances=bad)
+    with pytest.raises(
+        ValueError, match=r"annotations\[0\]: `bbox` \(=\[0, 0, -10, 20\]\) must have a positive width"
+    ):
+        refcoco.load(refer, split="val")
+    write_refer(refer, make_image)
+    dets = [{"det_id": 0, "box": [30, 10, 0, 20], "image_id": IMAGE_ID, "score": 1.0}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    with pytest.raises(ValueError, match=r"dets.json, entry 0: `box` \(=\[30, 10, 0, 20\]\) must have a positive"):
+        refcoco.load(refer, split="val", proposals=tmp_path / "dets.json")
+
+
+def test_detections_without_an_entry_for_an_image_are_refused(tmp_path, make_image):
+    # The reported failure: such items silently took the region proposer's boxes (or the whole image) instead.
+    write_refer(tmp_path, make_image)
+    dets = [{"det_id": 9, "box": [30, 10, 20, 20], "image_id": 1, "category_id": 1, "score": 0.99}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    with pytest.raises(
+        ValueError,
+        match=rf"refcoco: the detections file .*dets.json has no detection for 1 of the 1 images of split "
+        rf"'testA' \(image ids {IMAGE_ID}\); .*--proposals gt / proposer",
+    ):
+        refcoco.load(tmp_path, split="testA", proposals=tmp_path / "dets.json")
+    dets.append({**dets[0], "image_id": IMAGE_ID})
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    items = refcoco.load(tmp_path, split="testA", proposals=tmp_path / "dets.json", limit=1)
+    assert len(items) == 1 and items[0].proposals == [(30.0, 10.0, 50.0, 30.0)]

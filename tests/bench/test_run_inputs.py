@@ -4,6 +4,7 @@ every row and image happens before the model loads, and the CLI turns it into ex
 
 import csv
 import json
+import re
 
 import pytest
 import typer
@@ -179,3 +180,135 @@ def test_model_in_memory_is_identified_by_its_weights():
         next(other.parameters()).view(-1)[0] += 1.0
     changed = model_identity((other, processor))
     assert changed["model_weights"] != same["model_weights"] and changed["model_config"] == same["model_config"]
+
+
+def _model_folder(root):
+    root.mkdir()
+    (root / "config.json").write_text('{"model_type": "llava"}')
+    (root / "tokenizer.json").write_text('{"model": {}}')
+    (root / "chat_template.jinja").write_text("USER: {{ messages }} ASSISTANT:")
+    (root / "processor_config.json").write_text('{"image_processor": {"image_mean": [0.5, 0.5, 0.5]}}')
+    (root / "tokenizer_config.json").write_text('{"model_max_length": 512}')
+    (root / "modeling_custom.py").write_text("# remote code\n")
+    (root / "model.safetensors").write_bytes(b"0" * 10)
+    (root / "README.md").write_text("not part of the fingerprint")
+    return root
+
+
+def test_chat_template_and_processor_settings_are_part_of_the_model(tmp_path, make_image):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=2)
+    model = _model_folder(tmp_path / "model")
+    run(data, tmp_path / "out", model=str(model))
+    recorded = json.loads((tmp_path / "out" / RUN_FILE).read_text())["model"]["files"]
+    assert set(recorded) == {
+        "chat_template.jinja",
+        "config.json",
+        "model.safetensors",
+        "modeling_custom.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
+    assert recorded["model.safetensors"] == {"size": 10}
+    (model / "README.md").write_text("edited")  # not a file the model reads
+    assert run(data, tmp_path / "out", model=str(model))["n_items"] == 2
+    for name, text in (("chat_template.jinja", "USER: {{ messages }} BOT:"), ("processor_config.json", "{}")):
+        before = (model / name).read_text()
+        (model / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"different run: model.files.{name}.sha256: was "):
+            run(data, tmp_path / "out", model=str(model))
+        (model / name).write_text(before)
+
+
+def _as_older_vcontrast_wrote_it(run_json):
+    # vcontrast until 2026-12 hashed config.json, generation_config.json, preprocessor_config.json and tokenizer.json
+    record = json.loads(run_json.read_text())
+    files = record["model"]["files"]
+    record["model"]["files"] = {k: files[k] for k in ("config.json", "model.safetensors", "tokenizer.json")}
+    run_json.write_text(json.dumps(record))
+
+
+def test_older_run_json_resumes_with_a_warning_naming_the_files_now_hashed(tmp_path, make_image, caplog):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=2)
+    model = _model_folder(tmp_path / "model")
+    first = run(data, tmp_path / "out", model=str(model))
+    _as_older_vcontrast_wrote_it(tmp_path / "out" / RUN_FILE)
+    again = FakeMethod()
+    with caplog.at_level("WARNING", logger="vcontrast.bench.fingerprint"):
+        assert run(data, tmp_path / "out", again, model=str(model)) == first
+    assert again.calls == []
+    assert "older vcontrast" in caplog.text
+    assert "chat_template.jinja, modeling_custom.py, processor_config.json, tokenizer_config.json" in caplog.text
+
+
+def test_older_run_json_of_another_model_is_refused(tmp_path, make_image):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=2)
+    model = _model_folder(tmp_path / "model")
+    run(data, tmp_path / "out", model=str(model))
+    _as_older_vcontrast_wrote_it(tmp_path / "out" / RUN_FILE)
+    (model / "config.json").write_text('{"model_type": "llava", "vocab_size": 3}')  # a file older vcontrast hashed
+    with pytest.raises(ValueError, match=r"different run: .*model.files.config.json.sha256: was "):
+        run(data, tmp_path / "out", model=str(model))
+    (model / "config.json").write_text('{"model_type": "llava"}')
+    (model / "generation_config.json").write_text("{}")  # older vcontrast would have recorded it: not an old record
+    with pytest.raises(ValueError, match=r"model.files.generation_config.json: not recorded before"):
+        run(data, tmp_path / "out", model=str(model))
+
+
+def test_a_box_outside_its_image_stops_the_run_before_the_model_loads(tmp_path, make_image):
+    # It failed only once the model had loaded and earlier batches were written.
+    make_image(tmp_path / "toy" / "images" / "a.png", size=(16, 12))
+    good = {"id": "a", "task": "vqa", "image": "images/a.png", "prompt": "what?", "answer": "x"}
+    rows = [good, {**good, "id": "b", "regions": [[2, 2, 8, 8], [20, 2, 30, 8]]}]
+    (tmp_path / "toy" / "vqa_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    method = FakeMethod()
+    with pytest.raises(ValueError, match=r"toy: item 'b': `regions\[1\]` box \(20.0, 2.0, 30.0, 8.0\) lies entirely"):
+        run(tmp_path / "toy", tmp_path / "out", method, benchmark="toy")
+    assert method.calls == [] and not (tmp_path / "out").exists()
+    refexp = {"id": "r", "task": "refexp", "image": "images/a.png", "prompt": "the cup"}
+    for field, value, name in (
+        ("proposals", [[0, 0, 4, 4], [0, 13, 4, 20]], "proposals[1]"),
+        ("target", [0, 40, 4, 50], "target"),
+    ):
+        (tmp_path / "toy" / "vqa_test.jsonl").write_text(json.dumps({**refexp, field: value}) + "\n")
+        with pytest.raises(ValueError, match=rf"item 'r': `{re.escape(name)}` box .* lies entirely outside the image"):
+            run(tmp_path / "toy", tmp_path / "out", method, benchmark="toy")
+
+
+def test_crop_refuses_an_inverted_box():
+    from PIL import Image
+
+    from vcontrast.bench.methods import _crop
+
+    image = Image.new("RGB", (16, 12))
+    assert _crop(image, (2, 2, 2, 2)).size == (1, 1)  # a thin box keeps one pixel
+    with pytest.raises(ValueError, match=r"box \(10, 2, 4, 8\) is inverted"):
+        _crop(image, (10, 2, 4, 8))
+
+
+def test_alpha_that_has_no_effect_is_refused(tmp_path, make_image, monkeypatch):
+    # crg re-ranks referring expressions by the alpha-free log-ratio: an alpha sweep gave identical numbers
+    data = write_refer(tmp_path / "refer", make_image)
+    built = []
+
+    def fake_build(method, *args, **kwargs):
+        built.append(method)
+        return FakeRefexp()
+
+    monkeypatch.setattr(runner, "_build_method", fake_build)
+    for method in ("crg", "crg+overlay"):
+        with pytest.raises(
+            ValueError, match=rf"`alpha` \(=2.0\) has no effect on method '{re.escape(method)}' for refexp"
+        ):
+            evaluate("refcoco", data, method=method, alpha=2.0, out_dir=tmp_path / "out", show_progress=False)
+    assert built == [] and not (tmp_path / "out").exists()
+    # the default is accepted, and alpha still matters where the method's refexp scores depend on it (vcd)
+    summary = evaluate("refcoco", data, method="crg", out_dir=tmp_path / "crg", show_progress=False)
+    assert summary["config"]["alpha"] == 1.0
+    summary = evaluate("refcoco", data, method="vcd", alpha=2.0, out_dir=tmp_path / "vcd", show_progress=False)
+    assert summary["config"]["alpha"] == 2.0 and built == ["crg", "vcd"]
+    # a run that also holds other tasks: alpha changes those
+    from vcontrast.bench.methods import check_alpha_has_effect
+
+    check_alpha_has_effect("crg", 2.0, {"refexp", "match"})
+    check_alpha_has_effect("base", 2.0, {"refexp"})  # base takes no alpha at all

@@ -151,10 +151,40 @@ def test_torn_last_line_is_ignored_and_cut(tmp_path, make_image):
     assert (out / PREDICTIONS_FILE).read_bytes() == (tmp_path / "ref" / PREDICTIONS_FILE).read_bytes()
 
 
-def test_last_line_without_newline_is_not_trusted(tmp_path):
+def test_whole_last_line_without_newline_is_kept(tmp_path, make_image):
+    # A whole JSON object cannot be a torn write (no proper prefix of an object is one): only its newline is missing.
     path = tmp_path / "p.jsonl"
-    path.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}')  # valid JSON, but the write did not finish
+    path.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}')
+    assert read_predictions(path) == {"a": {"x": 1}, "b": {"x": 2}}
+    path.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": ')
     assert list(read_predictions(path)) == ["a"]
+
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=4)
+    reference = run(data, tmp_path / "ref", batch_size=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RUN_FILE).write_text((tmp_path / "ref" / RUN_FILE).read_text())
+    ref_lines = lines(tmp_path / "ref" / PREDICTIONS_FILE)
+    (out / "predictions.part0.jsonl").write_text(ref_lines[0] + "\n" + ref_lines[1])  # first batch, no final newline
+    resumed = FakeMethod()
+    assert run(data, out, resumed, batch_size=2) == reference
+    assert resumed.calls == [["swap_att/2", "swap_att/3"]]  # the first batch is not recomputed
+    assert (out / PREDICTIONS_FILE).read_bytes() == (tmp_path / "ref" / PREDICTIONS_FILE).read_bytes()
+
+
+def test_repair_ends_a_whole_last_line_and_cuts_a_torn_one(tmp_path):
+    from vcontrast.bench.runner import _repair
+
+    path = tmp_path / "p.jsonl"
+    for text, repaired in (
+        ('{"id": "a"}', '{"id": "a"}\n'),
+        ('{"id": "a"}\n{"id": "b"', '{"id": "a"}\n'),
+        ('{"id": "a"}\n', '{"id": "a"}\n'),
+        ("", ""),
+    ):
+        path.write_text(text)
+        _repair(path)
+        assert path.read_text() == repaired
 
 
 def test_corrupt_middle_line_raises(tmp_path, make_image):
@@ -219,7 +249,35 @@ def test_match_metrics_and_undefined_metric(tmp_path, make_image):
     # p_yes 0.9, 0.6 (neg), 0.6, 0.2 (neg): AUROC (1 + 1 + 0.5 + 1) / 4; F1: TP 2, FP 1 -> 0.8
     assert summary["metrics"]["auroc"] == 0.875 and summary["metrics"]["f1"] == pytest.approx(0.8)
     one_class = run(data, tmp_path / "one", benchmark="seetrue", limit=1)
-    assert one_class["metrics"] == {} and "both classes" in one_class["metrics_error"]
+    # AUROC is undefined on one class: only that entry is left out, and metrics_error says why
+    assert one_class["metrics"] == {"f1": 1.0}
+    assert (
+        one_class["metrics_error"] == "auroc is undefined: AUROC needs both classes, got 1 positives and 0 negatives"
+    )
+
+
+def test_an_undefined_metric_leaves_the_others(tmp_path, make_image):
+    # The reported failure: match/auroc of a --limit holding one class wiped every metric of a toy run.
+    make_image(tmp_path / "toy" / "images" / "a.png")
+    choice = {"task": "choice", "image": "images/a.png", "prompt": "which?", "candidates": ["a", "b"], "answer": 0}
+    match = {"task": "match", "image": "images/a.png", "prompt": "a cat", "label": 1}
+    for name, rows in (
+        ("choice_test", [{**choice, "id": f"c_{k}"} for k in range(2)]),
+        ("match_test", [{**match, "id": "m_0"}]),
+    ):
+        (tmp_path / "toy" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run(tmp_path / "toy", tmp_path / "out", benchmark="toy")
+    assert summary["metrics"]["choice/accuracy"] == 0.5 and summary["metrics"]["match/f1"] == 1.0
+    assert "match/auroc" not in summary["metrics"] and "match_test/match/auroc" not in summary["metrics"]
+    assert summary["metrics_error"].startswith("match/auroc is undefined: AUROC needs both classes")
+    assert "match_test/match/auroc is undefined" in summary["metrics_error"]  # per file, recorded the same way
+    assert json.loads((tmp_path / "out" / METRICS_FILE).read_text()) == summary
+    # a malformed prediction still leaves no metric at all (a bug to see, not an undefined entry)
+    (tmp_path / "out" / PREDICTIONS_FILE).write_text(
+        (tmp_path / "out" / PREDICTIONS_FILE).read_text().replace('"p_yes"', '"q_yes"')
+    )
+    broken = run(tmp_path / "toy", tmp_path / "out", benchmark="toy")
+    assert broken["metrics"] == {} and "lacks 'p_yes'" in broken["metrics_error"]
 
 
 def test_vipbench_writes_grader_files(tmp_path, make_image):
@@ -287,3 +345,57 @@ def test_runs_without_accelerate_on_one_process(tmp_path, make_image, monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="WORLD_SIZE=2 but accelerate is not installed"):
         run(data, tmp_path / "out2")
+
+
+def test_a_run_that_cannot_load_leaves_nothing_behind(tmp_path, make_image, monkeypatch):
+    # The reported failure: the default proposer could not load offline, run.json and an empty part file stayed, and
+    # the rerun the error message suggests (--proposer toy) was refused as "a different run".
+    from vcontrast.bench import runner
+
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=3)
+
+    def cannot_load(*args, **kwargs):
+        raise OSError("cannot load the model offline")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_build_method", cannot_load)
+        with pytest.raises(OSError, match="offline"):
+            evaluate("sugarcrepe", data, method="base", out_dir=tmp_path / "new" / "out", show_progress=False)
+        assert not (tmp_path / "new").exists()  # nor the parent it would have created
+        (tmp_path / "mine").mkdir()
+        with pytest.raises(OSError, match="offline"):
+            evaluate("sugarcrepe", data, method="base", out_dir=tmp_path / "mine", show_progress=False)
+        assert list((tmp_path / "mine").iterdir()) == []  # a folder that was there stays, empty
+
+    # a method that fails at its first batch (a proposer loads when the first item needs it)
+    failing = FakeMethod(fail_after=0, config={"proposer": "grounding-dino"})
+    for out in (tmp_path / "out", tmp_path / "mine"):
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(data, out, failing, batch_size=2)
+        assert not out.exists() or list(out.iterdir()) == []
+        fixed = FakeMethod(config={"proposer": "toy"})
+        assert run(data, out, fixed, batch_size=2)["config"] == {"proposer": "toy"}
+
+
+def test_a_run_that_fails_after_predicting_keeps_its_files(tmp_path, make_image):
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(data, tmp_path / "out", FakeMethod(fail_after=2), batch_size=2)
+    assert (tmp_path / "out" / RUN_FILE).is_file()
+    assert len(read_predictions(tmp_path / "out" / "predictions.part0.jsonl")) == 2
+
+
+def test_overwrite_deletes_the_earlier_run_only_once_the_method_loads(tmp_path, make_image, monkeypatch):
+    from vcontrast.bench import runner
+
+    data = write_sugarcrepe(tmp_path / "data", make_image, n=2)
+    evaluate("sugarcrepe", data, method=FakeMethod(), out_dir=tmp_path / "out", show_progress=False)
+    before = (tmp_path / "out" / PREDICTIONS_FILE).read_text()
+
+    def cannot_load(*args, **kwargs):
+        raise OSError("cannot load the model offline")
+
+    monkeypatch.setattr(runner, "_build_method", cannot_load)
+    with pytest.raises(OSError, match="offline"):
+        evaluate("sugarcrepe", data, method="base", out_dir=tmp_path / "out", show_progress=False, overwrite=True)
+    assert (tmp_path / "out" / PREDICTIONS_FILE).read_text() == before

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -28,7 +29,9 @@ def eval_command(
             "'crg+overlay', 'vcd' (contrast with a noised image), 'no-image' (CRG contrasting with no image)."
         ),
     ] = "base",
-    alpha: Annotated[float, typer.Option(help="CRG guidance strength (method crg).")] = 1.0,
+    alpha: Annotated[
+        float, typer.Option(help="CRG guidance strength (methods crg, crg+overlay, vcd, no-image; see docs/eval.md).")
+    ] = 1.0,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N items (per split).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder; rerunning into it resumes.")] = Path("out/eval"),
     split: Annotated[str | None, typer.Option(help="One split of the benchmark; default: the loader's.")] = None,
@@ -104,8 +107,7 @@ def eval_command(
             image_backend=image_backend,
         )
     except (ValueError, FileNotFoundError) as e:
-        print(short_error(e))
-        raise typer.Exit(code=2) from e
+        _user_error_or_raise(e)
     if not _is_main_process():
         return
     print(format_table(summary))
@@ -114,8 +116,23 @@ def eval_command(
     for path in summary.get("grader_files", []):
         print(f"ViP-Bench grader file: {out / path}")
     if "metrics_error" in summary:
-        print(f"error: no metrics: {summary['metrics_error']}")
-        raise typer.Exit(code=1)
+        if summary["metrics"]:  # some entries are undefined on these items (e.g. AUROC of one class): left out
+            print(f"note: left out: {summary['metrics_error']}", file=sys.stderr)
+        else:
+            print(f"error: no metrics: {summary['metrics_error']}", file=sys.stderr)
+            raise typer.Exit(code=1)
+
+
+def _user_error_or_raise(error: Exception) -> NoReturn:
+    # A user error (vcontrast's own check, or a file error naming the path) is one or two lines on stderr and exit
+    # status 2; anything else (e.g. a ValueError from inside torch) is a bug: re-raised for `vcontrast.cli.run` to
+    # show with its traceback.
+    from vcontrast.cli import is_user_error
+
+    if not is_user_error(error):
+        raise error
+    print(short_error(error), file=sys.stderr)
+    raise typer.Exit(code=2) from error
 
 
 def short_error(error: Exception) -> str:
@@ -153,10 +170,9 @@ def lmms_eval_command(ctx: typer.Context) -> None:
     try:
         code = run_lmms_eval(list(ctx.args))
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}")
-        raise typer.Exit(code=2) from e
+        _user_error_or_raise(e)
     if code:
-        print("error: lmms-eval produced no results (see its log above)")
+        print("error: lmms-eval produced no results (see its log above)", file=sys.stderr)
     raise typer.Exit(code=code)
 
 

@@ -18,6 +18,38 @@ TASKS = ("caption", "vqa", "region_vqa", "choice", "match", "refexp")
 _TEXT_TASKS = ("vqa", "region_vqa", "match", "refexp")
 
 
+def check_box(box: object, what: str) -> Box:
+    """`box` as `(x0, y0, x1, y1)` floats if it is a valid pixel box by the rules of `vcontrast.regions` (4 finite
+    numbers, `x0 <= x1`, `y0 <= y1`, non-zero area), else a `ValueError` starting with `what` (e.g. "Item 'q7':
+    `regions[0]`", followed by "box [...] is ..."). An inverted box is often COCO's `[x, y, w, h]` given where
+    `[x0, y0, x1, y1]` is expected (it then scores IoU 0 silently), and the message says so.
+
+    Examples:
+
+    ```python
+    >>> check_box([10, 20, 30, 40], "`target`")
+    (10.0, 20.0, 30.0, 40.0)
+    >>> check_box([100, 120, 30, 40], "`target`")
+    Traceback (most recent call last):
+    ...
+    ValueError: `target` box [100, 120, 30, 40] is inverted: ... is it COCO's [x, y, w, h]?
+    ```
+    """
+    from vcontrast.regions import _check_box  # the library's one set of box rules (numpy and PIL only)
+
+    try:
+        return tuple(float(v) for v in _check_box(box))
+    except ValueError as e:
+        hint = ""
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)  # type: ignore[union-attr]
+            if x1 < x0 or y1 < y0:
+                hint = "; [x0, y0, x1, y1] expected: is it COCO's [x, y, w, h]?"
+        except (TypeError, ValueError):
+            pass
+        raise ValueError(f"{what} {e}{hint}".strip()) from None
+
+
 @dataclass
 class Item:
     """One evaluation or training example.
@@ -58,10 +90,14 @@ class Item:
             raise ValueError(f"Item {self.id!r}: `image` (={self.image!r}) must be a non-empty path string")
         if not isinstance(self.prompt, str) or (self.task in _TEXT_TASKS and not self.prompt.strip()):
             raise ValueError(f"Item {self.id!r}: `prompt` (={self.prompt!r}) must be a non-empty string")
-        self.regions = [tuple(float(v) for v in b) for b in self.regions]
-        self.proposals = [tuple(float(v) for v in b) for b in self.proposals]
+        for name in ("regions", "proposals"):
+            boxes = getattr(self, name)
+            flat = isinstance(boxes, (list, tuple)) and any(isinstance(b, (int, float)) for b in boxes)
+            if flat or isinstance(boxes, (str, bytes)) or not isinstance(boxes, (list, tuple)):
+                raise ValueError(f"Item {self.id!r}: `{name}` (={boxes!r}) must be a list of [x0, y0, x1, y1] boxes")
+            setattr(self, name, [check_box(b, f"Item {self.id!r}: `{name}[{k}]`") for k, b in enumerate(boxes)])
         if self.target is not None:
-            self.target = tuple(float(v) for v in self.target)
+            self.target = check_box(self.target, f"Item {self.id!r}: `target`")
 
     def to_json(self) -> dict:
         """A JSON-ready dict (tuples become lists)."""

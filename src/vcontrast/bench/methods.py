@@ -65,7 +65,7 @@ import importlib
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from PIL import Image
@@ -84,12 +84,14 @@ __all__ = [
     "NoImageMethod",
     "OverlayMethod",
     "VCDMethod",
+    "check_alpha_has_effect",
     "get_method",
     "method_config",
     "region_phrases",
 ]
 
 DEFAULT_PROPOSER = "grounding-dino"
+DEFAULT_ALPHA = 1.0  # `alpha` of `evaluate` and `vcontrast eval` when not given
 # Proposers that register themselves when their module is imported (so that `--proposer toy` works from the CLI).
 _SELF_REGISTERING = {"toy": "vcontrast.toy.proposer"}
 
@@ -148,6 +150,26 @@ def method_config(
 
         return _config(proposer, proposer_model, max_new_tokens, check_alpha(alpha)) | settings
     return _config(proposer, proposer_model, max_new_tokens) | settings
+
+
+def check_alpha_has_effect(name: str, alpha: float, tasks: Iterable[str]) -> None:
+    """Refuse an `alpha` other than the default (`DEFAULT_ALPHA`) for a built-in method that ignores it on every
+    task of the run: "crg" and "crg+overlay" re-rank referring expressions ("refexp") by the alpha-free log-ratio
+    `log p(expr | I) - log p(expr | I, proposal blacked out)`, so an alpha sweep over RefCOCO would give identical
+    numbers under different labels. The default is accepted (and recorded), so existing runs resume.
+
+    Raises:
+        `ValueError`: naming the method, the tasks and what to do instead.
+    """
+    cls = METHODS.get(name)
+    tasks = set(tasks)
+    if cls is None or not cls.guided or not tasks or not tasks <= set(cls.alpha_free_tasks) or alpha == DEFAULT_ALPHA:
+        return
+    raise ValueError(
+        f"`alpha` (={alpha!r}) has no effect on method {name!r} for {', '.join(sorted(tasks))} items: it re-ranks "
+        "proposals by the alpha-free log-ratio log p(expr | I) - log p(expr | I, proposal blacked out); leave "
+        f"--alpha at its default ({DEFAULT_ALPHA}), or use a method whose re-ranking it changes (vcd, no-image)"
+    )
 
 
 def _check_rerank_prompt(prompt: Any) -> str | None:
@@ -223,6 +245,9 @@ def _regroup(flat: list, boxes: list[list]) -> list[list]:
 
 def _crop(image: Image.Image, box: Sequence[float]) -> Image.Image:
     # Round outward and keep at least one pixel, so that a thin or out-of-image box still gives an image to score.
+    # An inverted box is refused: it is no region (often COCO's [x, y, w, h] taken for [x0, y0, x1, y1]).
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"box {tuple(box)} is inverted: it needs x0 <= x1 and y0 <= y1 (boxes are xyxy)")
     x0 = min(max(math.floor(box[0]), 0), image.width - 1)
     y0 = min(max(math.floor(box[1]), 0), image.height - 1)
     x1 = max(min(math.ceil(box[2]), image.width), x0 + 1)
@@ -251,6 +276,8 @@ class ModelMethod:
 
     name = "model"
     guided = False  # whether `alpha` is a setting
+    # Tasks whose predictions do not depend on `alpha` (CRG's refexp re-ranking: the alpha-free log-ratio).
+    alpha_free_tasks: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict] = {}  # the method's own options and their defaults
     # The prompt a refexp expression answers; None: CRG's RERANK_PROMPT. Recorded in `config` only when set, so that
     # the runs made before it existed keep their settings.
@@ -457,6 +484,7 @@ class CRGMethod(ModelMethod):
 
     name = "crg"
     guided = True
+    alpha_free_tasks: ClassVar[tuple[str, ...]] = ("refexp",)
 
     def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
         from vcontrast.crg import CRG
@@ -551,6 +579,7 @@ class CRGOverlayMethod(OverlayMethod):
 
     name = "crg+overlay"
     guided = True
+    alpha_free_tasks: ClassVar[tuple[str, ...]] = ("refexp",)
 
     def __init__(self, model: Any, processor: Any, alpha: float = 1.0, **kwargs: Any):
         from vcontrast.crg.guidance import check_alpha

@@ -63,6 +63,11 @@ MATCH_THRESHOLD = 0.5  # P(yes) >= 0.5 counts as "yes" for F1 and match accuracy
 IOU_THRESHOLD = 0.5  # refexp: correct when IoU(chosen box, target) >= 0.5 (RefCOCO convention)
 
 
+class UndefinedMetricError(ValueError):
+    """A metric has no value on these items, such as AUROC over one class only (a `--limit` or a split can hold
+    one). `compute_metrics` leaves that entry out and, when given `undefined=`, says why there."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plain functions
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUROC needs both classes, got {n_pos} positives and {n_neg} negatives")
+        raise UndefinedMetricError(f"AUROC needs both classes, got {n_pos} positives and {n_neg} negatives")
     ranks = _average_ranks(s)
     u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
@@ -418,13 +423,22 @@ def _exact_match_item(item: Item, prediction: dict) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Mapping[str, dict]) -> dict[str, float]:
+def compute_metrics(
+    benchmark: str | Any,
+    items: Sequence[Item],
+    predictions: Mapping[str, dict],
+    *,
+    undefined: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Compute a benchmark's declared metrics from the runner's predictions.
 
     Args:
         benchmark (`str` or `Benchmark`): a name in `vcontrast.bench.registry.BENCHMARKS`, or the spec itself.
         items (`Sequence[Item]`): the loaded items (any subset, e.g. after `limit`).
         predictions (`Mapping[str, dict]`): `Item.id -> prediction dict` in the schema of this module's docstring.
+        undefined (`dict[str, str]`, *optional*): filled with `name -> why` for each entry left out because the
+            metric is undefined on its items (`UndefinedMetricError`, e.g. "match/auroc" of a `limit` holding one
+            class); the other entries are computed as usual.
 
     Returns:
         `dict[str, float]`: metric name -> value. Single-task benchmarks use plain names ("accuracy"); benchmarks
@@ -432,8 +446,12 @@ def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Ma
         metric is also given per split as "split/name". For a benchmark whose official numbers are per split
         (`Benchmark.official_per_split`: What'sUp, SugarCrepe, SeeTRUE) the figure over all items is then named
         "pooled/name" (it is no official number) and "mean/name" is the unweighted mean of the per-split values
-        (over the splits where the metric is defined). Metrics whose items were all skipped are left out.
-        ViP-Bench declares no metric (its grader is GPT-4) and gives `{}`.
+        (over the splits where the metric is defined). Metrics whose items were all skipped are left out, and so
+        are undefined ones (see `undefined`). ViP-Bench declares no metric (its grader is GPT-4) and gives `{}`.
+
+    Raises:
+        `ValueError`: no items, an item without a prediction, a prediction that lacks a key or does not fit its
+            item (over all items; an entry of one split that fails is left out with a warning).
 
     Examples:
 
@@ -475,16 +493,19 @@ def compute_metrics(benchmark: str | Any, items: Sequence[Item], predictions: Ma
             by_task[item.task].append(item)
         for task, task_items in by_task.items():
             for name in spec.metrics[task]:
+                key = f"{split_prefix or pooled}{task + '/' if prefix_task else ''}{name}"
                 try:
                     value = METRICS[name](task_items, predictions)
                 except ValueError as e:
-                    if not split_prefix:
+                    if not split_prefix and not isinstance(e, UndefinedMetricError):
                         raise
-                    # e.g. AUROC of a split holding one class only: leave that entry out, keep the overall number
-                    logger.warning("%s%s is undefined: %s", split_prefix, name, e)
+                    # e.g. AUROC of a split (or a --limit) holding one class only: leave that entry out, keep the rest
+                    logger.warning("%s is undefined: %s", key, e)
+                    if undefined is not None:
+                        undefined[key] = str(e)
                     continue
                 if value is not None:
-                    results[f"{split_prefix or pooled}{task + '/' if prefix_task else ''}{name}"] = value
+                    results[key] = value
     if pooled:
         per_split: dict[str, list[float]] = defaultdict(list)
         for key, value in results.items():

@@ -325,6 +325,7 @@ def load(
     source = "gt" if proposals == "gt" else ("proposer" if proposals is None else str(proposals))
 
     items: list[Item] = []
+    undetected: dict[int, None] = {}  # image ids the detections file has no entry for (ordered set)
     for i, ref in enumerate(refs):
         if limit is not None and len(items) >= limit:
             break
@@ -342,11 +343,13 @@ def load(
             boxes = [_xywh_to_xyxy(a["bbox"]) for a in anns_by_image[image_id]]
             answer = next((k for k, a in enumerate(anns_by_image[image_id]) if a["id"] == ref["ann_id"]), None)
         else:
+            if dets is not None and image_id not in dets:
+                undetected[image_id] = None
             boxes = list(dets.get(image_id, [])) if dets is not None else []
             answer = _best_index(boxes, target)
         for sent in ref["sentences"]:
             if limit is not None and len(items) >= limit:
-                return items
+                break
             meta = {"split": split, "dataset": dataset, "split_by": split_by, "proposals": source}
             meta.update(ref_id=ref["ref_id"], ann_id=ref["ann_id"], image_id=image_id, sent_id=sent["sent_id"])
             meta["category_id"] = ref.get("category_id")
@@ -362,6 +365,15 @@ def load(
                     meta=meta,
                 )
             )
+    if undetected:
+        # Without this check those items silently took the region proposer's boxes (or the whole image) instead.
+        n_images = len({item.meta["image_id"] for item in items})
+        shown = ", ".join(map(str, list(undetected)[:5])) + (", ..." if len(undetected) > 5 else "")
+        raise ValueError(
+            f"{dataset}: the detections file {proposals} has no detection for {len(undetected)} of the {n_images} "
+            f"images of split {split!r} (image ids {shown}); give a file that covers every image of the split (e.g. "
+            "MAttNet's detections for this dataset), or --proposals gt / proposer"
+        )
     return items
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vcontrast.bench.fingerprint import note_read
-from vcontrast.bench.items import Item
+from vcontrast.bench.items import Item, check_box
 
 logger = logging.getLogger(__name__)
 
@@ -205,14 +205,29 @@ def require_text(value: Any, benchmark: str, path: Path, row: str, field: str) -
 
 
 def require_box(value: Any, benchmark: str, path: Path, row: str, field: str, fmt: str = "[x, y, w, h]") -> list:
-    """`value` as a list of 4 finite floats, else a `row_error` naming the field and the format `fmt`."""
+    """`value` as a list of 4 finite floats, else a `row_error` naming the field and the format `fmt`: COCO's
+    `"[x, y, w, h]"` (the default) or `"[x0, y0, x1, y1]"`. The box must also have a positive width and height (the
+    rules of `vcontrast.regions`); an inverted `[x0, y0, x1, y1]` box gets a hint that it may be COCO's xywh."""
     import math
 
     ok = isinstance(value, (list, tuple)) and len(value) == 4
     ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     if not ok:
         raise row_error(benchmark, path, row, field, f"(={value!r}) must be 4 numbers {fmt}")
-    return [float(v) for v in value]
+    box = [float(v) for v in value]
+    if fmt == "[x, y, w, h]":
+        try:
+            check_box([box[0], box[1], box[0] + box[2], box[1] + box[3]], "")
+        except ValueError:
+            raise row_error(
+                benchmark, path, row, field, f"(={value!r}) must have a positive width and height {fmt}"
+            ) from None
+    else:
+        try:
+            check_box(value, f"`{field}`")
+        except ValueError as e:
+            raise row_error(benchmark, path, row, None, str(e)) from None
+    return box
 
 
 def read_jsonl_rows(path: Path, benchmark: str, required: tuple[str, ...], shape: str = ""):

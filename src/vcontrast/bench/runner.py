@@ -22,7 +22,9 @@ folder: a rerun whose benchmark, split, data files, loader options, model, metho
 raises (naming every difference) instead of mixing predictions; `overwrite=True` deletes the earlier run's files and
 starts over.
 A larger `limit` reuses the predictions of the smaller run. Every row and image is validated (by the loader) before
-the model loads.
+the model loads, and every box against its image's size. `run.json` is written once the method has loaded, and a run
+that fails before its first prediction removes it again (with the folder, if the run created it), so that the
+corrected rerun is not refused as a different run.
 
 Several processes. Launched with `accelerate launch --num_processes N` (or `torchrun --nproc_per_node N`), each
 process takes every N-th batch (a strided shard), loads the model on its own device and writes its own part file.
@@ -51,9 +53,16 @@ from pathlib import Path
 from typing import Any
 
 from vcontrast.atomic import write_text
-from vcontrast.bench.fingerprint import fingerprint_files, model_identity, record_reads
+from vcontrast.bench.fingerprint import backfill_model_files, fingerprint_files, model_identity, record_reads
 from vcontrast.bench.items import Item
-from vcontrast.bench.methods import DEFAULT_PROPOSER, Method, get_method, method_config
+from vcontrast.bench.methods import (
+    DEFAULT_ALPHA,
+    DEFAULT_PROPOSER,
+    Method,
+    check_alpha_has_effect,
+    get_method,
+    method_config,
+)
 from vcontrast.bench.registry import Benchmark, check_limit, get_benchmark
 from vcontrast.regions import open_image
 
@@ -94,8 +103,10 @@ def _scan(path: Path) -> tuple[dict[str, dict], int]:
     for i, line in enumerate(lines):
         end = start + len(line) + (i < len(lines) - 1)
         if line.strip():
-            # A crash can only cut the last write short: a last piece without its newline, or (after a crash that
-            # left garbage) an unreadable last line. Anywhere else, an unreadable line is an error.
+            # A crash can only cut the last write short: an unreadable last piece without its newline, or (after a
+            # crash that left garbage) an unreadable last line. Anywhere else, an unreadable line is an error. A
+            # last line that is a whole JSON object was written whole (no proper prefix of an object is one), only
+            # its newline is missing (a file written by hand, or the newline lost): it is kept.
             torn = i == len(lines) - 1 or (i == len(lines) - 2 and not lines[-1])
             try:
                 row = json.loads(line)
@@ -106,9 +117,6 @@ def _scan(path: Path) -> tuple[dict[str, dict], int]:
                     )
                     break
                 raise ValueError(f"{path}:{i + 1} is not valid JSON ({e}); delete that line or the file") from e
-            if i == len(lines) - 1:
-                logger.warning("%s: ignoring a last line without its newline (interrupted write)", path)
-                break
             if not isinstance(row, dict) or not isinstance(row.get("id"), str):
                 raise ValueError(f"{path}:{i + 1} must be a JSON object with a string `id`, got {line[:80]!r}")
             predictions[row.pop("id")] = row
@@ -119,8 +127,8 @@ def _scan(path: Path) -> tuple[dict[str, dict], int]:
 def read_predictions(path: str | Path) -> dict[str, dict]:
     """Read a predictions JSONL file (`{"id": ..., **prediction}` a line) into `id -> prediction`.
 
-    A torn last line (from a run killed while writing) is ignored; any other invalid line raises `ValueError`.
-    A missing file gives `{}`.
+    A torn last line (from a run killed while writing: not a whole JSON object) is ignored; a whole last object
+    without its newline is kept; any other invalid line raises `ValueError`. A missing file gives `{}`.
 
     Args:
         path (`str` or `Path`): e.g. `out_dir / "predictions.jsonl"`.
@@ -146,12 +154,17 @@ def _known_predictions(out_dir: Path) -> dict[str, dict]:
 
 
 def _repair(path: Path) -> None:
-    # Cut a torn last line off before appending, so that the next line starts on a line of its own.
+    # Cut a torn last line off before appending, and end a whole last line that lacks its newline, so that the next
+    # line starts on a line of its own.
     if path.is_file():
         _, good = _scan(path)
-        if good < path.stat().st_size:
-            with path.open("r+b") as f:
+        with path.open("r+b") as f:
+            if good < path.stat().st_size:
                 f.truncate(good)
+            if good > 0:
+                f.seek(good - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
 
 def _append(f: Any, rows: Iterable[dict]) -> None:
@@ -292,6 +305,8 @@ def _check_run(out_dir: Path, run: dict, model: Any = None) -> bool:
     previous = backfill_image_backend(previous, run, path, "resuming it as a run with")
     if isinstance(model, tuple) and isinstance(previous.get("model"), dict):
         previous["model"] = backfill_model_config(previous["model"], model[0], path, "resuming it with")
+    if isinstance(previous.get("model"), dict) and isinstance(run.get("model"), dict):
+        previous["model"] = backfill_model_files(previous["model"], run["model"], path, "resuming it with")
     diffs = _differences(previous, run)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -312,6 +327,33 @@ def _clear_run(out_dir: Path) -> None:
         shutil.rmtree(out_dir / "vipbench")
 
 
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist yet (what `mkdir(parents=True)` creates)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+def _discard_run(out_dir: Path, part: Path, created: Path | None) -> None:
+    """Undo what a run that failed before its first prediction wrote: run.json, its empty part file, and the folders
+    it created (only when empty)."""
+    if part.is_file() and part.stat().st_size == 0:
+        part.unlink()
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    if created is None:
+        return
+    for path in (out_dir, *out_dir.parents):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or already gone): leave it
+            break
+        if path == created:
+            break
+
+
 def _check_images(items: list[Item], benchmark: str) -> None:
     """Every item's image exists and is an image file PIL recognises (its header; decoding happens per batch), so
     that a bad image stops the run before the model loads. Loaders already name the row of a missing image; this
@@ -324,17 +366,37 @@ def _check_images(items: list[Item], benchmark: str) -> None:
             f"{benchmark}: {len(missing)} item(s) name image files that do not exist, e.g. item "
             f"{missing[0].id!r}: {missing[0].image}"
         )
-    first_item = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for item in items:
-        first_item.setdefault(item.image, item)  # each file once (RefCOCO has several sentences per image)
-    for item in first_item.values():
+        if item.image not in sizes:  # each file once (RefCOCO has several sentences per image)
+            try:
+                with Image.open(item.image) as image:
+                    sizes[item.image] = image.size
+            except (UnidentifiedImageError, OSError, ValueError) as e:
+                raise ValueError(
+                    f"{benchmark}: item {item.id!r}: `image` {item.image} is not a readable image ({e})"
+                ) from e
+        _check_boxes_inside(item, sizes[item.image], benchmark)
+
+
+def _check_boxes_inside(item: Item, size: tuple[int, int], benchmark: str) -> None:
+    # A box entirely outside its image (e.g. boxes of another image, or of the image before a resize) would fail
+    # only once the model has loaded and earlier batches were written; `parse_boxes` holds the library's rule.
+    from vcontrast.regions import parse_boxes
+
+    named = [(f"regions[{k}]", b) for k, b in enumerate(item.regions)]
+    named += [(f"proposals[{k}]", b) for k, b in enumerate(item.proposals)]
+    named += [("target", item.target)] if item.target is not None else []
+    try:
+        parse_boxes([box for _, box in named], size)  # all at once; one by one only to name a bad one
+        return
+    except ValueError:
+        pass
+    for name, box in named:
         try:
-            with Image.open(item.image):
-                pass
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(
-                f"{benchmark}: item {item.id!r}: `image` {item.image} is not a readable image ({e})"
-            ) from e
+            parse_boxes([box], size)
+        except ValueError as e:
+            raise ValueError(f"{benchmark}: item {item.id!r}: `{name}` {e} ({item.image})") from None
 
 
 def _open(item: Item) -> Any:
@@ -424,7 +486,7 @@ def evaluate(
     data_dir: str | Path,
     model: str | Path | tuple | None = None,
     method: str | Method = "base",
-    alpha: float = 1.0,
+    alpha: float = DEFAULT_ALPHA,
     limit: int | None = None,
     out_dir: str | Path = "out/eval",
     split: str | None = None,
@@ -453,7 +515,9 @@ def evaluate(
         method (`str` or `Method`, *optional*, defaults to `"base"`): a built-in method of
             `vcontrast.bench.methods.METHODS` ("base" (the plain model), "crg", "overlay", "crg+overlay", "vcd",
             "no-image"), or an object following the `Method` protocol.
-        alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (method "crg").
+        alpha (`float`, *optional*, defaults to 1.0): CRG's guidance strength (method "crg"). "crg" and
+            "crg+overlay" re-rank referring expressions by the alpha-free log-ratio, so a run of refexp items only
+            refuses any other value (`check_alpha_has_effect`).
         limit (`int`, *optional*): evaluate the first `limit` items (of each split, as the loader counts).
         out_dir (`str` or `Path`, *optional*, defaults to `"out/eval"`): output folder (see the module docstring);
             one folder per run: rerunning into it resumes.
@@ -481,7 +545,8 @@ def evaluate(
         `dict`: the content of `metrics.json`: `benchmark`, `split`, `model`, `method`, `config`, `n_items`,
         `metrics` (name -> value), `regions_source` / `proposals_source` (how many predictions took their regions or
         refexp proposals from the item, the proposer or the whole image), `predictions` (file name), for ViP-Bench
-        `grader_files`, and `metrics_error` when the metrics could not be computed (e.g. AUROC of one class).
+        `grader_files`, and `metrics_error` when the metrics could not be computed, or some are undefined on these
+        items and left out (e.g. AUROC of one class; the other metrics are still given).
 
     Raises:
         `ValueError`: bad arguments, a malformed data file (naming the file, the row and the field), a missing image,
@@ -528,6 +593,8 @@ def evaluate(
     if duplicates:
         raise ValueError(f"{spec.name}: item ids must be unique, found duplicates {duplicates[:5]}")
     _check_images(items, spec.name)
+    if isinstance(method, str):
+        check_alpha_has_effect(method, alpha, {item.task for item in items})
     data = {
         "options": {k: str(v) for k, v in options.items() if v is not None},
         "files": _data_files(read_paths, Path(data_dir)),
@@ -540,20 +607,11 @@ def evaluate(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"`out_dir` (={str(out_dir)!r}) is a file; give a folder for the predictions and metrics")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        procs.barrier()
-        if procs.is_main:
-            _clear_run(out_dir)
-        procs.barrier()
-    # Every process checks run.json and reads what is done before any process writes (same error on every rank).
-    new_run = _check_run(out_dir, run, model)
-    done = set(_known_predictions(out_dir)) & set(counts)
-    procs.barrier()
-    if procs.is_main and new_run:
-        write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
-    part = _part_file(out_dir, procs.rank)
-    _repair(part)
+    created = _first_missing(out_dir)  # the folder this run creates (removed again if it fails before predicting)
+    # Every process checks run.json and reads what is done before any process writes (same error on every rank);
+    # with `overwrite` the earlier run's files are deleted only once the method has loaded.
+    new_run = True if overwrite else _check_run(out_dir, run, model)
+    done = set() if overwrite else set(_known_predictions(out_dir)) & set(counts)
 
     shard = make_batches(items, batch_size)[procs.rank :: procs.world_size]
     todo = [batch for batch in shard if any(item.id not in done for item in batch)]
@@ -562,31 +620,59 @@ def evaluate(
     if done:
         logger.info("%s: resuming, %d of %d items already predicted", out_dir, len(done), len(items))
 
+    # Load the model before anything is written: a run whose model or method cannot load leaves no run.json behind
+    # that would refuse the corrected rerun. Process 0 writes run.json once every process has loaded, and no process
+    # writes a prediction before run.json exists.
+    runner = None
     if todo:
         runner = _build_method(
             method, model, alpha, proposer, proposer_model, max_new_tokens, procs.device, rerank_prompt, image_backend
         )
-        bar = tqdm(
-            total=n_shard,
-            initial=n_done,
-            unit="item",
-            desc=f"{spec.name} {name}",
-            disable=not show_progress or not procs.is_main,
-            dynamic_ncols=True,
-        )
-        with part.open("a", encoding="utf-8") as f, bar:
-            for batch in todo:
-                images = [_open(item) for item in batch]
-                predictions = runner.predict(batch, images)
-                if len(predictions) != len(batch):
-                    raise ValueError(f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items")
-                rows = [
-                    {"id": item.id, **prediction}
-                    for item, prediction in zip(batch, predictions, strict=True)
-                    if item.id not in done
-                ]
-                _append(f, rows)
-                bar.update(len(rows))
+    procs.barrier()
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _clear_run(out_dir)
+        if new_run:
+            write_text(out_dir / RUN_FILE, json.dumps(run, indent=2) + "\n")
+    procs.barrier()
+    part = _part_file(out_dir, procs.rank)
+    _repair(part)
+
+    written = 0
+    try:
+        if runner is not None:
+            bar = tqdm(
+                total=n_shard,
+                initial=n_done,
+                unit="item",
+                desc=f"{spec.name} {name}",
+                disable=not show_progress or not procs.is_main,
+                dynamic_ncols=True,
+            )
+            with part.open("a", encoding="utf-8") as f, bar:
+                for batch in todo:
+                    images = [_open(item) for item in batch]
+                    predictions = runner.predict(batch, images)
+                    if len(predictions) != len(batch):
+                        raise ValueError(
+                            f"method {name!r} returned {len(predictions)} predictions for {len(batch)} items"
+                        )
+                    rows = [
+                        {"id": item.id, **prediction}
+                        for item, prediction in zip(batch, predictions, strict=True)
+                        if item.id not in done
+                    ]
+                    _append(f, rows)
+                    written += len(rows)
+                    bar.update(len(rows))
+    except BaseException:
+        # A run that fails before its first prediction (e.g. a region proposer that cannot load, which happens at the
+        # first item that needs it) leaves nothing behind on one process. With several, another process may have
+        # written predictions under this run.json, so it stays.
+        if procs.world_size == 1 and new_run and not done and not written:
+            _discard_run(out_dir, part, created)
+        raise
 
     procs.barrier()
     if procs.is_main:
@@ -594,12 +680,16 @@ def evaluate(
         missing = [item.id for item in items if item.id not in merged]
         if missing:
             raise ValueError(f"{len(missing)} items have no prediction after the run (e.g. {missing[:5]}); rerun")
+        undefined: dict[str, str] = {}
         try:
-            metrics, error = compute_metrics(spec, items, merged), None
+            metrics, error = compute_metrics(spec, items, merged, undefined=undefined), None
         except ValueError as e:
             # The predictions are safe on disk; say why there is no number instead of losing the summary.
             logger.warning("%s: metrics could not be computed: %s", spec.name, e)
             metrics, error = {}, str(e)
+        if error is None and undefined:
+            # Only the undefined entries are left out (e.g. match/auroc of a --limit holding one class).
+            error = "; ".join(f"{key} is undefined: {why}" for key, why in undefined.items())
         summary = _summary(run, items, merged, metrics)
         if error is not None:
             summary["metrics_error"] = error

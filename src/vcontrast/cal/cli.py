@@ -55,10 +55,15 @@ ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 @contextmanager
 def _usage_errors():
-    # Library errors name the bad value; show them as usage errors rather than tracebacks.
+    # Library errors name the bad value; show them as usage errors rather than tracebacks. Only vcontrast's own
+    # checks and file errors (`vcontrast.cli.is_user_error`): any other ValueError is a bug and keeps its traceback.
+    from vcontrast.cli import is_user_error
+
     try:
         yield
     except (ValueError, FileNotFoundError) as error:
+        if not is_user_error(error):
+            raise
         raise typer.BadParameter(str(error)) from error
 
 
