@@ -133,13 +133,19 @@ def test_crash_then_resume_gives_the_same_result(tmp_path, make_image):
     assert (tmp_path / "out" / PREDICTIONS_FILE).read_bytes() == (tmp_path / "ref" / PREDICTIONS_FILE).read_bytes()
 
 
-def test_torn_last_line_is_ignored_and_cut(tmp_path, make_image):
+def interrupted_run(tmp_path, make_image):
+    # A finished reference run of 4 items, and an output folder holding only its run.json (predictions to be written
+    # by the test as an interrupted run left them).
     data = write_sugarcrepe(tmp_path / "data", make_image, n=4)
     reference = run(data, tmp_path / "ref", batch_size=2)
     out = tmp_path / "out"
     out.mkdir()
     (out / RUN_FILE).write_text((tmp_path / "ref" / RUN_FILE).read_text())
-    ref_lines = lines(tmp_path / "ref" / PREDICTIONS_FILE)
+    return data, reference, out, lines(tmp_path / "ref" / PREDICTIONS_FILE)
+
+
+def test_torn_last_line_is_ignored_and_cut(tmp_path, make_image):
+    data, reference, out, ref_lines = interrupted_run(tmp_path, make_image)
     # a crash in the middle of writing the second batch: one whole line, then half of the next
     torn = ref_lines[0] + "\n" + ref_lines[1] + "\n" + ref_lines[2] + "\n" + ref_lines[3][:17]
     (out / "predictions.part0.jsonl").write_text(torn)
@@ -159,12 +165,7 @@ def test_whole_last_line_without_newline_is_kept(tmp_path, make_image):
     path.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": ')
     assert list(read_predictions(path)) == ["a"]
 
-    data = write_sugarcrepe(tmp_path / "data", make_image, n=4)
-    reference = run(data, tmp_path / "ref", batch_size=2)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / RUN_FILE).write_text((tmp_path / "ref" / RUN_FILE).read_text())
-    ref_lines = lines(tmp_path / "ref" / PREDICTIONS_FILE)
+    data, reference, out, ref_lines = interrupted_run(tmp_path, make_image)
     (out / "predictions.part0.jsonl").write_text(ref_lines[0] + "\n" + ref_lines[1])  # first batch, no final newline
     resumed = FakeMethod()
     assert run(data, out, resumed, batch_size=2) == reference

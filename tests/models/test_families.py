@@ -223,6 +223,16 @@ def test_generic_adapter_on_real_families_without_an_adapter(config_class, expec
             get_adapter(model)
 
 
+def _check_reference_and_no_image(model, batch, labels):
+    # The reference equals the model's own forward, the no-image pass the attention-mask form, and they differ.
+    logit, _ = brute_force(model, batch, labels)
+    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
+    no_image = gold_token_logits(model, batch, labels, NoImage())
+    masked, _ = brute_force(model, batch, labels, mask_image=True)
+    torch.testing.assert_close(no_image.logits, masked, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(no_image.logits, logit, atol=1e-4)
+
+
 def _several_images_batch(family, counts, padding_side="right"):
     """A batch whose row b holds `counts[b]` images (one chat turn with that many image items); labels: the answer."""
     model, processor = tm.build(family)
@@ -250,12 +260,7 @@ def test_llava_onevision_several_images_in_one_sample(padding_side):
     the model's own forward and the no-image pass the attention-mask form."""
     model, batch, labels = _several_images_batch("llava_onevision", (2, 1), padding_side)
     assert batch["batch_num_images"].tolist() == [2, 1]
-    logit, _ = brute_force(model, batch, labels)
-    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
-    no_image = gold_token_logits(model, batch, labels, NoImage())
-    masked, _ = brute_force(model, batch, labels, mask_image=True)
-    torch.testing.assert_close(no_image.logits, masked, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(no_image.logits, logit, atol=1e-4)
+    _check_reference_and_no_image(model, batch, labels)
 
 
 @torch.no_grad()
@@ -281,12 +286,7 @@ def test_pixtral_in_the_llava_layout_keeps_image_sizes_and_drops_break_and_end_t
     markers = (ids == tok.convert_tokens_to_ids("[IMG_BREAK]")) | (ids == tok.convert_tokens_to_ids("[IMG_END]"))
     assert markers.sum(-1).tolist() == [5, 6]  # one per row of patches: 20 / 4 and 24 / 4
     assert torch.equal(get_adapter(model).image_token_mask(ids), image | markers)
-    logit, _ = brute_force(model, batch, labels)
-    torch.testing.assert_close(gold_token_logits(model, batch, labels).logits, logit, atol=1e-5, rtol=1e-5)
-    no_image = gold_token_logits(model, batch, labels, NoImage())
-    masked, _ = brute_force(model, batch, labels, mask_image=True)
-    torch.testing.assert_close(no_image.logits, masked, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(no_image.logits, logit, atol=1e-4)
+    _check_reference_and_no_image(model, batch, labels)
 
 
 def test_llava_with_a_clip_tower_keeps_only_image_tokens_in_its_image_block():
