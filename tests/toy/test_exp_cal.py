@@ -106,6 +106,16 @@ def test_finished_runs_are_reused(tier1, work_dir, tmp_path):
     assert [r["attr_nll"] for r in again.data["runs"]] == [r["attr_nll"] for r in result.data["runs"]]
     report = run_experiment("cal_noise", out_dir=tmp_path, budget="tiny", work_dir=work_dir, tier=0)
     assert len(report.data["runs"]) == 2 * 3 * 2
+    assert "Gates not given" in report.table and "gates" not in report.data
+    # With the test bed's gates, the report names the failed one behind its claims (PLAN.md).
+    gates_file = tmp_path / "gates.json"
+    metrics = dict.fromkeys(["mirror_flip", "spatial_acc", "spatial_prior_gap", "match_auroc", "where_acc"], 0.7)
+    metrics |= {"swap_acc": 0.8, "delta_glue": 0.2, "delta_visual": 0.8, "contradicted_negative": 0.9}
+    gates_file.write_text(json.dumps({"model": "shipped", "n": 200, "split": "val", "metrics": metrics}))
+    cited = run_experiment("cal_noise", out_dir=tmp_path, budget="tiny", work_dir=work_dir, tier=0, gates=gates_file)
+    assert "| H2.1-H2.3 and every cell" in cited.table and "visual words (median) 0.80 (needs >= 3)" in cited.table
+    assert cited.data["gates"]["metrics"] == metrics
+    assert "visual words (median) 0.80" in (tmp_path / "cal_noise.md").read_text()
 
 
 def test_tier3_methods(tier1, work_dir, tmp_path):

@@ -264,6 +264,16 @@ def test_statistics_helpers():
     low, high = paired_bootstrap(lambda i: a[i].mean() - b[i].mean(), 6, 200)
     assert low <= 0.5 <= high
     assert paired_bootstrap(lambda i: a[i].mean() - a[i].mean(), 6, 50) == (0.0, 0.0)
+    # An undefined statistic (one class left in a resample) skips that resample; any other error propagates.
+    from vcontrast.bench.metrics import UndefinedMetricError, auroc
+
+    labels = np.array([0, 1, 0, 1])
+    low, high = paired_bootstrap(lambda i: auroc(labels[i], labels[i]), 4, 100)
+    assert low == high == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        paired_bootstrap(lambda i: auroc(labels[i], np.full(len(i), np.nan)), 4, 10)
+    with pytest.raises(UndefinedMetricError):
+        auroc([1, 1], [0.2, 0.3])
     assert markdown_table(["a", "b"], [[1, 2]]).splitlines() == ["| a | b |", "|:--|--:|", "| 1 | 2 |"]
 
 

@@ -139,6 +139,40 @@ def test_gate_bounds_check_and_table():
         gates.measure(None, None, n=0)
 
 
+def test_claims_name_their_failed_gates():
+    # PLAN.md: a report names the failed gate next to every claim it affects.
+    passing = {"mirror_flip": 0.9, "spatial_acc": 0.7, "spatial_prior_gap": 0.2, "match_auroc": 0.8}
+    passing |= {"where_acc": 0.7, "swap_acc": 0.8, "delta_glue": 0.5, "delta_visual": 3.5}
+    passing |= {"contradicted_negative": 0.9}
+    assert {g.key for g in gates.GATES} == set(passing)
+    table = gates.claims_gates_table("crg", passing, "val")
+    assert table.count("none failed") == 4 and "no gate covers it" in table
+    failing = passing | {"mirror_flip": 0.0, "delta_visual": 0.8}
+    rows = dict(line.strip("| ").split(" | ") for line in gates.claims_gates_table("crg", failing).splitlines()[-5:])
+    assert [k[:4] for k, v in rows.items() if "mirror test" in v] == ["H1.1", "H1.5"]
+    assert "left/right preference flips 0.0% (needs >= 80%)" in rows[next(iter(rows))]
+    for experiment in ("cal_noise", "cal_scratch"):
+        line = gates.claims_gates_table(experiment, failing).splitlines()[-1]
+        assert "CAL gain, visual words (median) 0.80 (needs >= 3)" in line and "mirror" not in line
+    assert "Gates not given" in gates.claims_gates_table("crg", None)
+    assert gates.claims_gates_table("cal_crg", failing) == ""  # no registered claims
+
+
+def test_an_experiment_report_cites_the_gates_file(tmp_path):
+    from vcontrast.toy.experiments import _read_gates
+
+    path = tmp_path / "gates.json"
+    metrics = dict.fromkeys([g.key for g in gates.GATES], 0.5)
+    path.write_text(json.dumps({"model": "m", "n": 20, "split": "val", "metrics": metrics}))
+    read, source = _read_gates(path)
+    assert read == metrics and "val split (n = 20) with model m" in source
+    path.write_text(json.dumps({"metrics": {"mirror_flip": 0.5}}))
+    with pytest.raises(ValueError, match="lacks the gate metrics"):
+        _read_gates(path)
+    with pytest.raises(ValueError, match="is not a file"):
+        _read_gates(tmp_path / "missing.json")
+
+
 def test_cli_prints_the_table_fails_on_a_failed_gate_and_draws_the_learning_curve(tmp_path):
     from vcontrast.cli import app
 

@@ -30,6 +30,8 @@ METRICS: dict[str, tuple[str, float, bool, bool]] = {
     "hallucination": ("hallucination rate (%)", 0.02, True, True),
     "vqa_prior_inconsistent": ("prior-inconsistent VQA accuracy (%)", 0.02, True, False),
 }
+# PLAN.md registers equivalence margins for these two (0.05 nats, 2 points); VQA's 2 points is the report's own.
+REGISTERED_MARGINS = ("attr_nll", "hallucination")
 H21_NOISES = ("N2", "N3")
 ALPHA = 0.05
 
@@ -108,7 +110,7 @@ def noise_analysis(records: Sequence[dict], budget: ExperimentBudget, cells: Seq
     h21 = []
     for cell, adj, done in zip(h21_cells, adjusted, complete, strict=True):
         delta = table[f"{cell}/attr_nll/cal"]["delta"]
-        holds = adj is not None and adj < ALPHA and delta["mean"] < 0
+        holds = done and adj is not None and adj < ALPHA and delta["mean"] < 0  # read only on complete cells
         h21.append({"cell": cell, **delta, "p_holm": adj, "complete": done, "supported": holds})
     h22 = [{"cell": c, **table[f"{c}/hallucination/cal"]["delta"]} for c in cells if c.startswith("N3-")]
     h23 = {"cell": "clean", **table["clean/attr_nll/cal"]["delta"]}
@@ -191,6 +193,7 @@ def noise_table(analysis: dict, records: Sequence[dict], cells: Sequence[str], e
     )
     for metric, (label, margin, percent, lower) in METRICS.items():
         unit = f"{100 * margin:.0f} points" if percent else f"{margin} nats"
+        unit += "" if metric in REGISTERED_MARGINS else ", not pre-registered"
         lines += [f"### {label} ({'lower' if lower else 'higher'} is better; TOST margin {unit})", ""]
         head = ["cell", "MLE"] + [f"{METHODS[m]} − MLE" for m in METHODS if m != "mle"]
         rows = []
@@ -217,9 +220,17 @@ def noise_table(analysis: dict, records: Sequence[dict], cells: Sequence[str], e
         delta = format_delta(h, False, n_pairs)
         rows.append([f"H2.1 {h['cell']}", delta, _p(h.get("p")), _p(h.get("p_holm")), verdict])
     lines += [markdown_table(["CAL (1, 5) − MLE, attribute NLL", "diff", "p", "p (Holm)", "supported"], rows), ""]
+    rule = (
+        "p: two-sided paired t-test over the seed pairs; Holm over H2.1's four cells. H2.1 holds in a complete cell "
+        "whose Holm-adjusted p is below 0.05 with CAL lower."
+    )
+    lines += [rule, ""]
     rows = []
     for h in analysis["H2.2"]:
-        verdict = "yes" if "low" in h and h["high"] < 0 else ("no" if h["n"] == n_pairs else "incomplete")
+        if h["n"] < n_pairs:
+            verdict = "incomplete"
+        else:
+            verdict = "yes" if "low" in h and h["high"] < 0 else "no"
         rows.append([f"H2.2 {h['cell']}", format_delta(h, True, n_pairs), _p(h.get("p")), verdict])
     if rows:
         lines += [markdown_table(["CAL (1, 5) − MLE, hallucination (points)", "diff", "p", "lower"], rows), ""]

@@ -11,6 +11,9 @@ from typing import Annotated
 
 import typer
 
+# The shipped test-bed model's gates (`vcontrast toy gates --json`), which the full experiments' reports cite.
+DEFAULT_GATES = Path("docs/results/gates.json")
+
 
 def experiment_command(
     name: Annotated[str, typer.Argument(help="The experiment: cal_noise, cal_scratch, crg or cal_crg.")],
@@ -48,6 +51,13 @@ def experiment_command(
         typer.Option(
             help="cal_noise / cal_scratch: train the runs of tiers 1..TIER only (PLAN.md's run order; 0: train "
             "nothing, report the completed runs). Default: every tier."
+        ),
+    ] = None,
+    gates: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `vcontrast toy gates --json` file of the test-bed model: the report names the failed gates "
+            "behind each claim (PLAN.md). Default: docs/results/gates.json where it exists, for the full budget."
         ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; default: the budget's (2).")] = None,
@@ -93,12 +103,15 @@ def experiment_command(
         raise ValueError(f"--workers applies to cal_noise and cal_scratch, not {name}")
     options = {k: v for k, v in (("tier", tier), ("workers", workers)) if v is not None}
     out = work_dir / name if out is None else out
+    if gates is None and budget == "full" and DEFAULT_GATES.is_file():
+        gates = DEFAULT_GATES
     result = run_experiment(
         name,
         out_dir=out,
         budget=chosen,
         work_dir=work_dir,
         model=base if cal and base is not None else model,
+        gates=gates,
         **options,
     )
     print(result.table)

@@ -566,10 +566,12 @@ def _by_kind(scores: dict[str, dict]) -> dict[str, dict[str, Any]]:
 
 def prior_gap(base: dict, other: dict, index: np.ndarray) -> float:
     """H1.1's statistic on the items `index`: the gain `other − base` in accuracy on the prior-inconsistent items
-    minus the gain on the prior-consistent ones. Raises `ValueError` when one of the two groups is empty."""
+    minus the gain on the prior-consistent ones. Raises `UndefinedMetricError` when one of the two groups is empty."""
+    from vcontrast.bench.metrics import UndefinedMetricError
+
     consistent = base["prior_consistent"][index]
     if consistent.all() or not consistent.any():
-        raise ValueError("spatial: one of the prior-consistent / inconsistent groups is empty")
+        raise UndefinedMetricError("spatial: one of the prior-consistent / inconsistent groups is empty")
     gain = other["correct"][index] - base["correct"][index]
     return float(gain[~consistent].mean() - gain[consistent].mean())
 
@@ -790,7 +792,7 @@ def _crg_table(summary: dict, budget: ExperimentBudget, data: dict) -> str:
         (
             f"Machine: {machine['cpu_count']} CPU cores ({machine['platform']}), {machine['torch_threads']} torch "
             f"threads. Evaluation time {data['eval_s_total']:.0f} s (the sum of the runs as first measured; the "
-            "wall time of this invocation is `wall_s` in crg.json)."
+            "wall time of this invocation is `wall_s` in the experiment's JSON)."
         ),
     ]
     return "\n".join(lines)

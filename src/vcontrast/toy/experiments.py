@@ -93,7 +93,7 @@ class ExperimentBudget:
         noise_types (`tuple[str, ...]`, *optional*, defaults to `("N1", "N2", "N3")`): label noise types
             (`vcontrast.toy.noise`).
         noise_rates (`tuple[float, ...]`, *optional*, defaults to `(0.0, 0.3, 0.6)`): fractions of the eligible
-            examples corrupted; the highest rate makes tiers 1-2 of "cal_noise", the others tier 3.
+            examples corrupted; which runs of "cal_noise" each tier trains is `vcontrast.toy.cal_runs.tier`.
         align_steps (`int`, *optional*, defaults to 600): steps of each alignment (PT) run, the recipe's PT stage.
         finetune_steps (`int`, *optional*, defaults to 600): steps of each IT run on a fixed pool.
         batch_size (`int`, *optional*, defaults to 32): training batch size.
@@ -241,6 +241,7 @@ def run_experiment(
     budget: str | ExperimentBudget = "full",
     work_dir: str | Path = DEFAULT_WORK_DIR,
     model: str | Path | None = None,
+    gates: str | Path | None = None,
     **options: Any,
 ) -> ExperimentResult:
     """Run one toy experiment end to end and write its table, plot and raw numbers into `out_dir`.
@@ -255,6 +256,9 @@ def run_experiment(
         model (`str | Path`, *optional*): a toy model folder. "crg" evaluates it (default: the shipped one);
             "cal_noise", "cal_scratch" and "cal_crg" start from it as the stage-1 model (text-trained LM and
             vision tower; default `vcontrast.toy.cal_inputs.DEFAULT_BASE`, "out/toy-testbed/vision").
+        gates (`str | Path`, *optional*): a `vcontrast toy gates --json` file of the test-bed model. The report then
+            names, next to each claim, the gates it rests on that failed (`vcontrast.toy.gates.CLAIM_GATES`), as
+            PLAN.md requires; without it, the report says the gates were not given.
         **options: experiment-specific keyword arguments ("cal_noise", "cal_scratch": `tier`, `workers`).
 
     Returns:
@@ -279,8 +283,16 @@ def run_experiment(
     out_dir = work_dir / name if out_dir is None else Path(out_dir)
     module, _, attr = EXPERIMENTS[name].partition(":")
     fn = getattr(importlib.import_module(module), attr)
+    gate_metrics, gate_source = _read_gates(gates)
     start = time.perf_counter()
     table, data, plot = fn(budget=budget, work_dir=work_dir, model=model, **options)
+    from vcontrast.toy.gates import claims_gates_table
+
+    claims = claims_gates_table(name, gate_metrics, gate_source)
+    if claims:
+        table = table.rstrip() + "\n\n" + claims + "\n"
+    if claims and gate_metrics is not None:
+        data["gates"] = {"source": gate_source, "metrics": gate_metrics}
     data = {
         "experiment": name,
         "budget": budget.to_dict(),
@@ -289,6 +301,27 @@ def run_experiment(
         **data,
     }
     return write_result(out_dir, name, table, data, plot)
+
+
+def _read_gates(path: str | Path | None) -> tuple[dict[str, float] | None, str]:
+    # The gate metrics of a `vcontrast toy gates --json` file, and a description of where they were measured.
+    if path is None:
+        return None, ""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"`gates` (={str(path)!r}) is not a file: give a `vcontrast toy gates --json` output")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        metrics = {key: float(value) for key, value in record["metrics"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a `vcontrast toy gates --json` output ({e})") from e
+    from vcontrast.toy.gates import GATES
+
+    missing = [gate.key for gate in GATES if gate.key not in metrics]
+    if missing:
+        raise ValueError(f"{path} lacks the gate metrics {missing}")
+    source = f"the {record.get('split', '?')} split (n = {record.get('n', '?')}) with model {record.get('model', '?')}"
+    return metrics, f"{source}, `{path.name}`"
 
 
 def write_result(
@@ -366,8 +399,8 @@ def paired_bootstrap(
         seed (`int`, *optional*, defaults to 0): seeds the resampling.
 
     Returns:
-        `tuple[float, float]`: the 2.5th and 97.5th percentiles (resamples where `metric` is undefined, e.g. an
-        AUROC with one class, are skipped).
+        `tuple[float, float]`: the 2.5th and 97.5th percentiles (resamples where `metric` raises
+        `UndefinedMetricError`, e.g. an AUROC with one class, are skipped, and their number logged).
 
     Examples:
 
@@ -376,14 +409,18 @@ def paired_bootstrap(
     >>> low, high = paired_bootstrap(lambda i: a[i].mean() - b[i].mean(), 4, 200)
     ```
     """
+    from vcontrast.bench.metrics import UndefinedMetricError
+
     rng = np.random.default_rng(seed)
     stats = []
     for _ in range(resamples):
         index = rng.integers(0, n_items, n_items)
         try:
             stats.append(metric(index))
-        except ValueError:
+        except UndefinedMetricError:  # only an undefined statistic; any other error is a bug and propagates
             continue
+    if len(stats) < resamples:
+        logger.warning("paired bootstrap: %d of %d resamples undefined, skipped", resamples - len(stats), resamples)
     if not stats:
         return math.nan, math.nan
     low, high = np.percentile(stats, [2.5, 97.5])

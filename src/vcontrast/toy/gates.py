@@ -33,7 +33,17 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["GATES", "Gate", "GateResult", "check", "gates_table", "learning_curve", "measure"]
+__all__ = [
+    "CLAIM_GATES",
+    "GATES",
+    "Gate",
+    "GateResult",
+    "check",
+    "claims_gates_table",
+    "gates_table",
+    "learning_curve",
+    "measure",
+]
 
 GLUE_WORDS = frozenset({"a", "an", "and", ",", ".", "at", "the", "on", "in", "word", "number", "is", "of"})
 
@@ -72,6 +82,22 @@ GATES: tuple[Gate, ...] = (
     Gate("delta_visual", "CAL gain, visual words (median)", low=3.0),
     Gate("contradicted_negative", "contradicted colour word has a negative gain", low=0.8),
 )
+
+
+_CAL_GATES = ("delta_glue", "delta_visual", "contradicted_negative")
+# PLAN.md: "An experiment runs even if a gate fails; its report then names the failed gate next to every claim it
+# affects." Per experiment, its claims and the gates each rests on.
+CLAIM_GATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "crg": {
+        "H1.1 spatial accuracy (and its prior-inconsistent gain)": ("mirror_flip", "spatial_acc", "spatial_prior_gap"),
+        "H1.2 swap accuracy": ("swap_acc",),
+        "H1.3 match AUROC": ("match_auroc",),
+        "H1.4 region-VQA exact match": (),
+        "H1.5 refexp re-ranking (relational expressions also rest on the relation)": ("where_acc", "mirror_flip"),
+    },
+    "cal_noise": {"H2.1-H2.3 and every cell (CAL's weights are the logit gains)": _CAL_GATES},
+    "cal_scratch": {"H3 and every cell (CAL's weights are the logit gains)": _CAL_GATES},
+}
 
 
 @dataclass
@@ -316,6 +342,47 @@ def gates_table(results: Sequence[GateResult]) -> str:
     for r in results:
         lines.append(f"| {r.gate.label} | {r.value:.3f} | {r.gate.threshold} | {'pass' if r.passed else 'FAIL'} |")
     return "\n".join(lines)
+
+
+def claims_gates_table(experiment: str, metrics: dict[str, float] | None, source: str = "") -> str:
+    """Markdown naming, for each claim of `experiment` (`CLAIM_GATES`), the gates it rests on that failed (with their
+    values), from `metrics` (what `measure` returns, e.g. read from `vcontrast toy gates --json`). Empty for an
+    experiment without claims; a line saying the gates were not given when `metrics` is None."""
+    claims = CLAIM_GATES.get(experiment)
+    if not claims:
+        return ""
+    head = "#### Gates behind each claim (PLAN.md: a failed gate is named next to every claim it affects)\n"
+    if metrics is None:
+        return head + "\nGates not given: pass `--gates` (a `vcontrast toy gates --json` file) to name the failed."
+    by_key = {result.gate.key: result for result in check(metrics)}
+    rows = []
+    for claim, keys in claims.items():
+        failed = [by_key[key] for key in keys if not by_key[key].passed]
+        named = "; ".join(f"{r.gate.label} {_shown(r.gate, r.value)} (needs {_needs(r.gate)})" for r in failed)
+        rows.append([claim, named or ("none failed" if keys else "no gate covers it")])
+    table = "\n".join(["| claim | failed gates |", "|:--|:--|", *(f"| {a} | {b} |" for a, b in rows)])
+    return head + (f"\nGates measured on {source}.\n" if source else "\n") + "\n" + table
+
+
+_AS_NUMBER = ("match_auroc", "delta_glue", "delta_visual")  # the others are shares (percent) or points
+
+
+def _shown(gate: Gate, value: float) -> str:
+    # Shares and accuracies in percent (the prior gap in points), AUROC and gains as numbers.
+    if gate.key in _AS_NUMBER:
+        return f"{value:.2f}"
+    return f"{100 * value:.1f}" + (" pts" if gate.key == "spatial_prior_gap" else "%")
+
+
+def _needs(gate: Gate) -> str:
+    # The gate's bounds in the units `_shown` uses.
+    if gate.key in _AS_NUMBER:
+        return gate.threshold
+    unit = " pts" if gate.key == "spatial_prior_gap" else "%"
+    low, high = (None if b is None else f"{100 * b:g}" for b in (gate.low, gate.high))
+    if low is not None and high is not None:
+        return f"{low}-{high}{unit}"
+    return f">= {low}{unit}" if low is not None else f"<= {high}{unit}"
 
 
 def learning_curve(run_dir: str | Path, *, n: int = 100, **kwargs: Any) -> list[dict[str, float]]:
