@@ -48,3 +48,19 @@ def test_cli_import_stays_light():
     code = "import sys, vcontrast.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_toy_submodule_resolves_after_a_plain_import_and_stays_light():
+    """`vcontrast.toy.load()` works after `import vcontrast` alone; neither the import nor `vcontrast.toy` pulls in
+    torch/transformers (`load()` does, when called)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vcontrast\n"
+        "heavy = lambda: sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "print(heavy(), 'toy' in dir(vcontrast))\n"
+        "print(callable(vcontrast.toy.load), vcontrast.toy is sys.modules['vcontrast.toy'], heavy())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[] True", "True True []"]

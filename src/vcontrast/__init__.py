@@ -4,8 +4,8 @@ CRG (contrastive region guidance) at inference time and CAL (contrastive alignme
 Hugging Face transformers VLMs. Both compare a model's token logits under two visual conditions; the shared
 primitive lives in `vcontrast.contrast`, the per-family knowledge in `vcontrast.models`.
 
-The names below are resolved on first access (PEP 562), so `import vcontrast` and `vcontrast --help` do not pay
-for importing torch and transformers.
+The names below, and the `vcontrast.toy` submodule (`vcontrast.toy.load()`), are resolved on first access (PEP 562),
+so `import vcontrast` and `vcontrast --help` do not pay for importing torch and transformers.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ _EXPORTS = {
     "region_mask": "vcontrast.regions",
 }
 
+# submodules reachable as attributes after a plain `import vcontrast`
+_SUBMODULES = ("toy",)
+
 __all__ = [
     "Blackout",
     "DiffusionNoise",
@@ -65,6 +68,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from vcontrast import toy as toy  # a submodule, not in __all__
     from vcontrast.conditions import (
         Blackout,
         DiffusionNoise,
@@ -88,4 +92,4 @@ if TYPE_CHECKING:
         region_mask,
     )
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
