@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vcontrast.cli import app
@@ -191,6 +192,74 @@ def test_model_outputs_are_crg_computed_directly(tmp_path, lmms_eval):
     assert one.generate_until(_requests(one, "generate_until", vqa, None, gen_kwargs=gen)) == two.generate_until(
         _requests(two, "generate_until", vqa, None, gen_kwargs=gen)
     )
+
+
+@pytest.fixture
+def stub_lmms_eval(monkeypatch):
+    """The two lmms-eval names `vcontrast.bench.lmms.model` imports, so that its scoring runs without lmms-eval."""
+    import types
+
+    class Hook:
+        def add_partial(self, *args):
+            pass
+
+    class lmms:  # lmms-eval's name
+        def __init__(self):
+            self.cache_hook = Hook()
+
+    modules = {name: types.ModuleType(name) for name in ("lmms_eval", "lmms_eval.api", "lmms_eval.api.instance")}
+    modules["lmms_eval.api.model"] = types.ModuleType("lmms_eval.api.model")
+    modules["lmms_eval.api.instance"].Instance = types.SimpleNamespace
+    modules["lmms_eval.api.model"].lmms = lmms
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "vcontrast.bench.lmms.model", raising=False)  # re-imported on the stub
+    import vcontrast.bench.lmms.model as module
+
+    return module
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_loglikelihood_leaves_the_separator_to_the_candidate_rule(stub_lmms_eval, family):
+    # lmms-eval passes multiple-choice continuations as f"{target_delimiter}{choice}", " yes" by default. After
+    # Qwen's `assistant\n` the model writes `yes`, not `Ġyes`; after LLaVA's `ASSISTANT:` it writes `Ġyes` either way.
+    from types import SimpleNamespace
+
+    from tests import tiny_models as tm
+    from vcontrast.bench.methods import CRGMethod
+    from vcontrast.candidates import candidate_tokens
+    from vcontrast.crg import CRG
+
+    model, processor = tm.build(family)
+    wrapper = stub_lmms_eval.VContrastCRG.__new__(stub_lmms_eval.VContrastCRG)
+    stub_lmms_eval.lmms.__init__(wrapper)
+    wrapper.method = CRGMethod(model, processor, alpha=1.0, proposer=None, max_new_tokens=4)
+    wrapper.default_max_new_tokens = 4
+    wrapper.task_dict = {"t": {"test": [{}]}}
+    lengths = []
+    generate = wrapper.method.crg.generate_batch
+
+    def counting_generate(*args, max_new_tokens, **kwargs):  # the greedy check's length
+        lengths.append(max_new_tokens)
+        return generate(*args, max_new_tokens=max_new_tokens, **kwargs)
+
+    wrapper.method.crg.generate_batch = counting_generate
+    image, context = tm.image(0), "is there a red cat ?"
+    continuations = [" yes", "yes", " no", "no", " a red cat"]
+    requests = [SimpleNamespace(args=(context, c, lambda doc: [image], 0, "t", "test")) for c in continuations]
+    losses = [loss for loss, _ in wrapper.loglikelihood(requests)]
+
+    crg = CRG(model, processor, alpha=1.0, mode="whole")
+    expected = [-s for s in crg.score(image, context, [c.lstrip() for c in continuations])]
+    torch.testing.assert_close(losses, expected, atol=1e-4, rtol=0)
+    assert losses[0] == losses[1] and losses[2] == losses[3]
+    prompt = crg.rendered_prompt(context)
+    assert lengths == [len(t.ids) for t in candidate_tokens(processor, prompt, [c.lstrip() for c in continuations])]
+    if family == "llava":  # a prompt ending in a non-space character: the scores lmms-eval got before
+        with_space = [-s for s in crg.score(image, context, continuations)]
+        torch.testing.assert_close(losses, with_space, atol=1e-4, rtol=0)
+    else:
+        assert candidate_tokens(processor, prompt, [" yes"])[0] != candidate_tokens(processor, prompt, ["yes"])[0]
 
 
 def test_bad_model_args(lmms_eval):

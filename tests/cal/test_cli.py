@@ -28,6 +28,36 @@ def test_help_lists_the_commands():
     assert "--method" in run("train", "--help").stdout
 
 
+def test_show_help_keeps_the_clamp_interval():
+    # rich reads "[alpha, beta]" as a markup tag and drops it unless escaped
+    out = " ".join(run("cal", "show", "--help").stdout.split())
+    assert "the gain clamped to [alpha, beta], pooled" in out
+
+
+def test_train_refuses_precomputed_weights_for_the_plain_format(tmp_path, data, monkeypatch):
+    # `cal precompute` writes weights of the chat-template format; stage pt trains on the plain format, whose tokens
+    # differ: refused up front, naming both options, before any model loads.
+    import vcontrast.models.loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(vcontrast.models.loading, "load_model", no_load)
+    weights = tmp_path / "w.cal.jsonl"
+    weights.write_text("")
+    args = ("train", "--data", data, "--stage", "pt", "--cal-weights", weights, "--output-dir", tmp_path / "run")
+    output = run(*args, code=2).output
+    assert "`--cal-weights` with `--stage pt`" in output and "plain format" in output
+
+    from transformers import TrainingArguments
+
+    from vcontrast.cal.finetune import finetune
+
+    training_args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to="none")
+    with pytest.raises(ValueError, match="`cal_weights` with stage 'pt'"):
+        finetune(data, training_args, stage="pt", cal_weights=weights)
+
+
 def test_show_prints_every_token_and_writes_png_and_html(tmp_path, model_dir):
     image = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (220, 30, 30)).save(image)

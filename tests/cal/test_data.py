@@ -137,6 +137,34 @@ def test_multi_turn_labels_with_other_chat_templates(tmp_path, family, turns, de
     assert labelled(proc, batch, 0) == labelled(proc, batch, 1) == decoded
 
 
+def _two_turns(sid, images, turns):
+    messages = []
+    for k, (question, answer) in enumerate(turns):
+        content = [{"type": "image"}] * (len(images) if k == 0 else 0) + [{"type": "text", "text": question}]
+        reply = [{"type": "text", "text": answer}]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
+    return {"id": sid, "messages": messages, **({"images": images} if images else {})}
+
+
+@pytest.mark.parametrize("family", [f for f in tm.FAMILIES if f != "paligemma"])  # the collator refuses PaliGemma
+def test_batches_mixing_image_and_text_only_records_collate_on_every_family(family):
+    # SmolVLM's, Gemma 3's and Gemma 4's processors refuse a flat image list for such a batch: it is passed nested.
+    _, proc = tm.build(family)
+    with_image = _two_turns("a", [tm.image(0)], [("what is it ?", "a red cat"), ("and the colour ?", "red")])
+    text_only = _two_turns("b", [], [("say hi", "hi there"), ("again", "hello")])
+    two_images = _two_turns("c", [tm.image(1), tm.image(2)], [("which is left ?", "the dog")])
+    collate = ConversationCollator(proc)
+    alone = {}
+    for example in (with_image, text_only, two_images):
+        batch = collate([example])
+        alone[example["id"]] = batch["labels"][0][batch["attention_mask"][0].bool()]
+    for order in ([with_image, text_only], [text_only, with_image], [with_image, with_image], [text_only, two_images]):
+        batch = collate(order)
+        for row, example in enumerate(order):
+            labels = batch["labels"][row][batch["attention_mask"][row].bool()]
+            assert torch.equal(labels, alone[example["id"]]), (family, [e["id"] for e in order], row)
+
+
 def test_contrast_pixels_for_image_space_conditions(tmp_path):
     from vcontrast.conditions import PatchMask
 

@@ -4,6 +4,7 @@ and with MLE; checkpoints, exact resume, a final model that `load_model` reads, 
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,6 +99,26 @@ def test_image_backend_is_for_a_model_finetune_loads(tmp_path, data, model_dir):
     args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="`image_backend` applies to a model `finetune` loads"):
         finetune(data, args, model=model, processor=processor, image_backend="pil")
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_only_the_main_process_writes_the_final_model(tmp_path, data, model_dir, monkeypatch, lora):
+    # Under `accelerate launch` every process runs `finetune`: another process waits for all, then writes nothing.
+    if lora:
+        pytest.importorskip("peft")
+    from accelerate import Accelerator
+    from transformers import Trainer, TrainingArguments
+
+    from vcontrast.cal.finetune import finetune
+
+    waits = []
+    monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))  # what process 1 sees
+    monkeypatch.setattr(Accelerator, "wait_for_everyone", lambda self: waits.append(1))
+    out = tmp_path / "run"
+    args = TrainingArguments(output_dir=str(out), max_steps=1, report_to="none", use_cpu=True, save_strategy="no")
+    finetune(data, args, model=model_dir, lora_r=lora, lora_targets=["q_proj"])
+    assert waits and not [path for path in out.rglob("*") if path.is_file()]
 
 
 def test_train_missing_image(tmp_path, data, model_dir):
@@ -219,6 +240,44 @@ def test_connector_parameters_outside_the_projector_module_train_with_it():
         apply_stage(model, "pt")
         trained = {name for name, param in model.named_parameters() if param.requires_grad}
         assert set(names) <= trained
+
+
+def test_lora_trains_qwen3_vl_deepstack_mergers_in_full():
+    # PEFT refuses an nn.ModuleList in `modules_to_save` (a TypeError deep in get_peft_model): list its children.
+    peft = pytest.importorskip("peft")
+    from tests import tiny_models as tm
+    from vcontrast.cal.stages import apply_stage, lora_config
+
+    model = copy.deepcopy(tm.build("qwen3_vl")[0])
+    apply_stage(model, "it")
+    config = lora_config(model, 4, ["q_proj", "v_proj"])
+    listed = sorted(n for n in config.modules_to_save if "deepstack_merger_list" in n)
+    count = len(model.model.visual.deepstack_merger_list)
+    assert count > 0 and listed == [f"model.visual.deepstack_merger_list.{i}" for i in range(count)]
+    mergers = {f"base_model.model.{n}" for n, _ in model.named_parameters() if "deepstack_merger_list" in n}
+    peft_model = peft.get_peft_model(model, config)
+    params = dict(peft_model.named_parameters())
+    trained = [n for n in params if "deepstack_merger_list" in n and ".modules_to_save." in n]
+    assert all(params[n].requires_grad for n in trained)
+    assert {n.replace(".modules_to_save.default.", ".") for n in trained} == mergers  # every one trains in full
+
+
+def test_lora_leaves_image_newline_frozen_as_the_docs_say():
+    # `image_newline` is a bare nn.Parameter: `modules_to_save` cannot hold it, so under LoRA it does not train.
+    peft = pytest.importorskip("peft")
+    from tests import tiny_models as tm
+    from vcontrast.cal.stages import apply_stage, lora_config
+
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "cal.md").read_text().split())
+    assert "under LoRA, `image_newline` (a bare parameter) stays frozen" in docs
+    for family in ("llava_next", "llava_onevision"):
+        model = copy.deepcopy(tm.build(family)[0])
+        apply_stage(model, "it")
+        peft_model = peft.get_peft_model(model, lora_config(model, 4, ["q_proj", "v_proj"]))
+        newline = {n: p for n, p in peft_model.named_parameters() if "image_newline" in n}
+        assert newline and not any(p.requires_grad for p in newline.values())
+        projector = [p for n, p in peft_model.named_parameters() if "multi_modal_projector.modules_to_save" in n]
+        assert projector and all(p.requires_grad for p in projector)
 
 
 def test_records_with_several_images_collate_and_train(tmp_path, model_dir):

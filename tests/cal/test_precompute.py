@@ -261,6 +261,53 @@ def test_resume_on_the_other_image_backend_is_refused_and_older_files_resume(tmp
     assert len(path.read_text().splitlines()) == 1 + 4
 
 
+def _other_template(proc):
+    proc.chat_template = proc.chat_template.replace("ASSISTANT:", "ASSISTANT :")
+
+
+def _other_resolution(proc):
+    proc.image_processor.size = {"shortest_edge": 24}
+    proc.image_processor.crop_size = {"height": 24, "width": 24}
+
+
+@pytest.mark.parametrize(
+    "change, key, named",
+    [
+        (_other_template, "chat_template", "chat template"),
+        (_other_resolution, "image_processor", "image-processor settings"),
+    ],
+)
+@pytest.mark.parametrize("run", ["precompute", "audit"])
+def test_resume_with_another_processor_setting_is_refused_and_older_files_resume(
+    tmp_path, caplog, change, key, named, run
+):
+    # The vocabulary alone does not say how a record becomes tokens and pixels: a changed chat template or image
+    # resolution gives other gains, which a resume must not mix into the file.
+    model, proc = tm.build("llava")
+    fn = precompute_weights if run == "precompute" else audit
+    path = tmp_path / "w.jsonl"
+    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert {"chat_template", "image_processor"} <= set(header["vcontrast_cal"])
+    other = copy.deepcopy(proc)
+    change(other)
+    assert provenance(processor=other)[key] != header["vcontrast_cal"][key]
+    with pytest.raises(ValueError, match=f"another {named} \\({key}: file '"):
+        fn(model, rows(4), RowCollator(other), path, show_progress=False, tokenizer=other)
+    assert path.read_text().splitlines() == lines  # nothing appended
+    # a file written before these were recorded resumes, naming the fields it could not check
+    for field in ("chat_template", "image_processor"):
+        del header["vcontrast_cal"][field]
+    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    with caplog.at_level("WARNING", logger="vcontrast.cal.precompute"):
+        fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    assert "written before vcontrast recorded chat_template and image_processor; taking it as computed with" in (
+        caplog.text
+    )
+    assert len(path.read_text().splitlines()) == 1 + 4
+
+
 def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_path):
     model, proc = tm.build("llava")
     for suffix in (".jsonl", ".safetensors"):

@@ -194,8 +194,8 @@ def show(
 
     TEXT is scored as the answer to --prompt. Each token is drawn on the colour of its raw logit gain, as in the
     paper's Figure 2a: blue where the image argues against it (gain < 0), white at 0, red at beta and above; below
-    it, its CAL weight (the gain clamped to [alpha, beta], pooled) from white (alpha) to red (beta). A legend explains
-    both scales."""
+    it, its CAL weight (the gain clamped to \\[alpha, beta], pooled) from white (alpha) to red (beta). A legend
+    explains both scales."""
     import sys
 
     from vcontrast.atomic import check_output_file, save_image, write_text
@@ -353,6 +353,12 @@ def train(
         raise typer.BadParameter(f"`--method` (={method!r}) has to be one of {', '.join(METHODS)}")
     if method != "cal" and cal_weights is not None:
         raise typer.BadParameter(f"`--cal-weights` only applies to --method cal, not {method!r}")
+    if stage == "pt" and cal_weights is not None:
+        raise typer.BadParameter(
+            "`--cal-weights` with `--stage pt`: `cal precompute` computes weights on the chat-template format, while "
+            "--stage pt trains on LLaVA's plain format (other tokens); drop --cal-weights (CAL then runs its "
+            "contrast pass in training)"
+        )
     config = _config(alpha, beta, window, contrast, normalize) if method == "cal" else None
     with _usage_errors():
         args = TrainingArguments(

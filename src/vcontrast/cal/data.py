@@ -408,8 +408,9 @@ class ConversationCollator:
             index = int(example.get("index", n))
             # Contrast keys: the record index for its first image (reproducible random masks), offset for more.
             keys += [index + j * _KEY_STRIDE for j in range(len(example_images))]
-        # One image per example: a flat list, as before; several: one list per example.
-        images = [i for group in images for i in group] if all(len(g) <= 1 for g in images) else images
+        # Always one list per example: SmolVLM's, Gemma 3's and Gemma 4's processors refuse a flat list for a batch
+        # of several samples ("Found [1, 0] <image> tokens and [1] images per sample"); every other family's gives
+        # the same tensors for both forms (checked on the tiny models).
         if not any(images):
             images = []
         kwargs = {

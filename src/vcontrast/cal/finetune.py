@@ -112,6 +112,11 @@ def finetune(
         raise ValueError(f"`method` (={method!r}) has to be one of {', '.join(METHODS)}")
     if method != "cal" and (cal_weights is not None or cal_config is not None):
         raise ValueError(f"`cal_weights` and `cal_config` only apply to method 'cal', not {method!r}")
+    if cal_weights is not None and stage == "pt":
+        raise ValueError(
+            "`cal_weights` with stage 'pt': precomputed weights come from the chat-template format, stage 'pt' "
+            "trains on LLaVA's plain format (other tokens); drop `cal_weights`"
+        )
     if lora_r and stage == "pt":
         raise ValueError("stage 'pt' trains the projector only: LoRA (`lora_r` > 0) applies to 'it' and 'all'")
     if lora_r and tower_lr_ratio:
@@ -181,12 +186,16 @@ def finetune(
         result = trainer.train(resume_from_checkpoint=last if resume else None)
     if resume and last is not None:
         result = TrainOutput(result.global_step, _loss_over_all_steps(Path(last), result), result.metrics)
+    # Under `accelerate launch` every process gets here: the main one alone writes, once all have finished.
+    trainer.accelerator.wait_for_everyone()
     if lora_r:  # a plain model in `output_dir`, loadable with `--model` like any other
-        trainer.model.merge_and_unload().save_pretrained(str(output_dir))
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(str(output_dir))
     else:
-        trainer.save_model(str(output_dir))
-    processor.save_pretrained(str(output_dir))
-    trainer.save_state()
+        trainer.save_model(str(output_dir))  # every process (sharded weights are gathered), the main one writes
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(output_dir))
+    trainer.save_state()  # the main process only
     return result
 
 

@@ -11,11 +11,12 @@ is negative (the image argues against them: candidates for hallucinated or misma
 
 Both write JSON lines (one record per sample, keyed by the sample's id), append as they go and skip the ids already
 in the file when restarted, so an interrupted run resumes where it stopped. The first line records what produced
-the file ([`provenance`]: the model's config hash and weights fingerprint, the contrast, alpha/beta/window and the
-tokenizer's vocabulary hash); a resume with anything else, or a load that expects something else, raises a
-`ValueError` naming what differs, instead of mixing two runs in one file. A path ending in `.safetensors` is
-written through a `.partial.jsonl` sidecar and converted at the end (so only an unfinished run resumes; a rerun
-after a finished one recomputes the file).
+the file ([`provenance`]: the model's config hash and weights fingerprint, the contrast, alpha/beta/window, the
+tokenizer's vocabulary hash, and the processor's chat template, image backend and image-processor settings); a
+resume with anything else, or a load that expects something else, raises a `ValueError` naming what differs,
+instead of mixing two runs in one file. A path ending in `.safetensors` is written through a `.partial.jsonl`
+sidecar and converted at the end (so only an unfinished run resumes; a rerun after a finished one recomputes the
+file).
 """
 
 from __future__ import annotations
@@ -60,6 +61,39 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
     return digest(sorted(tokenizer.get_vocab().items()))
 
 
+# Image-processor entries that name the class rather than say how pixels are made (the backend is recorded apart).
+_VOLATILE_IMAGE_PROCESSOR_KEYS = ("image_processor_type", "processor_class", "_processor_class", "auto_map")
+# Provenance fields recorded since the chat template and image-processor settings are: older files lack them.
+_PROCESSOR_FIELDS = ("chat_template", "image_processor")
+
+
+def _processor_settings(processor: Any) -> dict[str, str]:
+    # Digests of what turns a record into tokens and pixels besides the vocabulary: the chat template (a changed
+    # system prompt moves every position) and the image processor's settings (Qwen2-VL's max_pixels changes the
+    # number of image tokens and every gain).
+    template = getattr(processor, "chat_template", None)
+    if template is None:
+        template = getattr(getattr(processor, "tokenizer", None), "chat_template", None)
+    out = {"chat_template": digest(template)}
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and hasattr(image_processor, "to_dict"):
+        settings = image_processor.to_dict()
+        out["image_processor"] = digest({k: v for k, v in settings.items() if k not in _VOLATILE_IMAGE_PROCESSOR_KEYS})
+    return out
+
+
+def _backfill_processor_settings(record: dict, current: dict, path: Path, taken_as: str) -> dict:
+    # A file written before vcontrast recorded the chat template and image-processor settings still resumes and
+    # loads: take them as today's, saying which were not recorded (as `backfill_image_backend` does).
+    missing = [key for key in _PROCESSOR_FIELDS if key in current and key not in record]
+    if not missing:
+        return dict(record)
+    logger.warning(
+        "%s was written before vcontrast recorded %s; %s this processor's", path, " and ".join(missing), taken_as
+    )
+    return {**record, **{key: current[key] for key in missing}}
+
+
 def provenance(
     model: nn.Module | None = None, config: CALConfig | None = None, tokenizer: Any = None, processor: Any = None
 ) -> dict[str, Any]:
@@ -71,8 +105,10 @@ def provenance(
             values).
         config (`CALConfig`, *optional*): `contrast`, `alpha`, `beta`, `window`.
         tokenizer (`PreTrainedTokenizerBase` or processor, *optional*): `tokenizer` (hash of its vocabulary).
-        processor (`ProcessorMixin`, *optional*): `image_backend`, "pil" or "torchvision" (they resize differently,
-            so the gains differ: `vcontrast.models.image_backend`), if it has an image processor.
+        processor (`ProcessorMixin`, *optional*): `chat_template` (hash of its chat template); and, if it has an
+            image processor, `image_backend`, "pil" or "torchvision" (they resize differently, so the gains differ:
+            `vcontrast.models.image_backend`), and `image_processor` (hash of its settings, `to_dict()` without
+            the class names: a changed resolution changes the image tokens and the gains).
 
     Returns:
         `dict`: only the fields whose source was given.
@@ -94,6 +130,8 @@ def provenance(
     backend = image_backend_of(processor) if processor is not None else None
     if backend is not None:
         out["image_backend"] = backend
+    if processor is not None:
+        out.update(_processor_settings(processor))
     return out
 
 
@@ -109,17 +147,24 @@ def _check_provenance(
         )
     stored = backfill_image_backend(stored, expected, path, "taking it as computed with")
     stored = backfill_model_config(stored, model, path, "taking it as computed with")
+    stored = _backfill_processor_settings(stored, expected, path, "taking it as computed with")
     differ = [
         f"{key}: file {stored.get(key)!r} != {value!r}"
         for key, value in expected.items()
         if value is not None and stored.get(key) != value
     ]
     if differ:
-        names = {"model_config": "model config", "model_weights": "model weights", "model_class": "model class"}
+        names = {
+            "model_config": "model config",
+            "model_weights": "model weights",
+            "model_class": "model class",
+            "chat_template": "chat template",
+            "image_processor": "image-processor settings",
+        }
         what = ", ".join(names.get(d.split(":")[0], d.split(":")[0]) for d in differ)
         raise ValueError(
             f"{path} was computed with another {what} ({'; '.join(differ)}); refusing to {action}. Use another path, "
-            "or the model/contrast/alpha/beta/window/tokenizer it was written with"
+            "or the model/contrast/alpha/beta/window/tokenizer/processor it was written with"
         )
 
 
@@ -133,10 +178,10 @@ def _tokenizer_of(collate_fn: Any) -> Any:
 
 
 def _processor_of(tokenizer: Any, collate_fn: Any) -> Any:
-    # The processor whose image processor makes the pixels: the `tokenizer` argument when it is a processor, else
-    # the collator's `processor`; None if neither has an image processor.
+    # The processor whose chat template and image processor make the batches: the `tokenizer` argument when it is a
+    # processor, else the collator's `processor`; None if neither has an image processor.
     for candidate in (tokenizer, getattr(collate_fn, "processor", None)):
-        if candidate is not None and image_backend_of(candidate) is not None:
+        if candidate is not None and getattr(candidate, "image_processor", None) is not None:
             return candidate
     return None
 
@@ -270,9 +315,10 @@ def precompute_weights(
 
     Returns:
         `Path`: the written file, starting with its [`provenance`]. Rerunning with the same path skips the ids
-        already stored (resume) if the model, contrast, alpha/beta/window and tokenizer are the same, and raises a
-        `ValueError` naming what differs otherwise; for a `.safetensors` path, resuming holds for an interrupted run
-        only (its `.partial.jsonl`), a finished file is recomputed.
+        already stored (resume) if the model, contrast, alpha/beta/window, tokenizer and processor (chat template,
+        image backend and settings) are the same, and raises a `ValueError` naming what differs otherwise; for a
+        `.safetensors` path, resuming holds for an interrupted run only (its `.partial.jsonl`), a finished file is
+        recomputed.
 
     Examples:
 

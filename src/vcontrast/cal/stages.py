@@ -111,7 +111,9 @@ def stage_optimizer(
 def lora_config(model: nn.Module, r: int, targets: tuple[str, ...] | list[str] = LORA_TARGETS) -> object:
     """A PEFT `LoraConfig` for instruction tuning as LLaVA's LoRA recipe does it: LoRA (rank `r`, alpha `2r`) on the
     language model's `targets` layers (never the vision tower's layers of the same names), the projector trained
-    in full (`modules_to_save`), everything else frozen. Needs peft.
+    in full (`modules_to_save`; a container such as Qwen3-VL's `deepstack_merger_list` is listed by its children),
+    everything else frozen. LLaVA-NeXT's and OneVision's `image_newline`, a bare parameter that `modules_to_save`
+    cannot hold, stays frozen. Needs peft.
 
     Examples:
 
@@ -133,5 +135,23 @@ def lora_config(model: nn.Module, r: int, targets: tuple[str, ...] | list[str] =
         raise ValueError(
             f"`lora_targets` (={','.join(targets)}) matches no layer of {type(model).__name__}'s language model"
         )
-    projector = sorted({n for n, _ in model.named_modules() if n.split(".")[-1] in _PROJECTOR})
-    return peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=names, modules_to_save=projector)
+    return peft.LoraConfig(
+        r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=names, modules_to_save=_projector_modules(model)
+    )
+
+
+def _projector_modules(model: nn.Module) -> list[str]:
+    # PEFT's `modules_to_save` wraps a module and calls it, so a container (Qwen3-VL's `deepstack_merger_list`, an
+    # nn.ModuleList) is refused with a TypeError: list its children instead. A bare parameter (LLaVA-NeXT's
+    # `image_newline`) is no module and cannot be listed: it stays frozen under LoRA (docs/cal.md says so).
+    modules = dict(model.named_modules())
+    found = [n for n in modules if n and n.split(".")[-1] in _PROJECTOR]
+    found = [n for n in found if not any(n.startswith(f"{other}.") for other in found)]  # the outermost only
+    names = []
+    while found:
+        name = found.pop()
+        if isinstance(modules[name], (nn.ModuleList, nn.ModuleDict)):
+            found.extend(f"{name}.{child}" for child, _ in modules[name].named_children())
+        else:
+            names.append(name)
+    return sorted(names)

@@ -20,8 +20,10 @@ lmms-eval's `--batch_size N` batches `generate_until` requests (N at a time); lo
 lmms-eval model is greedy); `loglikelihood` returns, as lmms-eval's models do, a loss: the negative CRG-guided
 log-probability of the continuation (the summed log-softmax of `(1 + alpha) * lp(. | image) - alpha * lp(. |
 contrast)` over its tokens, as `CRG.score`; lmms-eval picks the choice with the lowest value), and whether greedy CRG
-decoding of as many tokens gives the continuation. Regions come from the question (the request's
-context), never from the answer candidates.
+decoding of as many tokens gives the continuation. The continuation's leading whitespace (lmms-eval's
+`target_delimiter`, " " by default) is dropped: the candidate-token rule (`vcontrast.candidates`) puts the separator
+the model writes after the rendered prompt (a space after LLaVA's `ASSISTANT:`, none after Qwen's
+`assistant\\n`). Regions come from the question (the request's context), never from the answer candidates.
 """
 
 from __future__ import annotations
@@ -174,16 +176,20 @@ class VContrastCRG(lmms):
         for context, doc_to_target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
             doc = self.task_dict[task][split][doc_id]
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+            # lmms-eval passes f"{target_delimiter}{choice}" (" yes"): its delimiter is the candidate rule's
+            # separator, which `candidate_tokens` decides from the rendered prompt. Kept, the space would give
+            # `Ġyes` after a template ending in a newline (Qwen's `assistant\n`), a token the model does not write.
+            answer = continuation.lstrip()
             image = self._image(doc_to_visual, doc_id, task, split)
             regions = self._question_regions(context, image)
             crg = self.method.crg
-            score = crg.score_batch([image], [context], [[continuation]], [regions])[0][0]
+            score = crg.score_batch([image], [context], [[answer]], [regions])[0][0]
             # as many tokens as the continuation has after the prompt (the one candidate-token rule)
-            n_tokens = len(candidate_tokens(crg.processor, crg.rendered_prompt(context), [continuation])[0].ids)
+            n_tokens = len(candidate_tokens(crg.processor, crg.rendered_prompt(context), [answer])[0].ids)
             greedy = crg.generate_batch([image], [context], [regions], max_new_tokens=n_tokens, do_sample=False)[0]
             # lmms-eval's multiple-choice scoring takes the argmin ("we return the actual loss"): a loss, so the
             # negative guided log-probability, summed over the continuation's tokens.
-            result = (-float(score), greedy.strip() == continuation.strip())
+            result = (-float(score), greedy.strip() == answer.strip())
             self.cache_hook.add_partial("loglikelihood", (context, continuation), result)
             out.append(_loglikelihood_output(result))
         return out
