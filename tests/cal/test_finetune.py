@@ -38,6 +38,16 @@ def changed(before, after):
     return [k for k in before if not torch.equal(before[k], after[k])]
 
 
+def test_train_sets_the_schedule(tmp_path, data, model_dir):
+    # LLaVA's schedule is cosine with 3% warmup; the options reach the Trainer (its saved arguments say so).
+    out = tmp_path / "run"
+    run(*train_args(data, model_dir, out, "--max-steps", "1", "--lr-scheduler", "cosine", "--warmup-ratio", "0.03"))
+    saved = torch.load(out / "training_args.bin", weights_only=False)
+    assert str(saved.lr_scheduler_type) in ("cosine", "SchedulerType.COSINE") and saved.warmup_steps == 0.03
+    result = run(*train_args(data, model_dir, tmp_path / "bad", "--max-steps", "1", "--warmup-ratio", "1.5"), code=2)
+    assert "--warmup-ratio" in result.output
+
+
 @pytest.mark.parametrize("method", ["cal", "mle"])
 def test_train_writes_checkpoints_and_a_loadable_model(tmp_path, data, model_dir, method):
     out = tmp_path / "run"

@@ -286,8 +286,18 @@ def train(
     epochs: Annotated[float, typer.Option(help="Passes over the data (unless --max-steps is set).")] = 1.0,
     max_steps: Annotated[int, typer.Option(help="Optimizer steps; overrides --epochs when > 0.")] = -1,
     lr: Annotated[
-        float, typer.Option(help="Peak learning rate (linear decay). The toy model trains at ~5e-4.")
+        float,
+        typer.Option(
+            help="Peak learning rate. LLaVA: 1e-3 for --stage pt, 2e-5 for it. The toy model trains at ~5e-4."
+        ),
     ] = 2e-5,
+    lr_scheduler: Annotated[
+        str,
+        typer.Option(help="transformers' lr_scheduler_type: 'linear' (default), 'cosine' (LLaVA's), 'constant', ..."),
+    ] = "linear",
+    warmup_ratio: Annotated[
+        float, typer.Option(help="Share of the steps spent warming the lr up from 0 (LLaVA: 0.03).")
+    ] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Samples per device per micro-batch.")] = 8,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
     alpha: AlphaOption = 1.0,
@@ -359,6 +369,8 @@ def train(
             "--stage pt trains on LLaVA's plain format (other tokens); drop --cal-weights (CAL then runs its "
             "contrast pass in training)"
         )
+    if not 0 <= warmup_ratio < 1:
+        raise typer.BadParameter(f"`--warmup-ratio` (={warmup_ratio}) has to be in [0, 1)")
     config = _config(alpha, beta, window, contrast, normalize) if method == "cal" else None
     with _usage_errors():
         args = TrainingArguments(
@@ -366,6 +378,8 @@ def train(
             num_train_epochs=epochs,
             max_steps=max_steps,
             learning_rate=lr,
+            lr_scheduler_type=lr_scheduler,
+            warmup_steps=warmup_ratio,  # transformers 5: a float in [0, 1) is a share of the steps
             per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=grad_accum,
             save_strategy="steps",
