@@ -283,3 +283,24 @@ def test_entry_point_manifest_resolves_to_the_model(lmms_eval):
     registry = ModelRegistryV2()
     registry.register_manifest(manifest())
     assert registry.get_model_class("vcontrast_crg") is VContrastCRG
+
+
+def test_batch_size_and_visuals_are_checked(stub_lmms_eval):
+    # lmms-eval's "auto" batch size and multi-image documents would otherwise crash deep inside or be answered about
+    # the first image alone.
+    from tests import tiny_models as tm
+
+    assert [stub_lmms_eval._batch_size(v) for v in (None, "", "4", 2)] == [1, 1, 4, 2]
+    for bad in ("auto", "auto:4", "0", "x"):
+        with pytest.raises(ValueError, match="batch_size"):
+            stub_lmms_eval._batch_size(bad)
+    wrapper = stub_lmms_eval.VContrastCRG.__new__(stub_lmms_eval.VContrastCRG)
+    wrapper.task_dict = {"t": {"test": [{}]}}
+    image = tm.image(0)
+    assert wrapper._image(lambda doc: [None, image], 0, "t", "test").size == image.size
+    with pytest.raises(ValueError, match="has 2 images; vcontrast_crg takes one image per request"):
+        wrapper._image(lambda doc: [image, image], 0, "t", "test")
+    with pytest.raises(ValueError, match="has no image"):
+        wrapper._image(lambda doc: [None], 0, "t", "test")
+    with pytest.raises(ValueError, match="the image is a dict, not a PIL image"):
+        wrapper._image(lambda doc: {"array": [0.0]}, 0, "t", "test")

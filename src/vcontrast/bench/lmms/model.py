@@ -97,7 +97,7 @@ class VContrastCRG(lmms):
             raise ValueError(f"vcontrast_crg: `contrast` (={contrast!r}) must be one of {', '.join(CONTRASTS)}")
         from vcontrast.models.loading import load_model
 
-        self.batch_size_per_gpu = max(1, int(kwargs.get("batch_size") or 1))
+        self.batch_size_per_gpu = _batch_size(kwargs.get("batch_size"))
         pretrained = None if pretrained in (None, "", "toy") else str(pretrained)
         model, processor = load_model(pretrained, image_backend=image_backend or None)
         if isinstance(proposer, str) and proposer.lower() == "none":
@@ -121,10 +121,21 @@ class VContrastCRG(lmms):
 
     def _image(self, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Image.Image:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id])
-        visuals = visuals if isinstance(visuals, list) else [visuals]
+        visuals = [v for v in (visuals if isinstance(visuals, list) else [visuals]) if v is not None]
         if not visuals:
             raise ValueError(f"vcontrast_crg: task {task!r} doc {doc_id} has no image; CRG needs one")
-        visual = visuals[0]
+        if len(visuals) > 1:
+            # Scoring the first alone would answer a multi-image question about one image, silently.
+            raise ValueError(
+                f"vcontrast_crg: task {task!r} doc {doc_id} has {len(visuals)} images; vcontrast_crg takes one image "
+                "per request"
+            )
+        (visual,) = visuals
+        if not isinstance(visual, (str, Image.Image)):
+            raise ValueError(  # noqa: TRY004
+                f"vcontrast_crg: task {task!r} doc {doc_id}: the image is a {type(visual).__name__}, not a PIL image "
+                "or a path (videos and audio are not supported)"
+            )
         return open_image(visual) if isinstance(visual, str) else visual.convert("RGB")
 
     def _question_regions(self, prompt: str, image: Image.Image) -> list[list[float]]:
@@ -197,3 +208,18 @@ class VContrastCRG(lmms):
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         """Not supported: CRG answers one turn."""
         raise NotImplementedError("vcontrast_crg answers single-turn requests only")
+
+
+def _batch_size(value: Any) -> int:
+    """lmms-eval's `--batch_size` as a positive int; its "auto" (a memory probe) is not supported by this model."""
+    if value is None or value == "":
+        return 1
+    if isinstance(value, str) and value.strip().lower().startswith("auto"):
+        raise ValueError(f"vcontrast_crg: `--batch_size {value}` is not supported; give a number (e.g. 8)")
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"vcontrast_crg: `--batch_size` (={value!r}) has to be a positive integer") from None
+    if size < 1:
+        raise ValueError(f"vcontrast_crg: `--batch_size` (={value!r}) has to be a positive integer")
+    return size
