@@ -238,12 +238,7 @@ def test_resume_with_another_run_is_refused_naming_what_differs(tmp_path, change
 
 @pytest.mark.parametrize("run", ["precompute", "audit"])
 def test_resume_on_the_other_image_backend_is_refused_and_older_files_resume(tmp_path, monkeypatch, caplog, run):
-    model, proc = tm.build("llava")
-    fn = precompute_weights if run == "precompute" else audit
-    path = tmp_path / "w.jsonl"
-    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
-    lines = path.read_text().splitlines()
-    header = json.loads(lines[0])
+    model, proc, fn, path, header, lines = _written_file(tmp_path, run)
     # the same data on a machine where transformers loads the torchvision image processor: refused, file untouched
     with monkeypatch.context() as patch:
         patch.setattr(precompute_module, "image_backend_of", lambda processor: "torchvision")
@@ -251,13 +246,30 @@ def test_resume_on_the_other_image_backend_is_refused_and_older_files_resume(tmp
             fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
     assert path.read_text().splitlines() == lines
     # a file written before the backend was recorded resumes, saying what it takes it for
-    del header["vcontrast_cal"]["image_backend"]
+    message = "written before vcontrast recorded image_backend; taking it as computed with image_backend='pil'"
+    _resumes_as_older_file(fn, (model, proc), path, (header, lines), ["image_backend"], message, caplog)
+
+
+def _written_file(tmp_path, run):
+    # A precompute (or audit) file of 2 records on the tiny LLaVA: what the resume tests start from.
+    model, proc = tm.build("llava")
+    fn = precompute_weights if run == "precompute" else audit
+    path = tmp_path / "w.jsonl"
+    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
+    lines = path.read_text().splitlines()
+    return model, proc, fn, path, json.loads(lines[0]), lines
+
+
+def _resumes_as_older_file(fn, loaded, path, written, fields, message, caplog):
+    # The file as an older vcontrast wrote it (without `fields` in its header) resumes with a warning, and the run
+    # appends the missing records (2 written, 4 wanted).
+    (model, proc), (header, lines) = loaded, written
+    for field in fields:
+        del header["vcontrast_cal"][field]
     path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     with caplog.at_level("WARNING", logger="vcontrast.cal.precompute"):
         fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
-    assert "written before vcontrast recorded image_backend; taking it as computed with image_backend='pil'" in (
-        caplog.text
-    )
+    assert message in caplog.text
     assert len(path.read_text().splitlines()) == 1 + 4
 
 
@@ -283,12 +295,7 @@ def test_resume_with_another_processor_setting_is_refused_and_older_files_resume
 ):
     # The vocabulary alone does not say how a record becomes tokens and pixels: a changed chat template or image
     # resolution gives other gains, which a resume must not mix into the file.
-    model, proc = tm.build("llava")
-    fn = precompute_weights if run == "precompute" else audit
-    path = tmp_path / "w.jsonl"
-    fn(model, rows(2), RowCollator(proc), path, show_progress=False, tokenizer=proc)
-    lines = path.read_text().splitlines()
-    header = json.loads(lines[0])
+    model, proc, fn, path, header, lines = _written_file(tmp_path, run)
     assert {"chat_template", "image_processor"} <= set(header["vcontrast_cal"])
     other = copy.deepcopy(proc)
     change(other)
@@ -297,15 +304,9 @@ def test_resume_with_another_processor_setting_is_refused_and_older_files_resume
         fn(model, rows(4), RowCollator(other), path, show_progress=False, tokenizer=other)
     assert path.read_text().splitlines() == lines  # nothing appended
     # a file written before these were recorded resumes, naming the fields it could not check
-    for field in ("chat_template", "image_processor"):
-        del header["vcontrast_cal"][field]
-    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
-    with caplog.at_level("WARNING", logger="vcontrast.cal.precompute"):
-        fn(model, rows(4), RowCollator(proc), path, show_progress=False, tokenizer=proc)
-    assert "written before vcontrast recorded chat_template and image_processor; taking it as computed with" in (
-        caplog.text
-    )
-    assert len(path.read_text().splitlines()) == 1 + 4
+    message = "written before vcontrast recorded chat_template and image_processor; taking it as computed with"
+    fields = ["chat_template", "image_processor"]
+    _resumes_as_older_file(fn, (model, proc), path, (header, lines), fields, message, caplog)
 
 
 def test_load_checks_what_it_is_given_and_refuses_files_without_provenance(tmp_path):
