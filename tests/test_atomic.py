@@ -26,6 +26,21 @@ def test_failure_leaves_old_file_and_no_debris(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
 
 
+def test_long_file_name(tmp_path):
+    path = tmp_path / ("x" * 247 + ".md")  # 250 bytes: a valid name (the limit is 255); the temp name is shorter
+    assert write_text(path, "hi\n").read_text() == "hi\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_write_is_flushed_to_disk(tmp_path, monkeypatch):
+    import os
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    path = write_text(tmp_path / "a.md", "hi\n")
+    assert synced == [path.stat().st_ino, tmp_path.stat().st_ino]  # the file before the rename, the folder after it
+
+
 def test_check_output_file(tmp_path):
     assert check_output_file(tmp_path / "a.png", "--save", IMAGE_SUFFIXES) == tmp_path / "a.png"
     with pytest.raises(ValueError, match=r"--save '.*a\.txt' has to end in one of \.png"):

@@ -80,3 +80,40 @@ def test_swapped_caption_swaps_two_colour_words():
     _, same = make_scene(0, n_objects=1)
     with pytest.raises(ValueError, match="two objects"):
         swapped_caption(same)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--n-items", "0"), ("--n-items", "-3"), ("--n-scenes", "-1")])
+def test_bad_counts_fail_before_the_model_loads(tmp_path, capsys, monkeypatch, option, value):
+    import vcontrast.models.loading
+    from vcontrast.cli import run
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(vcontrast.models.loading, "load_model", no_load)
+    assert run(["demo", "--out", str(tmp_path / "out"), option, value]) == 2
+    assert f"`{option[2:].replace('-', '_')}` (={value})" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_swapped_colour_words_map_to_subword_tokens(tmp_path):
+    # A real tokenizer splits "orange" into pieces: the contradicted tokens are found by characters, not word index.
+    from tests import tiny_models as tm
+    from vcontrast.demo import cal_heatmap
+
+    torch.manual_seed(0)
+    model, processor = tm.build("llava")
+    swapped = cal_heatmap(model.eval(), processor, tmp_path, lambda line: None)["swapped"]
+    text, wrong = swapped_caption(make_scene(7, n_objects=2)[1])
+    assert "".join(c["token"] for c in swapped["contradicted"]) == "".join(words(text)[k] for k in wrong)
+    assert len(swapped["contradicted"]) > len(wrong)  # subwords: the test exercises the mapping
+
+
+def test_word_tokens():
+    from vcontrast.demo import word_tokens
+
+    text = "a  red cup ."
+    assert word_tokens(["a", "r", "ed", "", "cup", "."], text, [(3, 6), (7, 10)]) == [[1, 2], [4]]
+    assert word_tokens(["ASSISTANT:a", "red"], text[:6], [(3, 6)]) == [[1]]  # a piece merged with the prefix
+    with pytest.raises(ValueError, match="do not spell"):
+        word_tokens(["a", "blue"], "a red", [(2, 5)])

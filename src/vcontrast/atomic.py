@@ -7,6 +7,7 @@ and no temp file after an exception. Every writer in vcontrast's CLI, demo and p
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,8 +65,10 @@ def check_output_file(
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp path beside `path` to write to; renamed onto `path` when the block ends without an exception.
 
-    The temp file keeps `path`'s suffix (PIL and safetensors pick the format from it) and is removed if the block
-    raises. Missing parent folders of `path` are created.
+    The temp file keeps `path`'s suffix (PIL and safetensors pick the format from it), has a short name (so any file
+    name the system allows for `path` works) and is removed if the block raises. It is flushed to disk before the
+    rename and the folder after it, so an OS crash leaves the old file or the new one, not an empty one. Missing
+    parent folders of `path` are created.
 
     Examples:
 
@@ -76,12 +79,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".tmp{secrets.token_hex(6)}{path.suffix}")  # 16 characters + the suffix
     try:
         yield tmp
+        with open(tmp, "rb+") as f:  # writers write by path (PIL, torch, safetensors): fsync what they left
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename durable; best effort: some systems (Windows) cannot open or fsync a folder.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -71,6 +71,25 @@ def swapped_caption(scene) -> tuple[str, list[int]]:
     return text, wrong
 
 
+def word_tokens(tokens: list[str], text: str, spans: list[tuple[int, int]]) -> list[list[int]]:
+    """The positions in `tokens` (a tokenizer's pieces of `text`, decoded one by one) of each character span of
+    `text`: the pieces overlapping it. Pieces are matched to `text` with whitespace ignored (a decoded piece may drop
+    its leading space), so this works for the toy model's word tokens and for a real model's subwords alike."""
+    chars = [k for k, c in enumerate(text) if not c.isspace()]  # text position of each non-space character
+    pieces = ["".join(t.split()) for t in tokens]
+    start = "".join(pieces).find("".join(text.split()))
+    if start < 0:
+        raise ValueError(f"the tokens {tokens!r} do not spell the text {text!r}")
+    out, at = [[] for _ in spans], -start  # `at`: where the next piece starts among `text`'s non-space characters
+    for k, piece in enumerate(pieces):
+        covered = {chars[i] for i in range(max(at, 0), min(at + len(piece), len(chars)))}
+        for span, positions in zip(spans, out, strict=True):
+            if any(span[0] <= i < span[1] for i in covered):
+                positions.append(k)
+        at += len(piece)
+    return out
+
+
 def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None], color: bool = False) -> dict:
     """CAL's per-token image gain and weight on a clean caption of one scene and on the same caption with two
     colours swapped (`swapped_caption`), drawn as in the CAL paper's Figure 2a (`vcontrast.cal.show`): the gain
@@ -78,7 +97,7 @@ def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None], color:
     `color` echoes the tokens with ANSI colours (for a terminal), else as plain `token(gain)` text."""
     from vcontrast.cal import CALConfig
     from vcontrast.cal.show import report_heatmap, report_heatmap_html, token_report
-    from vcontrast.toy.grammar import PROMPTS, caption
+    from vcontrast.toy.grammar import PROMPTS, caption, words
     from vcontrast.toy.scenes import make_scene
     from vcontrast.viz import token_heatmap_ansi
 
@@ -100,8 +119,15 @@ def cal_heatmap(model, processor, out: Path, echo: Callable[[str], None], color:
         else:
             echo(f"  {name:<8} {' '.join(f'{token}({gain:.1f})' for token, gain in zip(tokens, gains, strict=True))}")
         result[name] = {"text": text, "tokens": tokens, "delta": gains, "weight": [t.weight for t in report]}
-    result["swapped"]["contradicted"] = [{"token": tokens[k], "delta": gains[k]} for k in wrong]
-    shown = ", ".join(f"{tokens[k]} {gains[k]:+.1f}" for k in wrong)
+    # `wrong` indexes the toy grammar's words; the model's tokens may be subwords (any `model_path`): go by characters.
+    spans, at = [], 0
+    for k, word in enumerate(words(swapped)):
+        at = swapped.lower().index(word, at) + len(word)
+        if k in wrong:
+            spans.append((at - len(word), at))
+    positions = [k for word in word_tokens(tokens, swapped, spans) for k in word]
+    result["swapped"]["contradicted"] = [{"token": tokens[k], "delta": gains[k]} for k in positions]
+    shown = ", ".join(f"{tokens[k]} {gains[k]:+.1f}" for k in positions)
     echo(f"  the swapped colour words (the image contradicts them; blue when the gain is negative): {shown}")
     return result
 
@@ -119,13 +145,18 @@ def run_demo(
 
     Args:
         out (`str | Path`): output folder (created).
-        n_scenes (`int`): toy scenes answered with and without CRG.
-        n_items (`int`): items per toy task in the results table.
+        n_scenes (`int`): toy scenes answered with and without CRG (0 skips them).
+        n_items (`int`): items per toy task in the results table (at least 1).
         model_path (`str | Path`, *optional*): a model folder; None uses the shipped toy model.
         echo (`Callable[[str], None]`): where progress lines go (the CLI passes `print`).
         color (`bool`, *optional*, defaults to `False`): ANSI colours in the echoed CAL tokens (the CLI passes
             whether its output is a terminal, so redirected output stays plain text).
     """
+    # Checked first: a bad count fails before the model loads and before any picture is written.
+    if isinstance(n_scenes, bool) or not isinstance(n_scenes, int) or n_scenes < 0:
+        raise ValueError(f"`n_scenes` (={n_scenes!r}) has to be a non-negative integer")
+    if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 1:
+        raise ValueError(f"`n_items` (={n_items!r}) has to be a positive integer")
     import torch
 
     from vcontrast.models.loading import load_model

@@ -28,6 +28,13 @@ def test_extract_noun_phrases(text, expected):
     assert extract_noun_phrases(text) == expected
 
 
+def test_accented_letters_stay_in_words():
+    assert extract_noun_phrases("Is there a café sign?") == ["café sign"]
+    assert extract_noun_phrases("A jalapeño pizza on a plate") == ["jalapeño pizza", "plate"]
+    assert extract_noun_phrases("Is the naïve man's T-shirt blue?") == ["naïve man's t-shirt blue"]
+    assert extract_noun_phrases("A jalapen\u0303o pizza") == ["jalapeño pizza"]  # decomposed "ñ" (NFD)
+
+
 def test_no_phrases():
     assert extract_noun_phrases("") == []
     assert extract_noun_phrases("What is it?") == []

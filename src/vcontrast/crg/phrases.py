@@ -7,8 +7,9 @@ downloaded model; NLTK needs its tagger data): a closed-class stop list does mos
 
 The method:
 
-1. Lower-case the text and split it into words (letters and digits, with inner apostrophes and hyphens kept, so
-   `"man's"` and `"t-shirt"` are one word). Any other character (punctuation) ends a phrase.
+1. Lower-case the text and split it into words (Unicode letters and digits, so `"café"` is one word, with inner
+   apostrophes and hyphens kept, so `"man's"` and `"t-shirt"` are one word too). Any other character (punctuation)
+   ends a phrase.
 2. Words of a closed class end a phrase and are dropped: auxiliaries, pronouns, prepositions, conjunctions,
    wh-words, spatial relation words (`left`, `right`, `top`, ...), common comparatives and superlatives (`bigger`,
    `tallest`, ...), adverbs and negation, about 150 common verbs in
@@ -29,6 +30,7 @@ pepper shakers"` -> `["salt", "pepper shakers"]`); English only. Pass the phrase
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = ["extract_noun_phrases"]
 
@@ -110,8 +112,9 @@ considered considering | compare compares compared comparing | depicted pictured
 _VERBS = _words(_VERB_FORMS.replace("|", " "))
 
 _BREAK_WORDS = _STOP_WORDS | _META_NOUNS | _VERBS
-_WORD_OR_PUNCT = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
-_IS_WORD = re.compile(r"[a-z0-9]")
+# Words are runs of Unicode letters and digits (`[^\W_]`), so "café" and "jalapeño" stay whole.
+_WORD_OR_PUNCT = re.compile(r"[^\W_]+(?:['-][^\W_]+)*|[^\s\w]|_")
+_IS_WORD = re.compile(r"[^\W_]")
 _IS_NUMBER = re.compile(r"\d+(?:[.,]\d+)?(?:st|nd|rd|th)?")
 
 
@@ -154,7 +157,8 @@ def extract_noun_phrases(text: str, max_phrases: int | None = None) -> list[str]
     ):
         raise ValueError(f"`max_phrases` (={max_phrases!r}) has to be a positive integer or None")
 
-    tokens = _WORD_OR_PUNCT.findall(text.lower().replace("’", "'"))
+    # NFC first: a decomposed "ñ" (n + combining tilde) would otherwise split the word.
+    tokens = _WORD_OR_PUNCT.findall(unicodedata.normalize("NFC", text).lower().replace("’", "'"))
     phrases: list[str] = []
     current: list[str] = []
 
