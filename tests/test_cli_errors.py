@@ -183,6 +183,29 @@ def test_relative_missing_model_path_fails_at_once(capsys, image_file, tmp_path,
     assert_user_error(invoke(capsys, ask(image_file, "--model", "models/typo")), "'models/typo'", "does not exist")
 
 
+def test_info_on_a_missing_or_empty_model_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for name, needle in [
+        ("nodir/sub", "is not a local folder"),  # `org/name` with no `org` folder: a hub name
+        ("nope_model", "is not a local folder"),
+        ("empty", "has no config.json"),
+        (tmp_path / "missing", "does not exist"),
+    ]:
+        assert_user_error(invoke(capsys, ["info", "--model", name]), repr(str(name)), needle)
+
+
+def test_custom_code_models_are_refused(capsys, image_file, model_folder):
+    # A config with auto_map and a model_type transformers lacks: transformers would prompt to run the folder's code.
+    config = json.loads((model_folder / "config.json").read_text())
+    config.update(model_type="my_vlm", auto_map={"AutoConfig": "configuration_my.MyConfig"})
+    (model_folder / "config.json").write_text(json.dumps(config))
+    needle = "custom-code models (auto_map) are not supported"
+    assert_user_error(invoke(capsys, ask(image_file, "--model", model_folder)), needle, repr(str(model_folder)))
+    assert_user_error(invoke(capsys, ["info", "--model", model_folder]), needle)
+
+
 def test_hub_names_offline_or_unreachable(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="'org/model' is not a local folder .* hub is offline"):

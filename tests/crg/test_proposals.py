@@ -398,6 +398,30 @@ def test_named_proposer_objects(grounding_dino_dir, owlv2_dir):
     assert isinstance(get_proposer("owlv2", model=owlv2_dir), Owlv2Proposer)  # names build the same classes
 
 
+def test_propose_regions_top_k_none_keeps_all(grounding_dino_dir):
+    options = {"threshold": 0.0, "text_threshold": 0.0, "nms_iou": 1.0, "model": grounding_dino_dir}
+    every = propose_regions(_image(), ["cat", "dog"], detector="grounding-dino", top_k=None, **options)
+    assert max(sum(p.phrase == phrase for p in every) for phrase in ("cat", "dog")) > 1
+    best = propose_regions(_image(), ["cat", "dog"], detector="grounding-dino", **options)  # the named default: 1
+    assert len(best) == len({p.phrase for p in best}) < len(every)
+
+
+def test_missing_or_empty_detector_folder(tmp_path, monkeypatch):
+    from vcontrast.cli import is_user_error
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for name, needle in [
+        ("./missing", "'./missing' does not exist"),
+        (str(tmp_path / "missing"), "does not exist"),
+        ("empty", "'empty' has no config.json"),
+    ]:
+        for load in (proposals.load_owlv2, proposals.load_grounding_dino):
+            with pytest.raises(ValueError, match=needle) as error:
+                load(name)
+            assert is_user_error(error.value) and isinstance(error.value.__cause__, FileNotFoundError)
+
+
 def test_crg_builds_a_named_proposer_once(monkeypatch):
     from tests import tiny_models as tm
     from vcontrast.crg import CRG

@@ -32,12 +32,14 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -253,7 +255,7 @@ def nms(
         groups = groups[order]
         overlap &= groups[:, None] == groups[None, :]
     # The greedy pass is sequential by nature; each step is one vectorised row update.
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    suppressed = torch.zeros(len(order), dtype=torch.bool, device=overlap.device)
     keep = []
     for i in range(len(order)):
         if not suppressed[i]:
@@ -611,11 +613,27 @@ def _load_detector(
     # A zero-shot detector and its processor (with the image backend asked for), from a local directory or a hub name.
     from transformers import AutoModelForZeroShotObjectDetection
 
-    from vcontrast.models.loading import load_processor
+    from vcontrast.models.loading import _load_error, _looks_like_path, load_processor
 
+    text = str(path)
+    folder = Path(text).expanduser()
+    if folder.is_dir() or _looks_like_path(text):  # a folder: never sent to the hub as a repo id
+        if not (folder / "config.json").is_file():
+            what = (
+                "has no config.json" if folder.is_dir() else f"does not exist (resolved to {str(folder.resolve())!r})"
+            )
+            raise ValueError(
+                f"detector folder {text!r} {what}; pass a folder written by save_pretrained"
+            ) from FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(folder / "config.json"))
+        path = str(folder)
     hub_kwargs = {k: v for k, v in model_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
     processor = load_processor(path, image_backend=image_backend, **hub_kwargs)
-    model = AutoModelForZeroShotObjectDetection.from_pretrained(path, **model_kwargs)
+    try:
+        model = AutoModelForZeroShotObjectDetection.from_pretrained(
+            path, **{"trust_remote_code": False, **model_kwargs}
+        )
+    except (OSError, ValueError) as error:
+        raise _load_error("the detector", text, error) from error
     if device is not None:
         model = model.to(device)
     return model, processor
@@ -738,6 +756,15 @@ def load_owlv2(model: str | os.PathLike[str] | None = None, **kwargs: Any) -> De
     return Owlv2Proposer(model, **kwargs)
 
 
+class _Default:
+    # The type of `_DEFAULT`: "not given", where None is a value of its own (top_k=None keeps all boxes).
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default()
+
+
 def propose_regions(
     image: Image.Image,
     phrases_or_text: str | Sequence[str],
@@ -745,7 +772,7 @@ def propose_regions(
     threshold: float | None = None,
     text_threshold: float | None = None,
     model: str | os.PathLike[str] | None = None,
-    top_k: int | None = None,
+    top_k: int | None | _Default = _DEFAULT,
     nms_iou: float | None = None,
     device: str | torch.device | None = None,
 ) -> list[Proposal]:
@@ -770,8 +797,9 @@ def propose_regions(
             GroundingDINO's phrase threshold; `None` takes the default, 0.25.
         model (`str` or `os.PathLike`, *optional*):
             Checkpoint directory or hub name; `None` takes `DEFAULT_CHECKPOINTS[detector]`.
-        top_k (`int`, *optional*):
-            At most this many boxes per phrase; `None` keeps all.
+        top_k (`int` or `None`, *optional*):
+            At most this many boxes per phrase; `None` keeps all. Not given: the detector's default (the named
+            detectors keep 1).
         nms_iou (`float`, *optional*):
             IoU of the non-maximum suppression across phrases; `None` takes the detector's default, 0.5. (To turn
             suppression off, build `DetectorProposer(..., nms_iou=None)` and pass it as `detector`.)
@@ -795,15 +823,16 @@ def propose_regions(
         "threshold": threshold,
         "text_threshold": text_threshold,
         "model": model,
-        "top_k": top_k,
         "nms_iou": nms_iou,
         "device": device,
     }
     options = {k: v for k, v in options.items() if v is not None}
+    if top_k is not _DEFAULT:
+        options["top_k"] = top_k  # an explicit None (keep all) reaches the proposer
     if isinstance(detector, str):
         proposer = get_proposer(detector, **options)
     elif callable(detector):
-        if options:
+        if any(v is not None for v in options.values()):
             raise ValueError(f"options {sorted(options)} apply to a detector name, not to `detector` (={detector!r})")
         proposer = detector
     else:

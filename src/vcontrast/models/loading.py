@@ -77,9 +77,9 @@ def load_model(
     processor = load_processor(source, image_backend=image_backend)  # the cheap half first: fails fast
     try:
         with quiet_progress(Path(source).is_dir() and _weights_bytes(Path(source)) < QUIET_LOAD_BYTES):
-            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-    except OSError as error:  # transformers' "not a valid model identifier", a missing file on the hub
-        raise ValueError(f"cannot load model {str(path)!r}: {_one_line(error)}") from error
+            model = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as error:  # "not a valid model identifier", a missing file on the hub, custom code
+        raise _load_error("model", path, error) from error
     get_adapter(model)  # hub models: their config was not read before
     if device is not None:
         model = model.to(device)
@@ -99,9 +99,11 @@ def load_processor(path: str | Path, *, image_backend: str | None = None, **kwar
 
     backend = check_image_backend(image_backend)
     try:
-        processor = AutoProcessor.from_pretrained(path, **({"backend": backend} if backend else {}), **kwargs)
-    except OSError as error:
-        raise ValueError(f"cannot load the processor of {str(path)!r}: {_one_line(error)}") from error
+        processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=False, **({"backend": backend} if backend else {}), **kwargs
+        )
+    except (OSError, ValueError) as error:  # a missing file, an unrecognized processor class, custom code
+        raise _load_error("the processor of", path, error) from error
     got = image_backend_of(processor)
     if backend is not None and got is not None and got != backend:
         name = type(processor.image_processor).__name__
@@ -112,6 +114,17 @@ def load_processor(path: str | Path, *, image_backend: str | None = None, **kwar
 def _one_line(error: Exception) -> str:
     # transformers' loading errors span lines; the first 300 characters on one line name the problem
     return " ".join(str(error).split())[:300]
+
+
+def _load_error(what: str, path: str | Path, error: Exception) -> ValueError:
+    # transformers' loading error as one line naming `path`; its refusal of custom code (we pass
+    # trust_remote_code=False, so it never prompts) says that vcontrast does not run it.
+    if "trust_remote_code" in str(error):
+        return ValueError(
+            f"custom-code models (auto_map) are not supported: {what} {str(path)!r} needs code from its folder or "
+            "repository, and vcontrast only loads transformers' own model classes"
+        )
+    return ValueError(f"cannot load {what} {str(path)!r}: {_one_line(error)}")
 
 
 @dataclass
@@ -131,7 +144,8 @@ def model_support(path: str | Path) -> ModelSupport:
     device: no weights are loaded, nothing is allocated).
 
     Raises:
-        ValueError: if the folder does not exist or holds no image-text-to-text model config.
+        ValueError: if the folder does not exist, has no readable config.json (or the hub name cannot be reached)
+            or holds no image-text-to-text model config, or if the model needs custom code (auto_map).
 
     Examples:
 
@@ -142,10 +156,16 @@ def model_support(path: str | Path) -> ModelSupport:
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    local = Path(path)
-    if not local.exists() and (local.is_absolute() or str(path).startswith(".")):
-        raise ValueError(f"model path {str(path)!r} does not exist")
-    config = AutoConfig.from_pretrained(str(path))
+    text = str(path)
+    local = Path(text).expanduser()
+    if not local.is_dir():
+        check_model_source(text)  # a file, a missing folder or an unreachable hub name: a ValueError naming it
+    elif not (local / "config.json").is_file():
+        raise ValueError(f"model folder {text!r} has no config.json; pass a folder written by save_pretrained")
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else text, trust_remote_code=False)
+    except (OSError, ValueError) as error:  # a broken config.json, a name the hub does not have, custom code
+        raise _load_error("the config of", text, error) from error
     try:
         with torch.device("meta"):
             model = AutoModelForImageTextToText.from_config(config)
