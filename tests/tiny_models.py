@@ -592,20 +592,29 @@ def _pixtral_processor_class():
 _MISTRAL3_SPECIALS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"]
 
 
-def _mistral3(kind):
-    # Mistral 3 (Mistral-Small-3.1 / Ministral 3 layout): Pixtral tower at variable resolution (the 24x20 test image:
-    # 3 rows of merged patches), an `[IMG_BREAK]` after each row and `[IMG_END]` after the last, Mistral LM.
+def _pixtral_parts(kind, merge):
+    # The Pixtral pieces both layouts share: tokenizer, processor (images up to 24 px, 4-px patches merged `merge` x
+    # `merge` into one `[IMG]`), and the tower.
     tok = _tokenizer(_MISTRAL3_SPECIALS, kind)
-    ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 8, "width": 8})
+    side = 4 * merge
+    ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": side, "width": side})
     proc = _pixtral_processor_class()(
-        image_processor=ip, tokenizer=tok, patch_size=4, spatial_merge_size=2, chat_template=MISTRAL3_TEMPLATE
+        image_processor=ip, tokenizer=tok, patch_size=4, spatial_merge_size=merge, chat_template=MISTRAL3_TEMPLATE
     )
     vision = tf.PixtralVisionConfig(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=4
     )
+    text = _text_config(tf.MistralConfig, len(tok), head_dim=8).to_dict()
+    return tok, proc, vision, text
+
+
+def _mistral3(kind):
+    # Mistral 3 (Mistral-Small-3.1 / Ministral 3 layout): Pixtral tower at variable resolution (the 24x20 test image:
+    # 3 rows of merged patches), an `[IMG_BREAK]` after each row and `[IMG_END]` after the last, Mistral LM.
+    tok, proc, vision, text = _pixtral_parts(kind, merge=2)
     cfg = tf.Mistral3Config(
         vision_config=vision,
-        text_config=_text_config(tf.MistralConfig, len(tok), head_dim=8).to_dict(),
+        text_config=text,
         image_token_id=tok.convert_tokens_to_ids("[IMG]"),
         spatial_merge_size=2,
     )
@@ -616,17 +625,10 @@ def _pixtral_llava(kind):
     # Pixtral-12B's transformers layout (`mistral-community/pixtral-12b`): a `llava` model with a Pixtral tower (no
     # patch merger: one `[IMG]` per 4-px patch, rows closed by `[IMG_BREAK]`/`[IMG_END]`), `image_sizes`, Mistral LM.
     # Not in ALL_FAMILIES (its model type is LLaVA's): the tests of `LlavaAdapter`'s Pixtral case build it by name.
-    tok = _tokenizer(_MISTRAL3_SPECIALS, kind)
-    ip = tf.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 4, "width": 4})
-    proc = _pixtral_processor_class()(
-        image_processor=ip, tokenizer=tok, patch_size=4, spatial_merge_size=1, chat_template=MISTRAL3_TEMPLATE
-    )
-    vision = tf.PixtralVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=4
-    )
+    tok, proc, vision, text = _pixtral_parts(kind, merge=1)
     cfg = tf.LlavaConfig(
         vision_config=vision,
-        text_config=_text_config(tf.MistralConfig, len(tok), head_dim=8).to_dict(),
+        text_config=text,
         image_token_id=tok.convert_tokens_to_ids("[IMG]"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
